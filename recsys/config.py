@@ -1,0 +1,273 @@
+"""One typed configuration for the whole product.
+
+Layers, lowest precedence first: defaults below < the `settings:` section of
+``data_manifest.yaml`` < a ``--config`` YAML file < ``RECSYS_*`` environment
+variables (nested with ``__``, e.g. ``RECSYS_AUDIO__SAMPLE_RATE=22050``) < CLI
+flags. Only the outer layers (CLI, jobs, app) call :func:`load_settings`; every
+library function takes the part of :class:`Settings` it needs as an argument.
+"""
+
+from __future__ import annotations
+
+import contextvars
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_MANIFEST = PROJECT_ROOT / "data_manifest.yaml"
+AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".mp3")
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class AudioConfig(_Section):
+    """Decoding and vocal-focused clean-up (recsys.audio)."""
+
+    sample_rate: int = Field(16000, gt=0, description="Working rate in Hz; every file is resampled to it.")
+    normalization: Literal["loudness", "peak", "none"] = "loudness"
+    target_rms_db: float = Field(-20.0, le=0, description="Loudness target (RMS dBFS of voiced audio).")
+    peak_level: float = Field(0.95, gt=0, le=1.0)
+    silence_threshold_db: float = Field(
+        -35.0, le=0, description="Frames quieter than this, relative to the loudest frame, are silence."
+    )
+    silence_floor_db: float = Field(-60.0, le=0, description="Absolute dBFS floor: quieter frames are silence.")
+    frame_seconds: float = Field(0.032, gt=0, description="RMS frame length for silence detection.")
+    chunk_seconds: float = Field(4.0, gt=0, description="Length of the voiced chunks fed to the encoders.")
+    chunk_hop_seconds: float = Field(2.0, gt=0)
+    min_chunk_seconds: float = Field(1.0, gt=0, description="A trailing voiced stretch shorter than this is dropped.")
+    block_seconds: float = Field(30.0, gt=0, description="Long files are decoded in blocks of this length.")
+    max_file_seconds: float | None = Field(None, description="Reject files longer than this (None: no limit).")
+
+    @model_validator(mode="after")
+    def _chunks_fit(self) -> "AudioConfig":
+        if self.min_chunk_seconds > self.chunk_seconds:
+            raise ValueError("audio.min_chunk_seconds must not exceed audio.chunk_seconds")
+        return self
+
+
+class FeatureConfig(_Section):
+    """Log-mel parameters; defaults are the original study's (16 kHz, 512, 256, 48 bands)."""
+
+    n_fft: int = Field(512, gt=0)
+    win_length: int = Field(512, gt=0)
+    hop_length: int = Field(256, gt=0)
+    n_mels: int = Field(48, gt=0)
+    f_min: float = Field(0.0, ge=0)
+    f_max: float | None = None
+    log_floor: float = Field(1e-5, gt=0, description="Added before the log so silence stays finite.")
+
+    @model_validator(mode="after")
+    def _window_fits(self) -> "FeatureConfig":
+        if self.win_length > self.n_fft:
+            raise ValueError(f"features.win_length ({self.win_length}) must not exceed n_fft ({self.n_fft})")
+        return self
+
+
+Role = Literal["positive", "negative", "off"]
+
+
+class AugmentPolicy(_Section):
+    """Role and parameter range of one augmentation in contrastive training."""
+
+    role: Role = "off"
+    low: float = 0.0
+    high: float = 0.0
+
+    @model_validator(mode="after")
+    def _ordered(self) -> "AugmentPolicy":
+        if self.low > self.high:
+            raise ValueError(f"augmentation range low={self.low} exceeds high={self.high}")
+        return self
+
+
+class TimbreConfig(_Section):
+    """Contrastive timbre/style encoder (recsys.models.timbre, recsys.training.contrastive)."""
+
+    policy: str = Field("ps_neg_ts_neg", description="Named pair policy; see recsys.augment.PAIR_POLICIES.")
+    pitch_shift: AugmentPolicy | None = Field(None, description="Overrides the named policy's pitch shift.")
+    time_stretch: AugmentPolicy | None = Field(None, description="Overrides the named policy's time stretch.")
+    extra_positives: tuple[str, ...] = Field(("gain", "noise"), description="Augmentations always used as positives.")
+    supervised: bool = Field(False, description="Use singer labels: all songs of a singer are positives.")
+    embedding_dim: int = Field(128, gt=0)
+    projection_dim: int = Field(64, gt=0)
+    channels: int = Field(32, gt=0)
+    chunk_frames: int = Field(188, gt=0, description="Frames per training chunk (188 x 256 / 16 kHz ~ 3 s).")
+    songs_per_batch: int = Field(16, gt=1)
+    chunks_per_song: int = Field(2, gt=0)
+    temperature: float = Field(0.1, gt=0)
+    learning_rate: float = Field(1e-3, gt=0)
+    epochs: int = Field(30, gt=0)
+    steps_per_epoch: int = Field(40, gt=0)
+    patience: int = Field(5, gt=0)
+    seed: int = 0
+
+
+class MelodyConfig(_Section):
+    """TCAE melody autoencoder (recsys.models.tcae, recsys.training.tcae)."""
+
+    input: Literal["mel", "pitch", "mel+pitch"] = "mel"
+    key_invariant: bool = False
+    channels: int = Field(64, gt=0)
+    latent_dim: int = Field(16, gt=0)
+    kernel_size: int = Field(3, gt=1)
+    n_layers: int = Field(8, gt=0, description="Dilations 1, 2, 4, ... 2**(n_layers-1) per block.")
+    n_blocks: int = Field(1, gt=0)
+    chunk_frames: int = Field(512, gt=0)
+    chunk_overlap: int = Field(128, ge=0)
+    batch_size: int = Field(16, gt=0)
+    learning_rate: float = Field(1e-3, gt=0)
+    epochs: int = Field(30, gt=0)
+    patience: int = Field(5, gt=0)
+    seed: int = 0
+
+
+class FusionConfig(_Section):
+    """Default weights of the fused vector: normalise(w_timbre * timbre ++ w_melody * melody)."""
+
+    w_timbre: float = Field(0.7, ge=0)
+    w_melody: float = Field(0.3, ge=0)
+
+    @model_validator(mode="after")
+    def _not_both_zero(self) -> "FusionConfig":
+        if self.w_timbre == 0 and self.w_melody == 0:
+            raise ValueError("fusion weights w_timbre and w_melody cannot both be 0")
+        return self
+
+
+class IndexConfig(_Section):
+    """FAISS index choice (recsys.index)."""
+
+    kind: Literal["auto", "flat", "ivf", "hnsw"] = "auto"
+    exact_max: int = Field(50_000, gt=0, description="With kind=auto, catalogs up to this size use exact search.")
+    nlist: int | None = Field(None, description="IVF lists (None: about 4 x sqrt(n)).")
+    nprobe: int = Field(16, gt=0)
+    use_gpu: bool = Field(True, description="Use a GPU index when faiss-gpu and CUDA are present.")
+
+
+class DatasetConfig(_Section):
+    """A catalog the project knows: a manifest CSV or a <singer>/<song>.<ext> folder."""
+
+    description: str = ""
+    source: str = Field(..., description="Path to a manifest CSV or a folder; 'generated' for the demo catalog.")
+    generator: dict[str, Any] = Field(default_factory=dict)
+
+
+class Settings(BaseSettings):
+    """Everything configurable, typed and validated once."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="RECSYS_", env_nested_delimiter="__", extra="forbid", populate_by_name=True
+    )
+
+    workspace: Path = Field(
+        Path("~/.singer-recsys").expanduser(),
+        validation_alias=AliasChoices("workspace", "RECSYS_HOME", "RECSYS_WORKSPACE"),
+        description="Folder holding catalog.db, models/, index/ and projections/ of one catalog.",
+    )
+    db_url: str | None = Field(None, description="SQLAlchemy URL; default sqlite:///<workspace>/catalog.db.")
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    audio: AudioConfig = AudioConfig()
+    features: FeatureConfig = FeatureConfig()
+    timbre: TimbreConfig = TimbreConfig()
+    melody: MelodyConfig = MelodyConfig()
+    fusion: FusionConfig = FusionConfig()
+    index: IndexConfig = IndexConfig()
+    datasets: dict[str, DatasetConfig] = Field(default_factory=dict)
+
+    @field_validator("workspace", mode="after")
+    @classmethod
+    def _expand(cls, value: Path) -> Path:
+        return value.expanduser()
+
+    @property
+    def database_url(self) -> str:
+        return self.db_url or f"sqlite:///{(self.workspace / 'catalog.db').resolve()}"
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # First wins: CLI flags (init) > environment > YAML files.
+        return (init_settings, env_settings, _FileLayer(settings_cls))
+
+
+_FILE_DATA: contextvars.ContextVar[dict[str, Any]] = contextvars.ContextVar("recsys_file_settings", default={})
+
+
+class _FileLayer(PydanticBaseSettingsSource):
+    """Settings read from YAML files by load_settings, below the environment."""
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:  # pragma: no cover
+        return _FILE_DATA.get().get(field_name), field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        return dict(_FILE_DATA.get())
+
+
+def _deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def read_yaml(path: Path) -> dict[str, Any]:
+    """Read a YAML mapping, with errors that name the file."""
+    try:
+        data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+    except FileNotFoundError as e:
+        raise FileNotFoundError(f"config file not found: {path}") from e
+    except yaml.YAMLError as e:
+        raise ValueError(f"{path}: not valid YAML: {e}") from e
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a YAML mapping at the top level, got {type(data).__name__}")
+    return data
+
+
+def _manifest_layer(path: Path) -> dict[str, Any]:
+    """The settings a data manifest declares: its `settings:` section and its `datasets:`."""
+    data = read_yaml(path)
+    unknown = set(data) - {"settings", "datasets", "version"}
+    if unknown:
+        raise ValueError(f"{path}: unknown top-level keys {sorted(unknown)}; valid: settings, datasets, version")
+    layer = dict(data.get("settings") or {})
+    if data.get("datasets"):
+        layer["datasets"] = data["datasets"]
+    return layer
+
+
+def load_settings(
+    config_file: Path | None = None,
+    manifest_file: Path | None = DEFAULT_MANIFEST,
+    **overrides: Any,
+) -> Settings:
+    """Build Settings from the manifest, a config file, the environment and explicit overrides.
+
+    `overrides` are the CLI flags (highest precedence); None values are ignored so
+    that unset flags do not mask lower layers.
+    """
+    layer: dict[str, Any] = {}
+    if manifest_file is not None and Path(manifest_file).exists():
+        layer = _deep_merge(layer, _manifest_layer(Path(manifest_file)))
+    if config_file is not None:
+        data = read_yaml(Path(config_file))
+        layer = _deep_merge(layer, data.get("settings", data))
+    token = _FILE_DATA.set(layer)
+    try:
+        return Settings(**{k: v for k, v in overrides.items() if v is not None})
+    finally:
+        _FILE_DATA.reset(token)

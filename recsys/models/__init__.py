@@ -1,0 +1,1 @@
+"""Neural encoders: the contrastive timbre encoder and the TCAE melody autoencoder."""

@@ -1,0 +1,1 @@
+"""Training loops, samplers and model-version checkpoints."""
