@@ -45,21 +45,25 @@ ManifestItem = ManifestEntry | ManifestProblem
 
 
 def iter_manifest(source: str | Path) -> Iterator[ManifestItem]:
-    """Yield entries (or problems) of a manifest CSV, a singer folder, or a single audio file."""
+    """Entries (or problems) of a manifest CSV, a singer folder, or a single audio file.
+
+    An unusable manifest raises ManifestError here, before anything is yielded,
+    so a job can refuse it before it starts writing.
+    """
     source = Path(source)
     if not source.exists():
         raise ManifestError(f"{source}: no such manifest, folder or audio file")
     if source.is_dir():
-        yield from _iter_folder(source)
-    elif source.suffix.lower() == ".csv":
-        yield from _iter_csv(source)
-    elif source.suffix.lower() in AUDIO_EXTENSIONS:
-        yield ManifestEntry(path=source.resolve(), title=source.stem)
-    else:
-        raise ManifestError(
-            f"{source}: not a manifest; give a .csv with a `path` column, a folder laid out "
-            f"<singer>/<song>.<ext>, or an audio file ({', '.join(AUDIO_EXTENSIONS)})"
-        )
+        return _iter_folder(source)
+    if source.suffix.lower() == ".csv":
+        _check_header(source)
+        return _iter_csv(source)
+    if source.suffix.lower() in AUDIO_EXTENSIONS:
+        return iter([ManifestEntry(path=source.resolve(), title=source.stem)])
+    raise ManifestError(
+        f"{source}: not a manifest; give a .csv with a `path` column, a folder laid out "
+        f"<singer>/<song>.<ext>, or an audio file ({', '.join(AUDIO_EXTENSIONS)})"
+    )
 
 
 def _clean(value: str | None) -> str | None:
@@ -67,6 +71,19 @@ def _clean(value: str | None) -> str | None:
         return None
     value = value.strip()
     return value or None
+
+
+def _check_header(path: Path) -> None:
+    try:
+        with path.open(newline="", encoding="utf-8-sig") as handle:
+            header = [h.strip() for h in next(csv.reader(handle), [])]
+    except (OSError, UnicodeDecodeError, csv.Error) as e:
+        raise ManifestError(f"{path}: cannot read manifest: {e}") from e
+    if "path" not in header:
+        raise ManifestError(
+            f"{path}: manifest has no `path` column (columns: {', '.join(header) or 'none'}); "
+            "the required column is `path`, optional ones are singer, title, song_id and any metadata"
+        )
 
 
 def _iter_csv(path: Path) -> Iterator[ManifestItem]:
@@ -77,13 +94,7 @@ def _iter_csv(path: Path) -> Iterator[ManifestItem]:
         raise ManifestError(f"{path}: cannot open manifest: {e}") from e
     with handle:
         reader = csv.DictReader(handle)
-        header = [h.strip() for h in (reader.fieldnames or [])]
-        if "path" not in header:
-            raise ManifestError(
-                f"{path}: manifest has no `path` column (columns: {', '.join(header) or 'none'}); "
-                "the required column is `path`, optional ones are singer, title, song_id and any metadata"
-            )
-        reader.fieldnames = header
+        reader.fieldnames = [h.strip() for h in (reader.fieldnames or [])]
         try:
             for row in reader:
                 line = reader.line_num
