@@ -1,0 +1,299 @@
+"""Augmentations for contrastive training, and the pair policies that give each one a role.
+
+Two implementations of pitch shift and time stretch, both torchaudio / plain torch
+(Apache-2.0 compatible; Rubber Band / pedalboard are GPL-3 and not used):
+
+* waveform (`pitch_shift_wave`, `time_stretch_wave`): phase vocoder on the complex
+  STFT, pitch shift = stretch by 1/ratio then resample by ratio. The reference.
+* log-mel (`mel_pitch_shift`, `mel_time_stretch`): pitch shift = warp of the mel
+  frequency axis by the frequency ratio; time stretch = linear interpolation of the
+  frames. The trainer uses these: SongFeatures carry log-mel only, and they run
+  ~1000x faster than the waveform path (figures in docs/augmentation.md).
+
+Pair policies: every augmentation has a role, `positive` (the encoder should ignore
+it: an augmented view is pulled towards the original), `negative` (the augmented
+copy counts as another voice) or `off`, and a range of magnitudes:
+
+* pitch shift: |semitones| drawn uniformly in [low, high], sign random;
+* time stretch: rate = f or 1/f with f log-uniform in [low, high] (low >= 1), so
+  (1.1, 1.25) means rates 0.8..0.91 or 1.1..1.25, never ~1.
+
+A negative augmentation must exclude "no change" (pitch low > 0, stretch low > 1).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+import torch.nn.functional as nnf
+import torchaudio.functional as AF
+
+from recsys.config import AugmentPolicy, FeatureConfig, TimbreConfig
+
+# --- waveform (reference) -------------------------------------------------------------
+
+WAVE_N_FFT = 512  # 32 ms at 16 kHz: resolves singing harmonics (> 80 Hz) well enough
+WAVE_HOP = 128  # 75 % overlap, the usual phase-vocoder choice
+RESAMPLE_STEP_HZ = 20  # pitch-shift resampling rates are rounded to this (<= 0.02 semitone at 16 kHz)
+
+
+def time_stretch_wave(
+    wave: torch.Tensor, rate: float, n_fft: int = WAVE_N_FFT, hop_length: int = WAVE_HOP
+) -> torch.Tensor:
+    """(..., N) -> (..., round(N / rate)): phase-vocoder time stretch, pitch unchanged.
+
+    rate > 1 plays faster (shorter), rate < 1 slower (longer).
+    """
+    if rate <= 0:
+        raise ValueError(f"time-stretch rate must be > 0, got {rate}")
+    window = torch.hann_window(n_fft, device=wave.device)
+    spec = torch.stft(wave, n_fft, hop_length, window=window, return_complex=True)  # (..., F, frames)
+    phase_advance = torch.linspace(0, math.pi * hop_length, n_fft // 2 + 1, device=wave.device)[:, None]
+    stretched = AF.phase_vocoder(spec, rate, phase_advance)
+    length = round(wave.shape[-1] / rate)
+    return torch.istft(stretched, n_fft, hop_length, window=window, length=length)
+
+
+def pitch_shift_wave(
+    wave: torch.Tensor,
+    sample_rate: int,
+    semitones: float,
+    n_fft: int = WAVE_N_FFT,
+    hop_length: int = WAVE_HOP,
+) -> torch.Tensor:
+    """(..., N) -> (..., N): shift every frequency (harmonics and formants) by 2**(semitones/12).
+
+    Stretch by 1/ratio (longer), then resample so it plays back `ratio` faster; the
+    resampling rate is rounded to RESAMPLE_STEP_HZ to keep torchaudio's polyphase
+    kernel small.
+    """
+    if semitones == 0:
+        return wave.clone()
+    ratio = 2.0 ** (semitones / 12.0)
+    stretched = time_stretch_wave(wave, 1.0 / ratio, n_fft, hop_length)
+    orig_freq = int(round(sample_rate * ratio / RESAMPLE_STEP_HZ) * RESAMPLE_STEP_HZ)
+    shifted = AF.resample(stretched, orig_freq, sample_rate)
+    n = wave.shape[-1]
+    if shifted.shape[-1] >= n:
+        return shifted[..., :n]
+    return nnf.pad(shifted, (0, n - shifted.shape[-1]))
+
+
+# --- log-mel (training) ---------------------------------------------------------------
+
+
+def _hz_to_mel_slaney(f: torch.Tensor) -> torch.Tensor:
+    # Slaney scale (recsys.features uses mel_scale="slaney"): linear below 1 kHz, log above.
+    f = torch.as_tensor(f, dtype=torch.float64)
+    linear = 3.0 * f / 200.0
+    log = 15.0 + 27.0 * torch.log(torch.clamp(f, min=1e-10) / 1000.0) / math.log(6.4)
+    return torch.where(f >= 1000.0, log, linear)
+
+
+def mel_band_positions(freqs_hz: torch.Tensor, feat_cfg: FeatureConfig, sample_rate: int) -> torch.Tensor:
+    """Fractional mel-band index (0 = centre of band 0) of each frequency, as log_mel lays them out."""
+    f_max = feat_cfg.f_max if feat_cfg.f_max is not None else sample_rate / 2
+    m_min, m_max = _hz_to_mel_slaney(torch.tensor(feat_cfg.f_min)), _hz_to_mel_slaney(torch.tensor(f_max))
+    step = (m_max - m_min) / (feat_cfg.n_mels + 1)  # n_mels + 2 equally spaced points, centres are 1..n
+    return (_hz_to_mel_slaney(freqs_hz) - m_min) / step - 1.0
+
+
+def mel_band_centres(feat_cfg: FeatureConfig, sample_rate: int) -> torch.Tensor:
+    """(n_mels,) centre frequency in Hz of each mel band."""
+    f_max = feat_cfg.f_max if feat_cfg.f_max is not None else sample_rate / 2
+    m = torch.linspace(
+        float(_hz_to_mel_slaney(torch.tensor(feat_cfg.f_min))),
+        float(_hz_to_mel_slaney(torch.tensor(f_max))),
+        feat_cfg.n_mels + 2,
+        dtype=torch.float64,
+    )[1:-1]
+    linear = 200.0 * m / 3.0
+    log = 1000.0 * torch.exp((m - 15.0) * math.log(6.4) / 27.0)
+    return torch.where(m >= 15.0, log, linear)
+
+
+def mel_pitch_shift(
+    mel: torch.Tensor, semitones: float | torch.Tensor, feat_cfg: FeatureConfig, sample_rate: int
+) -> torch.Tensor:
+    """(B, n_mels, T) or (n_mels, T) log-mel -> same shape, every frequency scaled by 2**(s/12).
+
+    Band b of the output takes the input at the band position of centre_b / ratio
+    (linear interpolation between bands). Bands whose source lies above the top band
+    get the input's minimum (nothing there, as after a real downward shift); below
+    the lowest band the edge value is repeated. `semitones`: a float or (B,) tensor.
+    """
+    squeeze = mel.dim() == 2
+    x = mel[None] if squeeze else mel
+    n, n_mels, _ = x.shape
+    if n_mels != feat_cfg.n_mels:
+        raise ValueError(f"mel has {n_mels} bands but feat_cfg.n_mels is {feat_cfg.n_mels}")
+    s = torch.as_tensor(semitones, dtype=torch.float64).reshape(-1).expand(n)
+    centres = mel_band_centres(feat_cfg, sample_rate)  # (F,)
+    src = mel_band_positions(centres[None, :] / (2.0 ** (s[:, None] / 12.0)), feat_cfg, sample_rate)  # (B, F)
+    src = src.to(device=x.device, dtype=torch.float32)
+    above = src > n_mels - 1
+    src = src.clamp(0.0, n_mels - 1)
+    lo = src.floor().long().clamp(max=n_mels - 2)
+    w = (src - lo)[..., None]  # (B, F, 1)
+    t = x.shape[-1]
+    x_lo = torch.gather(x, 1, lo[..., None].expand(n, n_mels, t))
+    x_hi = torch.gather(x, 1, (lo + 1)[..., None].expand(n, n_mels, t))
+    out = (1 - w) * x_lo + w * x_hi
+    floor = x.amin(dim=(1, 2), keepdim=True).expand_as(out)
+    out = torch.where(above[..., None].expand_as(out), floor, out)
+    return out[0] if squeeze else out
+
+
+def mel_time_stretch(mel: torch.Tensor, rate: float, length: int | None = None) -> torch.Tensor:
+    """(..., n_mels, T) -> (..., n_mels, length or round(T / rate)): linear interpolation of frames."""
+    if rate <= 0:
+        raise ValueError(f"time-stretch rate must be > 0, got {rate}")
+    length = length if length is not None else max(1, round(mel.shape[-1] / rate))
+    shape = mel.shape
+    x = mel.reshape(-1, shape[-2], shape[-1])
+    out = nnf.interpolate(x, size=length, mode="linear", align_corners=False)
+    return out.reshape(*shape[:-1], length)
+
+
+def crop_stretch(mel_song: torch.Tensor, start: int, chunk_frames: int, rate: float = 1.0) -> torch.Tensor:
+    """(n_mels, T) song -> (n_mels, chunk_frames): the window at `start` played at `rate`.
+
+    Reads round(chunk_frames * rate) source frames (moved back to fit the song; a song
+    shorter than that is tiled) and resamples them to chunk_frames.
+    """
+    need = max(2, round(chunk_frames * rate))
+    t = mel_song.shape[-1]
+    if t < need:
+        mel_song = mel_song.repeat(1, math.ceil(need / t))
+        t = mel_song.shape[-1]
+    start = max(0, min(start, t - need))
+    window = mel_song[:, start : start + need]
+    if need == chunk_frames:
+        return window
+    return mel_time_stretch(window, rate, length=chunk_frames)
+
+
+# --- extra positive augmentations on log-mel ---------------------------------------------
+
+_DB = math.log(10.0) / 10.0  # natural-log power per dB
+GAIN_DB = 6.0  # gain uniform in +-6 dB
+NOISE_SNR_DB = (10.0, 30.0)  # white noise, SNR against the view's mean power
+EQ_TILT_DB = 6.0  # spectral tilt uniform in +-6 dB from lowest to highest band
+REVERB_DECAY_S = (0.1, 0.6)  # exponential tail time constant, per band
+REVERB_WET = (0.1, 0.5)  # tail power relative to the dry signal
+
+EXTRA_AUGMENTATIONS = ("gain", "noise", "eq", "reverb")
+
+
+def _uniform(n: int, low: float, high: float, gen: torch.Generator) -> torch.Tensor:
+    return low + (high - low) * torch.rand(n, generator=gen, dtype=torch.float64)
+
+
+def apply_extra(mel: torch.Tensor, name: str, gen: torch.Generator, frame_seconds: float) -> torch.Tensor:
+    """(B, n_mels, T) log-mel -> same shape with one random extra augmentation per view."""
+    n, n_mels, t = mel.shape
+
+    def col(v: torch.Tensor) -> torch.Tensor:
+        return v.to(device=mel.device, dtype=mel.dtype)[:, None, None]
+
+    if name == "gain":
+        return mel + col(_uniform(n, -GAIN_DB, GAIN_DB, gen) * _DB)
+    if name == "eq":
+        slope = col(_uniform(n, -EQ_TILT_DB, EQ_TILT_DB, gen) * _DB)
+        ramp = torch.linspace(-0.5, 0.5, n_mels, device=mel.device, dtype=mel.dtype)[None, :, None]
+        return mel + slope * ramp
+    if name == "noise":
+        snr = col(_uniform(n, *NOISE_SNR_DB, gen) * _DB)
+        mean_power = torch.logsumexp(mel.reshape(n, -1), dim=1)[:, None, None] - math.log(n_mels * t)
+        return torch.logaddexp(mel, mean_power - snr)
+    if name == "reverb":
+        tau = _uniform(n, *REVERB_DECAY_S, gen)
+        decay = col(torch.exp(-frame_seconds / tau))  # per-frame power decay
+        wet = col(_uniform(n, *REVERB_WET, gen))
+        power = mel.exp()
+        tail = torch.zeros_like(power)
+        acc = torch.zeros_like(power[..., 0])
+        # Exponential tail: a first-order recursion over frames (T is small in training).
+        for i in range(t):
+            acc = acc * decay[..., 0] + power[..., i]
+            tail[..., i] = acc
+        tail = tail * (1 - decay)
+        return torch.log(power + wet * tail)
+    raise ValueError(f"unknown augmentation {name!r}; valid: {', '.join(EXTRA_AUGMENTATIONS)}")
+
+
+# --- pair policies ----------------------------------------------------------------------
+
+PITCH_POSITIVE = AugmentPolicy(role="positive", low=0.0, high=2.0)  # semitones
+PITCH_NEGATIVE = AugmentPolicy(role="negative", low=1.0, high=4.0)
+STRETCH_POSITIVE = AugmentPolicy(role="positive", low=1.0, high=1.15)  # rate factor, either way
+STRETCH_NEGATIVE = AugmentPolicy(role="negative", low=1.1, high=1.25)
+
+
+@dataclass(frozen=True)
+class PairPolicy:
+    """Role and range of pitch shift and time stretch, plus extra always-positive augmentations."""
+
+    pitch_shift: AugmentPolicy
+    time_stretch: AugmentPolicy
+    extra_positives: tuple[str, ...] = ()
+
+    def roles(self, role: Literal["positive", "negative"]) -> list[str]:
+        """Names of the pitch/stretch augmentations with `role`, in a fixed order."""
+        return [name for name in ("pitch_shift", "time_stretch") if getattr(self, name).role == role]
+
+
+PAIR_POLICIES: dict[str, PairPolicy] = {
+    "ps_pos_ts_pos": PairPolicy(PITCH_POSITIVE, STRETCH_POSITIVE),
+    "ps_pos_ts_neg": PairPolicy(PITCH_POSITIVE, STRETCH_NEGATIVE),
+    "ps_neg_ts_pos": PairPolicy(PITCH_NEGATIVE, STRETCH_POSITIVE),
+    "ps_neg_ts_neg": PairPolicy(PITCH_NEGATIVE, STRETCH_NEGATIVE),
+}
+
+
+def _check(name: str, p: AugmentPolicy, no_change: float) -> None:
+    if p.role == "off":
+        return
+    if p.low < no_change:
+        raise ValueError(
+            f"{name} range low={p.low} must be >= {no_change} (it is a magnitude; sign is random)"
+        )
+    if p.role == "negative" and p.low <= no_change:
+        raise ValueError(
+            f"{name} is negative but its range low={p.low} includes no change ({no_change}); "
+            f"a negative copy must differ audibly: use low > {no_change}"
+        )
+
+
+def resolve_policy(cfg: TimbreConfig) -> PairPolicy:
+    """The named policy of `cfg`, with its pitch_shift / time_stretch / extra overrides, validated."""
+    try:
+        base = PAIR_POLICIES[cfg.policy]
+    except KeyError as e:
+        raise ValueError(f"unknown pair policy {cfg.policy!r}; valid: {', '.join(PAIR_POLICIES)}") from e
+    unknown = [x for x in cfg.extra_positives if x not in EXTRA_AUGMENTATIONS]
+    if unknown:
+        raise ValueError(f"unknown extra_positives {unknown}; valid: {', '.join(EXTRA_AUGMENTATIONS)}")
+    policy = PairPolicy(
+        pitch_shift=cfg.pitch_shift or base.pitch_shift,
+        time_stretch=cfg.time_stretch or base.time_stretch,
+        extra_positives=tuple(cfg.extra_positives),
+    )
+    _check("pitch_shift", policy.pitch_shift, 0.0)
+    _check("time_stretch", policy.time_stretch, 1.0)
+    return policy
+
+
+def draw_semitones(p: AugmentPolicy, n: int, gen: torch.Generator) -> torch.Tensor:
+    """(n,) semitone shifts: magnitude uniform in [low, high], random sign."""
+    sign = torch.randint(0, 2, (n,), generator=gen).double() * 2 - 1
+    return sign * _uniform(n, p.low, p.high, gen)
+
+
+def draw_rates(p: AugmentPolicy, n: int, gen: torch.Generator) -> torch.Tensor:
+    """(n,) stretch rates: f or 1/f, log f uniform in [log low, log high]."""
+    sign = torch.randint(0, 2, (n,), generator=gen).double() * 2 - 1
+    return torch.exp(sign * _uniform(n, math.log(p.low), math.log(p.high), gen))

@@ -1,0 +1,194 @@
+"""Augmentations change pitch and duration by the asked amount; pair policies resolve and validate."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torchaudio
+
+from recsys.augment import (
+    EXTRA_AUGMENTATIONS,
+    PAIR_POLICIES,
+    apply_extra,
+    crop_stretch,
+    draw_rates,
+    draw_semitones,
+    mel_band_centres,
+    mel_band_positions,
+    mel_pitch_shift,
+    mel_time_stretch,
+    pitch_shift_wave,
+    resolve_policy,
+    time_stretch_wave,
+)
+from recsys.config import AugmentPolicy, FeatureConfig, TimbreConfig
+from recsys.features import log_mel
+
+SR = 16000
+FEAT = FeatureConfig()
+
+
+def tone(f0: float, seconds: float = 2.0, harmonics: int = 1) -> torch.Tensor:
+    t = torch.arange(int(seconds * SR), dtype=torch.float64) / SR
+    wave = sum(torch.sin(2 * math.pi * k * f0 * t) / k for k in range(1, harmonics + 1))
+    return (0.3 * wave).float()
+
+
+def peak_hz(wave: torch.Tensor) -> float:
+    """Frequency of the strongest FFT bin, refined by parabolic interpolation."""
+    spec = torch.fft.rfft(wave.double() * torch.hann_window(len(wave), dtype=torch.float64)).abs()
+    k = int(spec[1:-1].argmax()) + 1
+    a, b, c = (float(x) for x in torch.log(spec[k - 1 : k + 2]))
+    offset = 0.5 * (a - c) / (a - 2 * b + c)
+    return (k + offset) * SR / len(wave)
+
+
+@pytest.mark.parametrize("semitones", [-4.0, -1.5, 1.0, 2.0, 4.0])
+def test_wave_pitch_shift_moves_peak_by_ratio_and_keeps_length(semitones):
+    x = tone(440.0)
+    y = pitch_shift_wave(x, SR, semitones)
+    assert y.shape == x.shape
+    ratio = peak_hz(y[2000:-2000]) / peak_hz(x[2000:-2000])
+    assert ratio == pytest.approx(2 ** (semitones / 12), rel=2e-3)
+
+
+@pytest.mark.parametrize("rate", [0.8, 0.9, 1.1, 1.25])
+def test_wave_time_stretch_changes_length_not_pitch(rate):
+    x = tone(330.0)
+    y = time_stretch_wave(x, rate)
+    assert y.shape[-1] == round(x.shape[-1] / rate)
+    assert peak_hz(y[2000:-2000]) == pytest.approx(330.0, rel=2e-3)
+
+
+def test_wave_time_stretch_scales_vibrato_rate():
+    # A 5 Hz vibrato played at rate 1.25 must become a 6.25 Hz vibrato.
+    t = torch.arange(4 * SR, dtype=torch.float64) / SR
+    f = 400 * (1 + 0.03 * torch.sin(2 * math.pi * 5.0 * t))
+    x = torch.sin(2 * math.pi * torch.cumsum(f, 0) / SR).float()
+    y = time_stretch_wave(x, 1.25)
+    spec = torch.stft(y, 512, 64, window=torch.hann_window(512), return_complex=True).abs()
+    track = spec.argmax(dim=0).double()  # pitch track in FFT bins, one value per 4 ms
+    track = track[8:-8] - track[8:-8].mean()
+    vib = torch.fft.rfft(track * torch.hann_window(len(track), dtype=torch.float64)).abs()
+    hz = (int(vib[1:].argmax()) + 1) * (SR / 64) / len(track)
+    assert hz == pytest.approx(6.25, abs=0.35)
+
+
+def test_mel_band_centres_match_torchaudio_filterbank():
+    fb = torchaudio.functional.melscale_fbanks(
+        FEAT.n_fft // 2 + 1, FEAT.f_min, SR / 2, FEAT.n_mels, SR, norm="slaney", mel_scale="slaney"
+    )  # (freq bins, n_mels)
+    bin_hz = SR / FEAT.n_fft
+    peaks = fb.argmax(dim=0).double() * bin_hz
+    centres = mel_band_centres(FEAT, SR)
+    assert torch.all((centres - peaks).abs() < bin_hz)  # triangle apex lies within a bin of the peak bin
+    assert torch.allclose(
+        mel_band_positions(centres, FEAT, SR), torch.arange(FEAT.n_mels, dtype=torch.float64)
+    )
+
+
+def band_centroid(mel: torch.Tensor) -> float:
+    power = mel[:, 10:-10].exp().mean(dim=1)
+    return float((power * torch.arange(len(power))).sum() / power.sum())
+
+
+@pytest.mark.parametrize("semitones", [-3.0, 2.0, 5.0])
+def test_mel_pitch_shift_moves_a_tone_to_its_shifted_band(semitones):
+    f = 1500.0
+    mel = log_mel(tone(f, 1.0), FEAT, SR)
+    shifted = mel_pitch_shift(mel, semitones, FEAT, SR)
+    truth = log_mel(tone(f * 2 ** (semitones / 12), 1.0), FEAT, SR)
+    assert shifted.shape == mel.shape
+    assert band_centroid(shifted) == pytest.approx(band_centroid(truth), abs=0.4)
+    # Closer to the truly shifted tone than the input was.
+    assert (shifted - truth).abs().mean() < 0.6 * (mel - truth).abs().mean()
+
+
+def test_mel_pitch_shift_zero_is_identity_and_batches_per_view():
+    mel = log_mel(tone(220.0, 1.0, harmonics=8), FEAT, SR)
+    assert torch.allclose(mel_pitch_shift(mel, 0.0, FEAT, SR), mel, atol=1e-5)
+    batch = torch.stack([mel, mel])
+    out = mel_pitch_shift(batch, torch.tensor([0.0, 3.0]), FEAT, SR)
+    assert torch.allclose(out[0], mel, atol=1e-5)
+    assert torch.allclose(out[1], mel_pitch_shift(mel, 3.0, FEAT, SR))
+
+
+@pytest.mark.parametrize("rate", [0.8, 1.1, 1.25])
+def test_mel_time_stretch_length_and_spectrum(rate):
+    mel = log_mel(tone(300.0, 2.0, harmonics=5), FEAT, SR)
+    out = mel_time_stretch(mel, rate)
+    assert out.shape == (FEAT.n_mels, round(mel.shape[-1] / rate))
+    # A steady tone keeps its spectrum.
+    assert torch.allclose(out[:, 5:-5].mean(1), mel[:, 5:-5].mean(1), atol=0.05)
+
+
+def test_mel_time_stretch_matches_waveform_stretch():
+    mel = log_mel(tone(300.0, 2.0, harmonics=5), FEAT, SR)
+    via_wave = log_mel(time_stretch_wave(tone(300.0, 2.0, harmonics=5), 1.25), FEAT, SR)
+    via_mel = mel_time_stretch(mel, 1.25)
+    assert abs(via_mel.shape[-1] - via_wave.shape[-1]) <= 1
+    n = min(via_mel.shape[-1], via_wave.shape[-1])
+    strong = via_wave[:, 5 : n - 5] > via_wave.max() - 8  # bands holding the harmonics
+    assert (via_mel[:, 5 : n - 5] - via_wave[:, 5 : n - 5])[strong].abs().mean() < 1.0
+
+
+def test_crop_stretch_is_a_crop_at_rate_one_and_tiles_short_songs():
+    song = torch.arange(48 * 100, dtype=torch.float32).reshape(48, 100)
+    assert torch.equal(crop_stretch(song, 10, 32), song[:, 10:42])
+    assert torch.equal(crop_stretch(song, 90, 32), song[:, 68:100])  # moved back to fit
+    assert crop_stretch(song, 0, 32, 1.25).shape == (48, 32)
+    short = crop_stretch(song[:, :20], 0, 50)
+    assert short.shape == (48, 50) and torch.equal(short[:, 20:40], song[:, :20])
+
+
+def test_extra_augmentations_keep_shape_and_are_reproducible():
+    mel = log_mel(tone(220.0, 1.0, harmonics=8), FEAT, SR)[None].repeat(3, 1, 1)
+    for name in EXTRA_AUGMENTATIONS:
+        a = apply_extra(mel, name, torch.Generator().manual_seed(1), 0.016)
+        b = apply_extra(mel, name, torch.Generator().manual_seed(1), 0.016)
+        assert a.shape == mel.shape and torch.equal(a, b)
+        assert not torch.allclose(a, mel), name
+    gained = apply_extra(mel, "gain", torch.Generator().manual_seed(0), 0.016)
+    offsets = (gained - mel).mean(dim=(1, 2)) / (math.log(10) / 10)  # dB
+    assert torch.all(offsets.abs() <= 6.0 + 1e-4)
+    noisy = apply_extra(mel, "noise", torch.Generator().manual_seed(0), 0.016)
+    assert torch.all(noisy >= mel - 1e-5)  # noise only adds power
+    with pytest.raises(ValueError, match="valid: gain"):
+        apply_extra(mel, "chorus", torch.Generator(), 0.016)
+
+
+@pytest.mark.parametrize("name", list(PAIR_POLICIES))
+def test_named_policies_resolve_with_their_roles(name):
+    policy = resolve_policy(TimbreConfig(policy=name))
+    ps, ts = name.split("_")[1], name.split("_")[3]
+    assert policy.pitch_shift.role == {"pos": "positive", "neg": "negative"}[ps]
+    assert policy.time_stretch.role == {"pos": "positive", "neg": "negative"}[ts]
+    assert policy.extra_positives == TimbreConfig().extra_positives
+
+
+def test_policy_overrides_and_bad_values():
+    cfg = TimbreConfig(
+        policy="ps_neg_ts_neg", time_stretch=AugmentPolicy(role="off"), extra_positives=("eq",)
+    )
+    policy = resolve_policy(cfg)
+    assert policy.time_stretch.role == "off" and policy.pitch_shift.role == "negative"
+    assert policy.roles("negative") == ["pitch_shift"] and policy.extra_positives == ("eq",)
+    with pytest.raises(ValueError, match="valid: ps_pos_ts_pos"):
+        resolve_policy(TimbreConfig(policy="both_neg"))
+    with pytest.raises(ValueError, match="includes no change"):
+        resolve_policy(TimbreConfig(pitch_shift=AugmentPolicy(role="negative", low=0.0, high=2.0)))
+    with pytest.raises(ValueError, match="time_stretch range low=0.8"):
+        resolve_policy(TimbreConfig(time_stretch=AugmentPolicy(role="positive", low=0.8, high=1.25)))
+    with pytest.raises(ValueError, match="valid: gain"):
+        resolve_policy(TimbreConfig(extra_positives=("chorus",)))
+
+
+def test_drawn_amounts_stay_in_range_and_both_directions():
+    gen = torch.Generator().manual_seed(0)
+    s = draw_semitones(AugmentPolicy(role="negative", low=1.0, high=4.0), 500, gen)
+    assert torch.all((s.abs() >= 1.0) & (s.abs() <= 4.0)) and (s > 0).any() and (s < 0).any()
+    r = draw_rates(AugmentPolicy(role="negative", low=1.1, high=1.25), 500, gen)
+    assert torch.all((r.log().abs() >= math.log(1.1) - 1e-9) & (r.log().abs() <= math.log(1.25) + 1e-9))
+    assert (r > 1).any() and (r < 1).any()
