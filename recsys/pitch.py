@@ -1,0 +1,205 @@
+"""Pitch features for the melody encoder, computed cheaply from the log-mel.
+
+The melody encoder receives only the log-mel (the encoder contract is
+``embed(mel)``), so pitch is estimated from it by harmonic summation: a voiced
+frame with fundamental f0 puts energy at f0, 2 f0, 3 f0, ...; the salience of a
+candidate pitch is a weighted sum of the energy the mel bands hold at its
+harmonics. One mel band is too wide to tell semitones apart near f0, but the
+upper harmonics land in different bands, so the sum resolves about a semitone.
+Everything here is a fixed linear map of the mel power plus a log, so it runs on
+any device inside the model.
+
+- :func:`harmonic_matrix`  (n_pitch, n_mels): mel power -> pitch salience, one bin per semitone.
+- :func:`pitch_salience`   (..., n_mels, T) log-mel -> (..., n_pitch, T) log salience.
+- :func:`fold_chroma`      (..., n_pitch, T) -> (..., 12, T) pitch classes.
+- :func:`relative_chroma`  transposition-invariant chroma: the current chroma
+  circularly correlated with the chroma of the preceding seconds (the intervals
+  between the note now and the notes just sung), causal.
+- :func:`interval_lag_profile` key-invariant song descriptor: interval x lag statistics.
+- :func:`chroma_stats`     the chroma-statistics baseline melody vector.
+- :func:`crepe_f0`         optional pretrained CREPE pitch track from the waveform
+  (needs ``pip install singer-recsys[pitch]``).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+import torchaudio
+
+from recsys.config import FeatureConfig
+from recsys.modules.conv import pad_left
+
+# Candidate fundamentals: MIDI 40 (E2, 82 Hz) .. 83 (B5, 988 Hz), the sung range, one bin per semitone.
+MIDI_LOW = 40
+MIDI_HIGH = 83
+N_PITCH = MIDI_HIGH - MIDI_LOW + 1
+N_CHROMA = 12
+N_HARMONICS = 8
+HARMONIC_DECAY = 0.85  # weight of harmonic h is HARMONIC_DECAY ** (h - 1)
+
+
+def midi_to_hz(midi: torch.Tensor | float) -> torch.Tensor:
+    return 440.0 * 2.0 ** ((torch.as_tensor(midi, dtype=torch.float64) - 69.0) / 12.0)
+
+
+def mel_filterbank(cfg: FeatureConfig, sample_rate: int) -> torch.Tensor:
+    """(n_freqs, n_mels) filters identical to recsys.features.log_mel's (Slaney scale and norm)."""
+    return torchaudio.functional.melscale_fbanks(
+        n_freqs=cfg.n_fft // 2 + 1,
+        f_min=cfg.f_min,
+        f_max=cfg.f_max if cfg.f_max is not None else sample_rate / 2,
+        n_mels=cfg.n_mels,
+        sample_rate=sample_rate,
+        norm="slaney",
+        mel_scale="slaney",
+    ).double()
+
+
+def _band_response(fbank: torch.Tensor, freqs: torch.Tensor, sample_rate: int) -> torch.Tensor:
+    """(F, n_mels) response of every mel band to a pure tone at each of `freqs` (F,), interpolated."""
+    n_freqs = fbank.shape[0]
+    pos = freqs / (sample_rate / 2) * (n_freqs - 1)
+    lo = pos.floor().long().clamp(0, n_freqs - 2)
+    frac = (pos - lo).unsqueeze(-1)
+    return fbank[lo] * (1 - frac) + fbank[lo + 1] * frac
+
+
+def harmonic_matrix(
+    cfg: FeatureConfig, sample_rate: int, n_harmonics: int = N_HARMONICS, decay: float = HARMONIC_DECAY
+) -> torch.Tensor:
+    """(N_PITCH, n_mels) float32 map from mel power to harmonic-sum salience.
+
+    Row p is sum_h decay^(h-1) * r_h / |r_h|^2, with r_h the mel bands' response
+    to a tone at h * f0(p): the least-squares estimate of that harmonic's power.
+    Harmonics above Nyquist are left out.
+    """
+    fbank = mel_filterbank(cfg, sample_rate)
+    f0 = midi_to_hz(torch.arange(MIDI_LOW, MIDI_HIGH + 1))
+    rows = torch.zeros(N_PITCH, cfg.n_mels, dtype=torch.float64)
+    for h in range(1, n_harmonics + 1):
+        freqs = h * f0
+        ok = freqs < 0.95 * sample_rate / 2
+        if not ok.any():
+            break
+        resp = _band_response(fbank, freqs[ok], sample_rate)  # (n_ok, n_mels)
+        rows[ok] += decay ** (h - 1) * resp / resp.pow(2).sum(-1, keepdim=True).clamp_min(1e-12)
+    return rows.float()
+
+
+def pitch_salience(log_mel: torch.Tensor, matrix: torch.Tensor, floor: float = 1e-5) -> torch.Tensor:
+    """(..., n_mels, T) natural-log mel power -> (..., N_PITCH, T) log harmonic-sum salience."""
+    power = log_mel.exp()
+    return torch.log(torch.einsum("pm,...mt->...pt", matrix.to(power), power).clamp_min(0) + floor)
+
+
+def fold_chroma(log_salience: torch.Tensor) -> torch.Tensor:
+    """(..., N_PITCH, T) log salience -> (..., 12, T) log chroma (power summed over octaves).
+
+    Chroma bin 0 is pitch class C.
+    """
+    power = log_salience.exp()
+    shape = power.shape
+    start = MIDI_LOW % N_CHROMA  # pitch class of the first bin
+    end = (-(N_PITCH + start)) % N_CHROMA
+    power = F.pad(power, (0, 0, start, end))  # (..., 12 * octaves, T), row 0 is a C
+    folded = power.reshape(*shape[:-2], -1, N_CHROMA, shape[-1]).sum(-3)
+    return torch.log(folded + 1e-8)
+
+
+def chroma_distribution(log_chroma: torch.Tensor, sharpness: float = 1.0) -> torch.Tensor:
+    """(..., 12, T) log chroma -> (..., 12, T) per-frame distribution (softmax over pitch classes)."""
+    return torch.softmax(sharpness * log_chroma, dim=-2)
+
+
+def relative_chroma(log_chroma: torch.Tensor, context_frames: int, sharpness: float = 1.0) -> torch.Tensor:
+    """(..., 12, T) log chroma -> (..., 12, T) transposition-invariant interval profile, causal.
+
+    out[d, t] = sum_c p[(c + d) mod 12, t] * q[c, t] where p is frame t's chroma
+    distribution and q the mean distribution over the `context_frames` frames
+    before and including t: how likely the note now lies d semitones above what
+    was just sung. Transposing the input circularly shifts p and q together, so
+    the output does not change.
+    """
+    p = chroma_distribution(log_chroma, sharpness)
+    shape = p.shape
+    flat = p.reshape(-1, N_CHROMA, shape[-1])
+    # Causal moving average, zero context before the start (weights still sum to the frames seen).
+    csum = torch.cumsum(pad_left(flat, 1), dim=-1)
+    t = torch.arange(shape[-1], device=p.device)
+    lo = (t + 1 - context_frames).clamp_min(0)
+    q = (csum[..., t + 1] - csum[..., lo]) / (t + 1 - lo).to(p.dtype)
+    return circular_correlation(flat, q).reshape(shape)
+
+
+def circular_correlation(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    """(..., 12, T) x (..., 12, T) -> (..., 12, T): out[d] = sum_c p[(c + d) mod 12] * q[c] per frame."""
+    pf = torch.fft.rfft(p, dim=-2)
+    qf = torch.fft.rfft(q, dim=-2)
+    return torch.fft.irfft(pf * qf.conj(), n=N_CHROMA, dim=-2)
+
+
+def interval_lag_profile(log_chroma: torch.Tensor, lags: list[int]) -> torch.Tensor:
+    """(12, T) log chroma -> (len(lags) * 12,) L2-normalised key-invariant melody descriptor.
+
+    Entry (lag, d) is the mean over t of the chance that the note at t lies d
+    semitones above the note at t - lag: intervals and rhythm together, with no
+    key (both frames shift alike) and no order in time (averaged over t).
+    Each interval profile is centred over lags so that what stays is how it
+    changes with the lag.
+    """
+    p = chroma_distribution(log_chroma)
+    rows = [
+        circular_correlation(p[:, lag:], p[:, :-lag]).mean(-1) if lag < p.shape[-1] else p.new_zeros(N_CHROMA)
+        for lag in lags
+    ]
+    profile = torch.stack(rows)  # (n_lags, 12)
+    return F.normalize((profile - profile.mean(0, keepdim=True)).flatten(), dim=0)
+
+
+def chroma_stats(log_mel: torch.Tensor, matrix: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Chroma-statistics baseline: (n_mels, T) log-mel -> (24,) L2-normalised mean and std of chroma."""
+    chroma = chroma_distribution(fold_chroma(pitch_salience(log_mel, matrix)))  # (12, T)
+    if mask is not None:
+        chroma = chroma[:, mask]
+    vec = torch.cat([chroma.mean(-1), chroma.std(-1, unbiased=False)])
+    return F.normalize(vec, dim=0)
+
+
+def crepe_f0(
+    wave: torch.Tensor, sample_rate: int, hop_length: int, device: str | torch.device = "cpu", model: str = "tiny"
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pretrained CREPE pitch track: (N,) waveform -> f0 in Hz (T,) and periodicity (T,).
+
+    torchcrepe is an optional extra; its weights ship inside the pip package.
+    """
+    try:
+        import torchcrepe
+    except ImportError as e:
+        raise ImportError(
+            "CREPE pitch tracking needs torchcrepe: pip install singer-recsys[pitch]"
+        ) from e
+    wave = torch.as_tensor(wave, dtype=torch.float32).reshape(1, -1)
+    f0, periodicity = torchcrepe.predict(
+        wave,
+        sample_rate,
+        hop_length,
+        fmin=float(midi_to_hz(MIDI_LOW)),
+        fmax=float(midi_to_hz(MIDI_HIGH)),
+        model=model,
+        return_periodicity=True,
+        batch_size=512,
+        device=str(device),
+    )
+    return f0[0], periodicity[0]
+
+
+def f0_to_chroma(f0: torch.Tensor, periodicity: torch.Tensor, threshold: float = 0.3) -> torch.Tensor:
+    """(T,) f0 in Hz and periodicity -> (12, T) one-hot chroma of voiced frames (zeros elsewhere)."""
+    midi = 69 + 12 * torch.log2(f0.clamp_min(1e-3) / 440.0)
+    pc = torch.round(midi).long() % N_CHROMA
+    out = torch.zeros(N_CHROMA, f0.shape[-1], dtype=torch.float32)
+    voiced = periodicity >= threshold
+    out[pc[voiced], voiced.nonzero().flatten()] = 1.0
+    return out
+

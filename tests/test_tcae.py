@@ -1,0 +1,322 @@
+"""TCAE melody encoder: causality, receptive field, any length, masks, streaming, training, checkpoints."""
+
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from recsys import corpus, pitch
+from recsys.config import FeatureConfig, MelodyConfig
+from recsys.features import log_mel
+from recsys.models.tcae import TCAE, TCAEConfig, masked_pool
+from recsys.training.checkpoint import CheckpointMismatchError
+from recsys.training.data import SongFeatures
+from recsys.training.tcae import (
+    load_melody,
+    melody_precision_at_1,
+    pad_batch,
+    reconstruction_error,
+    train_melody,
+    window_batch,
+    windows,
+)
+
+SR = 16000
+FEAT = FeatureConfig()
+TINY = {"channels": 8, "latent_dim": 4, "n_layers": 4, "decoder_layers": 2, "n_lags": 6, "max_lag_frames": 40,
+        "pool": "stats+lag"}
+
+
+def tiny(**kw) -> TCAE:
+    torch.manual_seed(0)
+    return TCAE(TCAEConfig(**{**TINY, **kw})).eval()
+
+
+def tone_mel(midis: list[int], note_s: float = 0.25, seed: int = 0) -> torch.Tensor:
+    """Log-mel of a harmonic-tone melody, one note per `note_s` seconds: (48, T)."""
+    rng = np.random.default_rng(seed)
+    amps = rng.uniform(0.3, 1.0, 10) * 0.8 ** np.arange(10)
+    t = np.arange(int(note_s * SR)) / SR
+    notes = []
+    for m in midis:
+        f0 = 440 * 2 ** ((m - 69) / 12)
+        notes.append(sum(a * np.sin(2 * np.pi * f0 * (h + 1) * t) for h, a in enumerate(amps) if f0 * (h + 1) < 7800))
+    wave = np.concatenate(notes) + 1e-3 * rng.standard_normal(len(t) * len(midis))
+    return log_mel(torch.from_numpy(wave.astype(np.float32)), FEAT, SR)
+
+
+@pytest.fixture(scope="module")
+def sung() -> dict[tuple[int, int], torch.Tensor]:
+    """Log-mels of 3 synthetic singers x 3 melodies, 8 s each (singers sing in their own keys)."""
+    singers = corpus.make_singers(3, seed=7)
+    melodies = corpus.make_melodies(3, seed=7)
+    return {
+        (i, j): log_mel(torch.from_numpy(corpus.sing(v, m, 8.0, SR, seed=i + 3 * j)), FEAT, SR)
+        for i, v in enumerate(singers)
+        for j, m in enumerate(melodies)
+    }
+
+
+def songs_from(sung) -> list[SongFeatures]:
+    return [
+        SongFeatures(k, mel, singer=f"s{i}", content_hash=f"h{k}", metadata={"melody": f"m{j}"})
+        for k, ((i, j), mel) in enumerate(sorted(sung.items()))
+    ]
+
+
+# --- model invariants ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kw", [{"input": "mel"}, {"input": "mel+pitch"}, {"input": "pitch", "key_invariant": True,
+                                                                              "context_frames": 9}])
+def test_changing_frame_t_never_changes_earlier_latents(kw):
+    model = tiny(**kw)
+    mel = torch.randn(48, 150)
+    ref = model.encode_frames(mel, chunk_frames=None)
+    for t in (0, 40, 149):
+        changed = mel.clone()
+        changed[:, t] += 3.0 * torch.randn(48)
+        out = model.encode_frames(changed, chunk_frames=None)
+        assert torch.equal(out[:t], ref[:t])
+        assert not torch.allclose(out[t], ref[t])
+
+
+@pytest.mark.parametrize("kw", [{"input": "mel"}, {"input": "pitch", "key_invariant": True, "context_frames": 9}])
+def test_receptive_field_equals_formula(kw):
+    model = tiny(**kw).double()
+    rf = 1 + sum((model.cfg.kernel_size - 1) * d for d in model.cfg.dilations)
+    if model.cfg.key_invariant:
+        rf += model.cfg.context_frames - 1
+    assert model.receptive_field == rf
+    t = rf + 20
+    mel = torch.randn(1, 48, t + 30, dtype=torch.float64, requires_grad=True)
+    x, _ = model.front(mel)
+    model.encoder(x)[0, :, t].sum().backward()
+    touched = (mel.grad[0].abs().sum(0) > 0).nonzero().flatten()
+    assert int(touched.max()) == t
+    assert t - int(touched.min()) + 1 == rf
+    assert f"{rf} frames = {rf * 256 / SR:.2f} s" in model.summary(SR, 256)
+
+
+def test_any_length_in_same_length_out():
+    model = tiny(input="mel+pitch")
+    gen = torch.Generator().manual_seed(0)
+    for length in torch.randint(1, 700, (6,), generator=gen).tolist():
+        mel = torch.randn(2, 48, length)
+        target, recon, z = model(mel)
+        assert recon.shape == target.shape == (2, model.front.out_channels, length)
+        assert z.shape == (2, 4, length)
+        assert model.encode_frames(mel[0], chunk_frames=64).shape == (length, 4)
+        vec = model.embed_song(mel[0])
+        assert vec.shape == (model.dim,) and torch.isclose(vec.norm(), torch.tensor(1.0))
+
+
+@pytest.mark.parametrize("kw", [{"input": "mel"}, {"input": "mel+pitch", "key_invariant": True, "context_frames": 50}])
+def test_streaming_equals_whole_sequence(kw):
+    model = tiny(**kw)
+    mel = torch.randn(48, 1000)
+    whole = model.encode_frames(mel, chunk_frames=None)
+    torch.testing.assert_close(model.encode_frames(mel, chunk_frames=97), whole, rtol=1e-4, atol=1e-5)
+    state, parts = model.init_state(), []
+    for chunk in torch.split(mel, [1, 300, 13, 686], dim=-1):
+        z, state = model.encode_chunk(chunk.unsqueeze(0), state)
+        parts.append(z[0].T)
+    torch.testing.assert_close(torch.cat(parts), whole, rtol=1e-4, atol=1e-5)
+
+
+def test_masking_ignores_padding():
+    model = tiny(input="mel+pitch", key_invariant=True, context_frames=20)
+    mels = [torch.randn(48, n) for n in (90, 200, 37)]
+    batch, mask = pad_batch(mels)
+    other = batch.clone()
+    other[~mask.unsqueeze(1).expand_as(other)] = torch.randn(int((~mask).sum()) * 48)
+    assert torch.equal(model.reconstruction_loss(batch, mask), model.reconstruction_loss(other, mask))
+    assert not torch.equal(model.reconstruction_loss(batch), model.reconstruction_loss(other))
+    embedded = model.embed(other, mask)
+    for i, m in enumerate(mels):
+        torch.testing.assert_close(embedded[i], model.embed_song(m), rtol=1e-4, atol=1e-5)
+
+
+def test_masked_pool_matches_plain_loop():
+    z = torch.randn(1, 3, 50)
+    lags = [1, 4, 60]
+    got = masked_pool(z, torch.ones(1, 50, dtype=torch.bool), lags)[0]
+    mean, std = z[0].mean(-1), z[0].std(-1, unbiased=False)
+    zn = (z[0] - mean[:, None]) / std[:, None]
+    acf = [
+        [sum(zn[c, t] * zn[c, t - lag] for t in range(lag, 50)) / max(50 - lag, 1) if lag < 50 else 0.0 for c in range(3)]
+        for lag in lags
+    ]
+    stats = torch.nn.functional.normalize(torch.cat([mean, std]), dim=0)
+    lag_part = torch.nn.functional.normalize(torch.tensor(acf, dtype=torch.float32).flatten(), dim=0)
+    torch.testing.assert_close(got, torch.cat([stats, lag_part]) / 2**0.5, rtol=1e-3, atol=1e-4)
+
+
+def test_bad_config_and_mask_raise():
+    with pytest.raises(ValueError, match="'mel', 'pitch', 'mel\\+pitch'|mel, pitch, mel\\+pitch"):
+        TCAEConfig(input="chroma")
+    with pytest.raises(ValueError, match="key_invariant needs a pitch representation"):
+        TCAEConfig(input="mel", key_invariant=True)
+    model = tiny()
+    with pytest.raises(ValueError, match="prefix"):
+        model.embed(torch.randn(1, 48, 5), torch.tensor([[True, False, True, True, False]]))
+    with pytest.raises(ValueError, match="n_mels=48"):
+        model.embed_song(torch.randn(40, 100))
+
+
+# --- pitch features -----------------------------------------------------------------------
+
+
+def test_harmonic_salience_finds_the_sung_pitch_class_within_a_semitone():
+    matrix = pitch.harmonic_matrix(FEAT, SR)
+    midis = list(range(48, 76, 3))
+    mel = tone_mel(midis, note_s=0.3)
+    chroma = pitch.fold_chroma(pitch.pitch_salience(mel, matrix))  # (12, T)
+    per_note = chroma.shape[-1] // len(midis)
+    found = [int(chroma[:, k * per_note + 3 : (k + 1) * per_note - 3].mean(-1).argmax()) for k in range(len(midis))]
+    # 48 mel bands cannot always split neighbouring semitones: ask for the right class within one.
+    near = sum(min((f - m) % 12, (m - f) % 12) <= 1 for f, m in zip(found, midis))
+    assert near >= 0.8 * len(midis), f"pitch classes {found} for notes {midis}"
+    shuffled = [found[(k + 3) % len(found)] for k in range(len(found))]  # the same test fails on wrong notes
+    assert sum(min((f - m) % 12, (m - f) % 12) <= 1 for f, m in zip(shuffled, midis)) < near
+
+
+def test_relative_chroma_is_transposition_invariant_and_causal():
+    log_chroma = torch.randn(12, 80)
+    ref = pitch.relative_chroma(log_chroma, 10)
+    torch.testing.assert_close(pitch.relative_chroma(log_chroma.roll(5, dims=0), 10), ref)
+    changed = log_chroma.clone()
+    changed[:, 40] += 5.0
+    assert torch.equal(pitch.relative_chroma(changed, 10)[:, :40], ref[:, :40])
+
+
+def test_key_invariant_model_ignores_exact_transposition():
+    """Transposing a tone melody by 12 semitones keeps every pitch class: the vector barely moves."""
+    model = tiny(input="pitch", key_invariant=True, context_frames=30)
+    midis = [55, 57, 59, 60, 62, 60, 59, 57] * 2
+    a = model.embed_song(tone_mel(midis))
+    b = model.embed_song(tone_mel([m + 12 for m in midis]))
+    c = model.embed_song(tone_mel([55, 62, 55, 62, 57, 64, 57, 64] * 2))
+    assert torch.dot(a, b) > torch.dot(a, c)
+
+
+def test_crepe_missing_names_the_extra(monkeypatch):
+    monkeypatch.setitem(sys.modules, "torchcrepe", None)
+    with pytest.raises(ImportError, match=r"pip install singer-recsys\[pitch\]"):
+        pitch.crepe_f0(torch.zeros(SR), SR, 256)
+
+
+# --- training and checkpoints -------------------------------------------------------------
+
+
+def test_windows_cover_every_frame_once():
+    n_frames = [5, 100, 257, 512]
+    refs = windows(n_frames, chunk_frames=64, overlap=16)
+    mels = [torch.randn(2, n) for n in n_frames]
+    counts = [torch.zeros(n) for n in n_frames]
+    _, valid, scored = window_batch(mels, refs, 64, 16)
+    for (i, s), v, sc in zip(refs, valid, scored):
+        counts[i][s : s + 64] += (v & sc)[: n_frames[i] - s].float()
+    assert all(torch.equal(c, torch.ones_like(c)) for c in counts)
+    with pytest.raises(ValueError, match="chunk_overlap"):
+        windows([10], chunk_frames=8, overlap=8)
+
+
+def _melody_cfg(**kw) -> MelodyConfig:
+    base = {"channels": 12, "latent_dim": 4, "n_layers": 5, "chunk_frames": 128, "chunk_overlap": 32, "batch_size": 8,
+                "learning_rate": 3e-3, "epochs": 3, "patience": 5, "seed": 1}
+    return MelodyConfig(**{**base, **kw})
+
+
+def test_short_training_lowers_reconstruction_error(sung, tmp_path):
+    songs = songs_from(sung)
+    cfg = _melody_cfg(input="mel+pitch", key_invariant=True, batch_size=4, epochs=4)
+    torch.manual_seed(cfg.seed)
+    untrained = TCAE(TCAEConfig.from_settings(cfg, FEAT, SR))
+    before = reconstruction_error(untrained, [s.mel for s in songs])
+    result = train_melody(songs, cfg, FEAT, SR, tmp_path, device="cpu")
+    after = reconstruction_error(result.model, [s.mel for s in songs])
+    assert after < 0.8 * before
+    assert [h["epoch"] for h in result.history] == [0, 1, 2, 3]
+    assert all(h["held_out"] for h in result.history)
+    assert result.history[-1]["valid_loss"] < result.history[0]["valid_loss"]
+
+
+def _melody_wins(vec: dict[tuple[int, int], torch.Tensor]) -> list[bool]:
+    """For singers a != b and melodies j != o: is (a, j) closer to (b, j) than to (a, o)?"""
+    wins = []
+    for j in range(3):
+        for a in range(3):
+            for b in range(3):
+                if a != b:
+                    same_melody = torch.dot(vec[a, j], vec[b, j])
+                    wins += [bool(same_melody > torch.dot(vec[a, j], vec[a, o])) for o in range(3) if o != j]
+    return wins
+
+
+def test_same_melody_by_two_voices_is_closer_than_two_melodies_by_one_voice(sung):
+    """Key-invariant pitch features (interval-lag pooling), across the singers' own keys."""
+    model = tiny(input="pitch", key_invariant=True, pool="interval-lag", n_lags=24, max_lag_frames=256)
+    vec = {k: model.embed_song(mel) for k, mel in sung.items()}
+    wins = _melody_wins(vec)
+    assert sum(wins) >= 0.8 * len(wins), f"{sum(wins)}/{len(wins)}"
+    # The latent mean/std alone is dominated by the voice: the pooling is what makes it melodic.
+    stats = tiny(input="pitch", key_invariant=True, pool="stats")
+    assert sum(_melody_wins({k: stats.embed_song(mel) for k, mel in sung.items()})) < sum(wins)
+
+
+def test_interval_lag_embed_masks_padding(sung):
+    model = tiny(input="pitch", key_invariant=True, pool="interval-lag")
+    mels = [sung[0, 0], sung[1, 2][:, :300]]
+    batch, mask = pad_batch(mels)
+    out = model.embed(batch, mask)
+    assert out.shape == (2, model.dim)
+    for i, m in enumerate(mels):
+        torch.testing.assert_close(out[i], model.embed_song(m))
+
+
+def test_checkpoint_reloads_bit_identically_and_refuses_other_config(sung, tmp_path):
+    songs = songs_from(sung)[:4]
+    cfg = _melody_cfg(epochs=1)
+    result = train_melody(songs, cfg, FEAT, SR, tmp_path, device="cpu")
+    model, meta = load_melody(tmp_path)
+    assert meta.version == result.version.version
+    for (k, a), b in zip(result.model.state_dict().items(), model.state_dict().values()):
+        assert torch.equal(a, b), k
+    mel = songs[0].mel
+    assert torch.equal(model.embed_song(mel), result.model.embed_song(mel))
+    load_melody(tmp_path, expect=TCAEConfig.from_settings(cfg, FEAT, SR))
+    with pytest.raises(CheckpointMismatchError, match="latent_dim"):
+        load_melody(tmp_path, expect=TCAEConfig.from_settings(_melody_cfg(latent_dim=8), FEAT, SR))
+
+
+def test_resume_after_interruption_equals_uninterrupted_run(sung, tmp_path):
+    songs = songs_from(sung)[:5]
+    cfg = _melody_cfg(epochs=3, input="pitch")
+    full = train_melody(songs, cfg, FEAT, SR, tmp_path / "a", device="cpu")
+
+    def crash(record: dict) -> None:
+        if record.get("epoch") == 1:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train_melody(songs, cfg, FEAT, SR, tmp_path / "b", device="cpu", log=crash)
+    resumed = train_melody(songs, cfg, FEAT, SR, tmp_path / "b", device="cpu")
+    assert [h["epoch"] for h in resumed.history] == [0, 1, 2]
+    for a, b in zip(full.model.state_dict().values(), resumed.model.state_dict().values()):
+        torch.testing.assert_close(a, b)
+
+
+def test_melody_precision_at_1_against_plain_loop():
+    gen = torch.Generator().manual_seed(0)
+    xb = torch.nn.functional.normalize(torch.randn(12, 5, generator=gen), dim=1)
+    melody = [f"m{i % 4}" for i in range(12)]
+    singer = [f"s{i // 4}" for i in range(12)]
+    hits = 0
+    for q in range(12):
+        best = max((j for j in range(12) if j != q), key=lambda j: float(xb[q] @ xb[j]))
+        hits += melody[best] == melody[q] and singer[best] != singer[q]
+    assert melody_precision_at_1(xb, melody, singer) == hits / 12
