@@ -1,0 +1,209 @@
+"""Benchmark the vector index kinds on seeded clustered synthetic song vectors.
+
+    python bench/bench_index.py [--sizes 10000 100000 1000000] [--d 192] [--build-threads 2] [--search-threads 1]
+
+For each catalog size: exact flat, IVF-Flat (a few nlist / nprobe) and HNSW
+(a few efSearch), all through recsys.index.VectorIndex. Reports build time,
+bytes per vector (serialized index / n), single-query latency p50/p99 in ms
+(one query per call, like a user waiting for recommendations), recall@10 against
+exact search, and each latency and memory as a ratio of flat's. Prints a
+Markdown table (pasted into docs/benchmarks.md).
+
+Builds use --build-threads (default: all cores); the timed single queries use
+--search-threads (default 1): one query has little to split, and on a busy
+machine an OpenMP team waiting for a descheduled thread inflates the latency.
+
+Flat single-query latency past 100k vectors is measured on 100 queries (it is
+slow by design); all other rows use --nq queries. The default sizes (10k, 100k)
+run in about 2 minutes on 2 cores; 1M adds 2 to 10 minutes (HNSW at 1M: longer).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import faiss
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from recsys.config import IndexConfig
+from recsys.index import VectorIndex, default_nlist, recall_at_k, synthetic_dataset
+
+K = 10
+FLAT_LATENCY_QUERIES_LARGE = 100  # flat at > 100k vectors: fewer timed queries
+
+
+@dataclass
+class Row:
+    n: int
+    kind: str
+    params: str
+    build_s: float
+    bytes_per_vec: float
+    p50_ms: float
+    p99_ms: float
+    cpu_p50_ms: float
+    recall: float
+
+
+def latency_ms(index: VectorIndex, xq: np.ndarray) -> tuple[float, float, float, np.ndarray]:
+    """Search one query per call; returns wall p50, p99 and CPU-time p50 in ms, and the (nq, K) ids found.
+
+    CPU time is that of the calling thread, which does all the work with 1 search
+    thread: on a shared machine it is the cost of a query without the waits.
+    """
+    wall = np.empty(len(xq))
+    cpu = np.empty(len(xq))
+    I = np.empty((len(xq), K), dtype=np.int64)
+    index.search(xq[:1], K)  # warm-up
+    for i in range(len(xq)):
+        c0, t0 = time.thread_time(), time.perf_counter()
+        _, I[i] = index.search(xq[i : i + 1], K)
+        wall[i], cpu[i] = time.perf_counter() - t0, time.thread_time() - c0
+    return (
+        float(np.percentile(wall, 50) * 1e3),
+        float(np.percentile(wall, 99) * 1e3),
+        float(np.median(cpu) * 1e3),
+        I,
+    )
+
+
+@dataclass
+class Bench:
+    d: int
+    nq: int
+    seed: int
+    nprobe: list[int]
+    ef: list[int]
+    kinds: list[str]
+    nlist: list[int] | None
+    build_threads: int
+    search_threads: int
+
+    def run(self, n: int) -> list[Row]:
+        xb, xq = synthetic_dataset(n, self.nq, self.d, self.seed)
+        ids = np.arange(n, dtype=np.int64)
+        rows: list[Row] = []
+
+        def build(cfg: IndexConfig) -> tuple[VectorIndex, float]:
+            faiss.omp_set_num_threads(self.build_threads)
+            t0 = time.perf_counter()
+            index = VectorIndex.build(ids, xb, cfg)
+            return index, time.perf_counter() - t0
+
+        def measure(
+            kind: str, params: str, build_s: float, index: VectorIndex, I_ref: np.ndarray | None
+        ) -> None:
+            q = xq if kind != "flat" or n <= 100_000 else xq[:FLAT_LATENCY_QUERIES_LARGE]
+            faiss.omp_set_num_threads(self.search_threads)
+            p50, p99, cpu, I = latency_ms(index, q)
+            recall = 1.0 if I_ref is None else recall_at_k(I, I_ref, K)
+            rows.append(Row(n, kind, params, build_s, index.nbytes() / n, p50, p99, cpu, recall))
+            print(f"  {kind:5s} {params:22s} {table_row(rows[-1], '')}", flush=True)
+
+        flat, build_s = build(IndexConfig(kind="flat", use_gpu=False))
+        _, I_exact = flat.search(xq, K)  # batched exact search: the reference
+        measure("flat", "exact", build_s, flat, None)
+        del flat
+
+        for nlist in (
+            (self.nlist or sorted({default_nlist(n) // 4, default_nlist(n)})) if "ivf" in self.kinds else []
+        ):
+            ivf, build_s = build(IndexConfig(kind="ivf", nlist=nlist, use_gpu=False))
+            for nprobe in self.nprobe:
+                ivf.nprobe = nprobe
+                measure("ivf", f"nlist={nlist} nprobe={nprobe}", build_s, ivf, I_exact)
+            del ivf
+
+        if "hnsw" not in self.kinds:
+            return rows
+        hnsw, build_s = build(IndexConfig(kind="hnsw", use_gpu=False))
+        for ef in self.ef:
+            hnsw.ef_search = ef
+            measure("hnsw", f"M=32 efSearch={ef}", build_s, hnsw, I_exact)
+        return rows
+
+
+def table(rows: list[Row], threads: str) -> str:
+    flat = {r.n: r for r in rows if r.kind == "flat"}
+    lines = [
+        (
+            "| n | kind | params | threads build/search | build s | bytes/vec | p50 ms | p99 ms | CPU p50 ms | recall@10 "
+            "| p50 vs flat | mem vs flat |"
+        ),
+        "|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        f = flat[r.n]
+        lines.append(
+            f"| {r.n:,} | {r.kind} | {r.params} | {threads} | {table_row(r)} | "
+            f"{r.p50_ms / f.p50_ms:.3f}x | {r.bytes_per_vec / f.bytes_per_vec:.2f}x |"
+        )
+    return "\n".join(lines)
+
+
+def table_row(r: Row, sep: str = "|") -> str:
+    """The measured cells of one row, joined by `sep`, or as a log line when sep is empty."""
+    cells = [
+        f"{r.build_s:.2f}",
+        f"{r.bytes_per_vec:.0f}",
+        f"{r.p50_ms:.3f}",
+        f"{r.p99_ms:.3f}",
+        f"{r.cpu_p50_ms:.3f}",
+        f"{r.recall:.3f}",
+    ]
+    if sep:
+        return f" {sep} ".join(cells)
+    return "build {} s  {} B/vec  p50 {} ms  p99 {} ms  cpu {} ms  recall@10 {}".format(*cells)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000])
+    parser.add_argument("--d", type=int, default=192)
+    parser.add_argument("--nq", type=int, default=1000, help="timed single queries per setting")
+    parser.add_argument(
+        "--build-threads", type=int, default=os.cpu_count() or 1, help="OpenMP threads to build"
+    )
+    parser.add_argument("--search-threads", type=int, default=1, help="OpenMP threads for the timed queries")
+    parser.add_argument("--nlist", type=int, nargs="+", help="IVF lists (default: sqrt(n) and 4 sqrt(n))")
+    parser.add_argument("--nprobe", type=int, nargs="+", default=[8, 16, 32, 64, 128])
+    parser.add_argument("--ef", type=int, nargs="+", default=[32, 64, 128])
+    parser.add_argument(
+        "--kinds", nargs="+", choices=["ivf", "hnsw"], default=["ivf", "hnsw"], help="besides flat"
+    )
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+
+    bench = Bench(
+        args.d,
+        args.nq,
+        args.seed,
+        args.nprobe,
+        args.ef,
+        args.kinds,
+        args.nlist,
+        args.build_threads,
+        args.search_threads,
+    )
+    threads = f"{args.build_threads}/{args.search_threads}"
+    print(
+        f"faiss {faiss.__version__}, threads build/search {threads}, d={args.d}, nq={args.nq}, k={K}",
+        flush=True,
+    )
+    rows: list[Row] = []
+    for n in args.sizes:
+        print(f"n={n:,}", flush=True)
+        rows += bench.run(n)
+    print()
+    print(table(rows, threads))
+
+
+if __name__ == "__main__":
+    main()

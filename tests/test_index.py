@@ -1,0 +1,389 @@
+"""recsys.index against exact search, through changes, and through save/load failures."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import faiss
+import numpy as np
+import pytest
+
+from recsys.config import IndexConfig
+from recsys.index import (
+    INDEX_FILE,
+    META_FILE,
+    CorruptIndexError,
+    IndexMissingError,
+    IndexUnavailableError,
+    StaleIndexError,
+    VectorIndex,
+    choose_kind,
+    default_nlist,
+    exact_search,
+    load_or_rebuild,
+    recall_at_k,
+    synthetic_dataset,
+)
+
+D_DIM = 192
+K = 10
+
+
+def song_ids(n: int, seed: int = 1) -> np.ndarray:
+    """Sparse, shuffled song ids: never equal to row positions, so a position/id mix-up shows."""
+    return np.random.default_rng(seed).choice(10 * n, n, replace=False).astype(np.int64) + 1000
+
+
+@pytest.fixture(scope="module")
+def small():
+    xb, xq = synthetic_dataset(2000, 50, 32, seed=3)
+    return song_ids(2000), xb, xq
+
+
+@pytest.fixture(scope="module")
+def medium():
+    xb, xq = synthetic_dataset(20_000, 200, D_DIM, seed=0)
+    return song_ids(20_000), xb, xq
+
+
+def flat_cfg(**kw) -> IndexConfig:
+    return IndexConfig(kind="flat", use_gpu=False, **kw)
+
+
+# ---------------------------------------------------------------- references
+
+
+def test_exact_search_matches_plain_loop(small):
+    ids, xb, xq = small
+    D, I = exact_search(xb, ids, xq[:5], K)
+    for q in range(5):
+        scores = [float(xq[q] @ xb[j]) for j in range(len(xb))]
+        order = sorted(range(len(xb)), key=lambda j: -scores[j])[:K]
+        assert I[q].tolist() == [int(ids[j]) for j in order]
+        np.testing.assert_allclose(D[q], [scores[j] for j in order], rtol=1e-5, atol=1e-6)
+
+
+def test_recall_at_k():
+    I_exact = np.array([[1, 2, 3, 4], [5, 6, 7, 8]])
+    assert recall_at_k(I_exact, I_exact, 4) == 1.0
+    assert recall_at_k(np.array([[4, 3, 9, 9], [9, 9, 9, 9]]), I_exact, 4) == 0.25
+    assert recall_at_k(np.array([[1, 2], [5, 9]]), I_exact, 2) == 0.75
+
+
+def test_synthetic_dataset_is_seeded_normalised_and_clustered():
+    xb, xq = synthetic_dataset(1000, 10, 64, seed=5)
+    xb2, _ = synthetic_dataset(1000, 10, 64, seed=5)
+    assert xb.dtype == np.float32 and xb.shape == (1000, 64) and xq.shape == (10, 64)
+    np.testing.assert_array_equal(xb, xb2)
+    np.testing.assert_allclose(np.linalg.norm(xb, axis=1), 1, atol=1e-5)
+    top1 = (xq @ xb.T).max(axis=1)
+    mean = (xq @ xb.T).mean(axis=1)
+    assert (top1 > mean + 0.3).all()  # neighbours much closer than the average song
+
+
+# ---------------------------------------------------------------- search
+
+
+def test_flat_equals_exact_and_returns_song_ids(small):
+    ids, xb, xq = small
+    index = VectorIndex.build(ids, xb, flat_cfg())
+    assert index.kind == "flat" and index.d == 32 and len(index) == len(ids)
+    D, I = index.search(xq, K)
+    D0, I0 = exact_search(xb, ids, xq, K)
+    assert D.shape == (len(xq), K) and D.dtype == np.float32 and I.dtype == np.int64
+    assert set(I.ravel()) <= set(ids.tolist())
+    assert recall_at_k(I, I0, K) == 1.0
+    np.testing.assert_allclose(D, D0, atol=1e-5)
+    # a base vector finds itself first, under its song id
+    _, I_self = index.search(xb[:20], 1)
+    np.testing.assert_array_equal(I_self[:, 0], ids[:20])
+
+
+def test_ivf_recall_against_exact(medium):
+    ids, xb, xq = medium
+    index = VectorIndex.build(ids, xb, IndexConfig(kind="ivf", nprobe=32, use_gpu=False))
+    assert index.kind == "ivf" and index.nprobe == 32
+    _, I = index.search(xq, K)
+    _, I0 = exact_search(xb, ids, xq, K)
+    assert recall_at_k(I, I0, K) >= 0.95
+    index.nprobe = 1
+    _, I1 = index.search(xq, K)
+    assert recall_at_k(I1, I0, K) < 0.95  # the set is not trivially easy
+
+
+def test_hnsw_recall_against_exact(small):
+    ids, xb, xq = small
+    index = VectorIndex.build(ids, xb, IndexConfig(kind="hnsw", use_gpu=False))
+    assert index.kind == "hnsw"
+    _, I = index.search(xq, K)
+    assert recall_at_k(I, exact_search(xb, ids, xq, K)[1], K) >= 0.95
+
+
+def test_auto_picks_exact_up_to_exact_max(small):
+    ids, xb, _ = small
+    assert choose_kind(len(ids), IndexConfig(exact_max=len(ids))) == "flat"
+    assert choose_kind(len(ids) + 1, IndexConfig(exact_max=len(ids))) == "ivf"
+    assert choose_kind(10, IndexConfig(kind="hnsw")) == "hnsw"
+    index = VectorIndex.build(ids, xb, IndexConfig(exact_max=1000, use_gpu=False))
+    assert index.kind == "ivf"
+    assert index.nprobe == IndexConfig().nprobe
+    assert default_nlist(len(ids)) <= len(ids) // 39
+
+
+@pytest.mark.parametrize("kind", ["flat", "ivf", "hnsw"])
+def test_k_larger_than_n_pads_with_minus_one(kind):
+    xb, xq = synthetic_dataset(100, 3, 16, seed=2)
+    ids = song_ids(100)
+    index = VectorIndex.build(ids, xb, IndexConfig(kind=kind, nlist=2, nprobe=2, use_gpu=False))
+    D, I = index.search(xq, 150)
+    assert D.shape == I.shape == (3, 150)
+    assert (I[:, 100:] == -1).all() and np.isneginf(D[:, 100:]).all()
+    for row in I:
+        assert sorted(row[:100].tolist()) == sorted(ids.tolist())
+
+
+def test_empty_index_returns_no_results():
+    index = VectorIndex.build(np.empty(0, np.int64), np.empty((0, 8), np.float32), flat_cfg())
+    assert len(index) == 0 and index.d == 8
+    D, I = index.search(np.ones((2, 8), np.float32), 3)
+    assert (I == -1).all() and np.isneginf(D).all()
+
+
+# ---------------------------------------------------------------- changes
+
+
+@pytest.mark.parametrize("kind", ["flat", "ivf", "hnsw"])
+def test_add_remove_keep_ids_consistent(small, kind):
+    ids, xb, xq = small
+    cfg = IndexConfig(kind=kind, nprobe=64, use_gpu=False)
+    index = VectorIndex.build(ids[:1500], xb[:1500], cfg)
+    index.add(ids[1500:], xb[1500:])
+    np.testing.assert_array_equal(index.ids(), np.sort(ids))
+
+    gone = ids[::3]
+    assert index.remove(gone) == len(gone)
+    assert index.remove(gone) == 0  # already removed: ignored
+    kept = np.setdiff1d(ids, gone)
+    np.testing.assert_array_equal(index.ids(), np.sort(kept))
+    _, I = index.search(np.concatenate([xq, xb[::3]]), K)  # query with the removed songs themselves
+    assert not np.isin(I, gone).any()
+    keep_mask = ~np.isin(ids, gone)
+    _, I0 = exact_search(xb[keep_mask], ids[keep_mask], xq, K)
+    assert recall_at_k(I[: len(xq)], I0, K) >= 0.95
+
+    back = gone[:50]
+    rows = np.flatnonzero(np.isin(ids, back))
+    index.add(ids[rows], xb[rows])
+    _, I_back = index.search(xb[rows], 1)
+    np.testing.assert_array_equal(I_back[:, 0], ids[rows])
+    assert len(index) == len(kept) + len(back)
+
+
+@pytest.mark.parametrize("kind", ["flat", "ivf", "hnsw"])
+def test_add_existing_id_replaces_vector(small, kind):
+    ids, xb, _ = small
+    index = VectorIndex.build(ids, xb, IndexConfig(kind=kind, nprobe=64, use_gpu=False))
+    song, other = ids[7], 42  # move song 7 onto the vector of row 42
+    assert index.upsert(np.array([song]), xb[[other]]) == 1
+    assert len(index) == len(ids)
+    D, I = index.search(xb[[other]], 2)
+    assert set(I[0].tolist()) == {int(song), int(ids[other])}
+    np.testing.assert_allclose(D[0], 1.0, atol=1e-5)
+    _, I_old = index.search(xb[[7]], 1)
+    assert I_old[0, 0] != song
+
+
+def test_duplicate_ids_in_one_batch_rejected(small):
+    _, xb, _ = small
+    with pytest.raises(ValueError, match="repeat"):
+        VectorIndex.build(np.array([5, 6, 5]), xb[:3], flat_cfg())
+
+
+# ---------------------------------------------------------------- validation
+
+
+@pytest.mark.parametrize(
+    "ids, xb, match",
+    [
+        (np.arange(3), np.ones((3, 4, 1), np.float32), r"\(3, 4, 1\)"),
+        (np.arange(3), np.ones(4, np.float32), r"\(4,\)"),
+        (np.arange(6).reshape(3, 2), np.eye(3, dtype=np.float32), r"\(3, 2\)"),
+        (np.arange(2), np.eye(3, dtype=np.float32), r"\(2,\).*\(3, 3\)"),
+        (np.arange(3), np.eye(3, dtype=np.float64), "float32"),
+        (np.arange(3.0), np.eye(3, dtype=np.float32), "integer"),
+        (np.array([0, -1, 2]), np.eye(3, dtype=np.float32), ">= 0"),
+        (np.arange(3), 2 * np.eye(3, dtype=np.float32), "normalised"),
+        (np.arange(3), np.full((3, 3), np.nan, np.float32), "NaN"),
+    ],
+)
+def test_bad_inputs_raise_value_error(ids, xb, match):
+    with pytest.raises(ValueError, match=match):
+        VectorIndex.build(ids, xb, flat_cfg())
+
+
+def test_bad_query_raises_value_error(small):
+    ids, xb, xq = small
+    index = VectorIndex.build(ids, xb, flat_cfg())
+    with pytest.raises(ValueError, match=r"\(n, 32\).*\(5, 16\)"):
+        index.search(np.ones((5, 16), np.float32), K)
+    with pytest.raises(ValueError, match=r"\(n, 32\).*\(32,\)"):
+        index.search(xq[0], K)
+    with pytest.raises(ValueError, match="k must be > 0"):
+        index.search(xq, 0)
+    with pytest.raises(ValueError, match=r"\(n, 32\)"):
+        index.add(np.array([1]), np.ones((1, 16), np.float32) / 4)
+    with pytest.raises(ValueError, match="kind='ivf'"):
+        index.nprobe = 4
+
+
+def test_ivf_without_data_rejected():
+    with pytest.raises(ValueError, match="0 vectors"):
+        VectorIndex.build(np.empty(0, np.int64), np.empty((0, 8), np.float32), IndexConfig(kind="ivf"))
+
+
+# ---------------------------------------------------------------- persistence
+
+
+@pytest.mark.parametrize("kind", ["flat", "ivf", "hnsw"])
+def test_save_load_round_trip(tmp_path, small, kind):
+    ids, xb, xq = small
+    index = VectorIndex.build(ids, xb, IndexConfig(kind=kind, nprobe=8, use_gpu=False))
+    index.remove(ids[:10])
+    index.save(tmp_path, "v1", "fp1")
+    meta = json.loads((tmp_path / META_FILE).read_text())
+    assert meta["kind"] == kind and meta["d"] == 32 and meta["n"] == len(ids) - 10
+    assert meta["model_version"] == "v1" and meta["fingerprint"] == "fp1" and len(meta["sha256"]) == 64
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp files left
+
+    loaded = VectorIndex.load(tmp_path, "v1", "fp1")
+    assert loaded.kind == kind and len(loaded) == len(index)
+    np.testing.assert_array_equal(loaded.ids(), index.ids())
+    D, I = index.search(xq, K)
+    D2, I2 = loaded.search(xq, K)
+    np.testing.assert_array_equal(I2, I)
+    np.testing.assert_array_equal(D2, D)
+    if kind == "ivf":
+        assert loaded.nprobe == 8
+        assert VectorIndex.load(tmp_path, "v1", "fp1", IndexConfig(kind="ivf", nprobe=3)).nprobe == 3
+
+
+@pytest.fixture
+def saved(tmp_path, small):
+    ids, xb, _ = small
+    VectorIndex.build(ids, xb, flat_cfg()).save(tmp_path, "v1", "fp1")
+    return tmp_path
+
+
+def flip_bytes(path):
+    data = bytearray(path.read_bytes())
+    for i in range(len(data) // 2, len(data) // 2 + 8):
+        data[i] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def truncate(path):
+    path.write_bytes(path.read_bytes()[:100])
+
+
+@pytest.mark.parametrize(
+    "damage, error, match",
+    [
+        (lambda d: (d / INDEX_FILE).unlink(), IndexMissingError, INDEX_FILE),
+        (lambda d: (d / META_FILE).unlink(), IndexMissingError, META_FILE),
+        (lambda d: flip_bytes(d / INDEX_FILE), CorruptIndexError, "sha256"),
+        (lambda d: truncate(d / INDEX_FILE), CorruptIndexError, "sha256"),
+        (lambda d: truncate(d / META_FILE), CorruptIndexError, META_FILE),
+    ],
+    ids=["no-faiss", "no-json", "flipped", "truncated", "bad-json"],
+)
+def test_damaged_index_raises(saved, damage, error, match):
+    damage(saved)
+    with pytest.raises(error, match=match) as info:
+        VectorIndex.load(saved, "v1", "fp1")
+    assert isinstance(info.value, IndexUnavailableError)
+
+
+def test_unreadable_faiss_file_with_matching_checksum_is_corrupt(saved):
+    truncate(saved / INDEX_FILE)
+    meta = json.loads((saved / META_FILE).read_text())
+    meta["sha256"] = hashlib.sha256((saved / INDEX_FILE).read_bytes()).hexdigest()
+    (saved / META_FILE).write_text(json.dumps(meta))
+    with pytest.raises(CorruptIndexError, match="unreadable faiss index"):
+        VectorIndex.load(saved, "v1", "fp1")
+
+
+@pytest.mark.parametrize(
+    "version, fingerprint, match", [("v2", "fp1", "model version 'v1'"), ("v1", "fp2", "fingerprint 'fp1'")]
+)
+def test_stale_index_raises(saved, version, fingerprint, match):
+    with pytest.raises(StaleIndexError, match=match):
+        VectorIndex.load(saved, version, fingerprint)
+
+
+def test_index_of_another_kind_than_config_is_stale(saved, small):
+    ids, _, _ = small
+    with pytest.raises(StaleIndexError, match="asks for 'ivf'"):
+        VectorIndex.load(saved, "v1", "fp1", IndexConfig(kind="ivf"))
+    with pytest.raises(StaleIndexError, match="exact_max=100"):
+        VectorIndex.load(saved, "v1", "fp1", IndexConfig(exact_max=100))  # catalog outgrew exact search
+    assert len(VectorIndex.load(saved, "v1", "fp1", IndexConfig(exact_max=len(ids)))) == len(ids)
+
+
+@pytest.mark.parametrize("damage", ["missing", "stale", "flipped", "truncated"])
+def test_load_or_rebuild_rebuilds_and_saves(saved, small, damage):
+    ids, xb, xq = small
+    version = "v1"
+    if damage == "missing":
+        (saved / INDEX_FILE).unlink()
+    elif damage == "stale":
+        version = "v2"
+    elif damage == "flipped":
+        flip_bytes(saved / INDEX_FILE)
+    else:
+        truncate(saved / INDEX_FILE)
+    calls, reasons = [], []
+
+    def rebuild():
+        calls.append(1)
+        return ids[:500], xb[:500]
+
+    index, rebuilt = load_or_rebuild(saved, version, "fp1", rebuild, flat_cfg(), on_rebuild=reasons.append)
+    assert rebuilt and calls == [1] and len(index) == 500
+    assert isinstance(reasons[0], IndexUnavailableError)
+    loaded = VectorIndex.load(saved, version, "fp1")  # saved, and loads cleanly
+    np.testing.assert_array_equal(loaded.ids(), np.sort(ids[:500]))
+    again, rebuilt = load_or_rebuild(saved, version, "fp1", rebuild, flat_cfg())
+    assert not rebuilt and calls == [1]
+    np.testing.assert_array_equal(again.search(xq, K)[1], index.search(xq, K)[1])
+
+
+# ---------------------------------------------------------------- GPU mirror
+
+
+class _FakeGpu:
+    """Stands in for faiss.StandardGpuResources; the 'GPU' copy is a CPU clone."""
+
+
+def test_gpu_copy_is_refreshed_after_changes(monkeypatch, small):
+    ids, xb, xq = small
+    copies = []
+
+    def to_gpu(res, device, index):
+        assert isinstance(res, _FakeGpu) and device == 0
+        copies.append(index.ntotal)
+        return faiss.clone_index(index)
+
+    monkeypatch.setattr(faiss, "StandardGpuResources", _FakeGpu, raising=False)
+    monkeypatch.setattr(faiss, "get_num_gpus", lambda: 1)
+    monkeypatch.setattr(faiss, "index_cpu_to_gpu", to_gpu, raising=False)
+    index = VectorIndex.build(ids, xb, IndexConfig(kind="flat", use_gpu=True))
+    index.search(xq, K)
+    index.search(xq, K)
+    assert copies == [len(ids)]  # copied once, reused
+    index.remove(ids[:5])
+    _, I = index.search(xb[:5], 1)
+    assert copies == [len(ids), len(ids) - 5] and not np.isin(I, ids[:5]).any()
+    cpu = VectorIndex.build(ids, xb, IndexConfig(kind="flat", use_gpu=False))
+    cpu.search(xq, K)
+    assert len(copies) == 2
