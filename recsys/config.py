@@ -111,9 +111,14 @@ class TimbreConfig(_Section):
 class MelodyConfig(_Section):
     """TCAE melody autoencoder (recsys.models.tcae, recsys.training.tcae)."""
 
-    input: Literal["mel", "pitch", "mel+pitch"] = "mel"
-    key_invariant: bool = False
-    channels: int = Field(64, gt=0)
+    # Defaults chosen by bench/bench_melody.py (docs/melody.md): pitch input with key invariance
+    # was the best TCAE variant, and the interval-lag song vector beat pooled latents.
+    input: Literal["mel", "pitch", "mel+pitch"] = "pitch"
+    key_invariant: bool = True
+    pool: Literal["stats", "stats+lag", "interval-lag"] = Field(
+        "interval-lag", description="Song vector: latent statistics, + their lag profile, or the interval-lag profile."
+    )
+    channels: int = Field(32, gt=0)
     latent_dim: int = Field(16, gt=0)
     kernel_size: int = Field(3, gt=1)
     n_layers: int = Field(8, gt=0, description="Dilations 1, 2, 4, ... 2**(n_layers-1) per block.")
@@ -144,9 +149,11 @@ class IndexConfig(_Section):
     """FAISS index choice (recsys.index)."""
 
     kind: Literal["auto", "flat", "ivf", "hnsw"] = "auto"
-    exact_max: int = Field(50_000, gt=0, description="With kind=auto, catalogs up to this size use exact search.")
+    # Tuned by bench/bench_index.py (docs/benchmarks.md): exact search costs ~2 ms at 20k vectors;
+    # IVF needs ~3 % of its lists probed for recall@10 >= 0.95 (nprobe 16 gave 0.91 at 100k).
+    exact_max: int = Field(20_000, gt=0, description="With kind=auto, catalogs up to this size use exact search.")
     nlist: int | None = Field(None, description="IVF lists (None: about 4 x sqrt(n)).")
-    nprobe: int = Field(16, gt=0)
+    nprobe: int = Field(128, gt=0)
     use_gpu: bool = Field(True, description="Use a GPU index when faiss-gpu and CUDA are present.")
 
 

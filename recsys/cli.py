@@ -1,0 +1,484 @@
+"""The `recsys` command line: a thin layer over the library.
+
+Heavy packages (torch, Ray, Streamlit, FAISS) are imported inside the commands
+that need them, so `recsys --help` answers at once.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, Optional
+
+import typer
+
+from recsys.config import Settings, load_settings
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session, sessionmaker
+
+app = typer.Typer(
+    name="recsys",
+    help="singer-recsys: learn what each voice in a catalog sounds like and recommend singers who sound alike.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+@dataclass
+class Context:
+    settings: Settings
+
+    def sessions(self) -> "sessionmaker[Session]":
+        """Open (creating and migrating if needed) the workspace's catalog."""
+        from recsys import catalog
+
+        self.settings.workspace.mkdir(parents=True, exist_ok=True)
+        return catalog.open_catalog(self.settings.database_url)
+
+    def catalog_exists(self) -> bool:
+        if self.settings.db_url:
+            return True
+        return (self.settings.workspace / "catalog.db").exists()
+
+
+def _ctx(ctx: typer.Context) -> Context:
+    return ctx.obj
+
+
+def _fail(message: str, code: int = 1) -> None:
+    typer.secho(f"error: {message}", err=True, fg=typer.colors.RED)
+    raise typer.Exit(code)
+
+
+def _print_json(data: Any) -> None:
+    typer.echo(json.dumps(data, indent=2, ensure_ascii=False, default=str))
+
+
+@app.callback()
+def main_options(
+    ctx: typer.Context,
+    workspace: Annotated[
+        Optional[Path],
+        typer.Option(help="Workspace folder (catalog, models, index). Default: $RECSYS_HOME or ~/.singer-recsys."),
+    ] = None,
+    db: Annotated[
+        Optional[str],
+        typer.Option("--db", help="Catalog database URL, e.g. postgresql+psycopg://user@host/db. "
+                     "Default: $RECSYS_DB_URL or sqlite:///<workspace>/catalog.db."),
+    ] = None,
+    config: Annotated[
+        Optional[Path], typer.Option(help="YAML config file overriding data_manifest.yaml's settings.")
+    ] = None,
+    manifest: Annotated[
+        Optional[Path], typer.Option(help="Data manifest declaring datasets and parameters.")
+    ] = None,
+    device: Annotated[Optional[str], typer.Option(help="auto, cpu or cuda.")] = None,
+) -> None:
+    """Global options; every command works on one workspace."""
+    from recsys.config import DEFAULT_MANIFEST
+
+    try:
+        settings = load_settings(
+            config_file=config,
+            manifest_file=manifest or DEFAULT_MANIFEST,
+            workspace=workspace,
+            db_url=db,
+            device=device,
+        )
+    except (ValueError, FileNotFoundError) as e:
+        _fail(str(e), 2)
+    ctx.obj = Context(settings=settings)
+
+
+@app.command("config")
+def show_config(ctx: typer.Context) -> None:
+    """Print the effective configuration (after manifest, config file, environment and flags)."""
+    import yaml
+
+    data = _ctx(ctx).settings.model_dump(mode="json")
+    typer.echo(yaml.safe_dump(data, sort_keys=False, allow_unicode=True))
+
+
+@app.command("demo-corpus")
+def demo_corpus(
+    ctx: typer.Context,
+    out: Annotated[Path, typer.Option(help="Folder to write the WAVs and manifest.csv into.")],
+    singers: Annotated[int, typer.Option(min=2, help="Number of synthetic singers.")] = 24,
+    songs: Annotated[int, typer.Option(min=1, help="Songs per singer.")] = 8,
+    seconds: Annotated[float, typer.Option(min=1.0, help="Length of each song.")] = 30.0,
+    seed: Annotated[int, typer.Option(help="Same seed, same catalog (byte-identical).")] = 0,
+    accompaniment: Annotated[bool, typer.Option(help="Mix a synthetic accompaniment under the voice.")] = False,
+    workers: Annotated[Optional[int], typer.Option(help="Worker processes (default: all cores).")] = None,
+) -> None:
+    """Generate the deterministic synthetic demo catalog (no downloads)."""
+    manifest = _generate_corpus(
+        out, singers, songs, seconds, seed, accompaniment, workers, _ctx(ctx).settings.audio.sample_rate
+    )
+    typer.echo(f"wrote {singers * songs} songs by {singers} singers; manifest: {manifest}")
+
+
+def _generate_corpus(
+    out: Path, singers: int, songs: int, seconds: float, seed: int, accompaniment: bool,
+    workers: int | None, sample_rate: int,
+) -> Path:
+    from recsys.corpus import generate_corpus
+    from recsys.progress import progress_bar
+
+    with progress_bar("generating demo catalog", total=singers * songs) as advance:
+        return generate_corpus(
+            out,
+            n_singers=singers,
+            songs_per_singer=songs,
+            song_seconds=seconds,
+            seed=seed,
+            sample_rate=sample_rate,
+            accompaniment=accompaniment,
+            workers=workers,
+            progress=lambda done, total: advance(done=done),
+        )
+
+
+@app.command()
+def ingest(
+    ctx: typer.Context,
+    source: Annotated[Path, typer.Argument(help="Manifest CSV (with a `path` column), a <singer>/<song>.<ext> "
+                                           "folder, or one audio file.")],
+    workers: Annotated[Optional[int], typer.Option(help="Decoding processes (default: all cores).")] = None,
+    dry_run: Annotated[bool, typer.Option(help="Validate the manifest and files without writing.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
+) -> None:
+    """Decode, validate and register a catalog's songs (idempotent: re-running changes nothing)."""
+    summary = _run_ingest(_ctx(ctx), source, workers, dry_run)
+    if as_json:
+        _print_json(summary.as_dict() | {"failures": [f.__dict__ for f in summary.failures]})
+    else:
+        _print_ingest_summary(summary)
+    if summary.ingested == 0 and summary.skipped == 0 and summary.n_failed > 0:
+        raise typer.Exit(1)
+
+
+def _run_ingest(c: Context, source: Path, workers: int | None, dry_run: bool):
+    from recsys.ingest import ingest as run_ingest
+    from recsys.manifest import ManifestError
+    from recsys.progress import progress_bar
+
+    sessions = c.sessions() if (not dry_run or c.catalog_exists()) else None
+    try:
+        with progress_bar(f"ingesting {source.name}") as advance:
+            return run_ingest(source, sessions, c.settings.audio, workers=workers, dry_run=dry_run,
+                              progress=lambda _path: advance())
+    except ManifestError as e:
+        _fail(str(e), 2)
+
+
+def _print_ingest_summary(summary) -> None:
+    verb = "would ingest" if summary.dry_run else "ingested"
+    typer.echo(f"{verb} {summary.ingested} songs, skipped {summary.skipped} already present, "
+               f"failed {summary.n_failed}")
+    for cause, n in sorted(summary.failed.items()):
+        typer.echo(f"  {cause}: {n}")
+    for failure in summary.failures[:20]:
+        typer.echo(f"  - {failure.message}")
+    if len(summary.failures) > 20:
+        typer.echo(f"  ... and {len(summary.failures) - 20} more (recsys catalog --errors)")
+
+
+@app.command("catalog")
+def catalog_cmd(
+    ctx: typer.Context,
+    errors: Annotated[int, typer.Option(help="Show this many recent ingest errors.")] = 10,
+    as_json: Annotated[bool, typer.Option("--json", help="Print as JSON.")] = False,
+) -> None:
+    """Counts, durations, recent ingest runs and their errors."""
+    from recsys import catalog
+
+    c = _ctx(ctx)
+    if not c.catalog_exists():
+        _fail(f"no catalog in {c.settings.workspace}; run `recsys ingest MANIFEST` first")
+    with c.sessions()() as s:
+        stats = catalog.catalog_stats(s)
+        runs = catalog.recent_runs(s, limit=5)
+        recent_errors = catalog.recent_errors(s, limit=errors)
+        data = {
+            "workspace": str(c.settings.workspace),
+            "database": _redact(c.settings.database_url),
+            "stats": stats.__dict__,
+            "runs": [
+                {"id": r.id, "source": r.source, "status": r.status, "started": r.started_at,
+                 "finished": r.finished_at, "counts": r.counts}
+                for r in runs
+            ],
+            "errors": [{"run": e.run_id, "path": e.path, "cause": e.cause, "message": e.message}
+                       for e in recent_errors],
+        }
+    if as_json:
+        _print_json(data)
+        return
+    st = stats
+    typer.echo(f"catalog {data['database']}")
+    typer.echo(f"  singers: {st.n_singers}   songs: {st.n_songs}   audio: {st.total_duration_s / 60:.1f} min")
+    typer.echo(f"  songs by status: {dict(st.songs_by_status)}")
+    typer.echo(f"  ingest runs: {st.n_runs}   errors: {st.n_errors} {dict(st.errors_by_cause)}")
+    for r in data["runs"]:
+        typer.echo(f"  run {r['id']} [{r['status']}] {r['source']}: {r['counts']}")
+    for e in data["errors"]:
+        typer.echo(f"  error ({e['cause']}): {e['message']}")
+
+
+def _redact(url: str) -> str:
+    """Hide a password in a database URL before printing it."""
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).render_as_string(hide_password=True)
+
+
+def _recommender(c: Context):
+    from recsys.api import Recommender
+
+    return Recommender(c.settings)
+
+
+def _parse_weights(text: str | None, c: Context):
+    from recsys.embedding import Weights
+
+    if text is None:
+        return Weights(c.settings.fusion.w_timbre, c.settings.fusion.w_melody)
+    try:
+        return Weights.parse(text)
+    except ValueError as e:
+        _fail(str(e), 2)
+
+
+def _print_epoch(row: dict) -> None:
+    if "epoch" in row:
+        parts = [f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()]
+        typer.echo("  " + " ".join(parts), err=True)
+
+
+train_app = typer.Typer(help="Train the encoders on the workspace's catalog.", no_args_is_help=False)
+app.add_typer(train_app, name="train")
+
+
+@train_app.callback(invoke_without_command=True)
+def train(ctx: typer.Context) -> None:
+    """Train both encoders in turn (timbre, then melody); `train timbre` / `train melody` train one."""
+    if ctx.invoked_subcommand is None:
+        _train(ctx, "both")
+
+
+@train_app.command("timbre")
+def train_timbre_cmd(ctx: typer.Context) -> None:
+    """Train the contrastive timbre/style encoder with the configured pair policy."""
+    _train(ctx, "timbre")
+
+
+@train_app.command("melody")
+def train_melody_cmd(ctx: typer.Context) -> None:
+    """Train the TCAE melody autoencoder."""
+    _train(ctx, "melody")
+
+
+def _train(ctx: typer.Context, which: str) -> None:
+    from recsys.progress import progress_bar
+
+    c = _ctx(ctx)
+    rec = _recommender(c)
+    with progress_bar("loading catalog audio") as advance:
+        songs = rec.training_songs(progress=lambda done, total: advance(done=done))
+    typer.echo(f"training {which} on {len(songs)} songs ({c.settings.workspace})")
+    try:
+        results = rec.train(which, songs=songs, progress=sys.stderr.isatty(), log=_print_epoch)
+    except ValueError as e:
+        _fail(str(e))
+    for kind, result in results.items():
+        typer.echo(f"{kind}: model version {result.version.version} (best epoch {result.best_epoch}, "
+                   f"{len(result.history)} epochs{', stopped early' if result.stopped_early else ''})")
+
+
+@app.command("embed")
+def embed_cmd(
+    ctx: typer.Context,
+    sources: Annotated[Optional[list[Path]], typer.Argument(help="Manifest or audio files to embed WITHOUT adding "
+                                                            "them to the catalog (needs --out).")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="Write path, song_id, timbre, melody, fused to this .npz.")] = None,
+) -> None:
+    """Store every catalog song's vectors (skipping what is there), or embed files into an .npz."""
+    from recsys.progress import progress_bar
+
+    c = _ctx(ctx)
+    rec = _recommender(c)
+    if not sources:
+        errors: list[str] = []
+        with progress_bar("embedding catalog") as advance:
+            added = rec.embed_catalog(progress=lambda done, total: advance(done=done),
+                                      on_error=lambda sid, path, e: errors.append(str(e)))
+        typer.echo(f"embedded {added} songs under model version {rec.model_version}")
+        for e in errors:
+            typer.echo(f"  failed: {e}")
+        index = rec.rebuild_index()
+        typer.echo(f"index: {len(index)} songs ({index.kind}) in {rec.index_dir}")
+        return
+    if out is None:
+        _fail("embedding files outside the catalog needs --out FILE.npz", 2)
+    from recsys.api import save_npz
+    from recsys.manifest import ManifestEntry, iter_manifest
+
+    files: list[Path] = []
+    for src in sources:
+        files.extend(item.path for item in iter_manifest(src) if isinstance(item, ManifestEntry))
+    paths, vectors, failed = rec.embed_files(files)
+    save_npz(out, paths, [None] * len(paths), vectors, rec.default_weights())
+    typer.echo(f"wrote {len(paths)} rows to {out}")
+    for path, message in failed:
+        typer.echo(f"  failed: {message}", err=True)
+    if failed and not paths:
+        raise typer.Exit(1)
+
+
+@app.command("export")
+def export_cmd(
+    ctx: typer.Context,
+    out: Annotated[Path, typer.Option(help="Destination .npz file.")],
+) -> None:
+    """Write every catalog song's vectors (path, song_id, timbre, melody, fused) to an .npz."""
+    from recsys.api import save_npz
+
+    rec = _recommender(_ctx(ctx))
+    ids, vectors = rec.catalog_vectors()
+    meta = {row["id"]: row for row in rec.songs()}
+    save_npz(out, [meta[int(i)]["path"] for i in ids], [int(i) for i in ids], vectors, rec.default_weights())
+    typer.echo(f"wrote {len(ids)} songs to {out}")
+
+
+index_app = typer.Typer(help="The FAISS index (a cache derived from the catalog).", no_args_is_help=True)
+app.add_typer(index_app, name="index")
+
+
+@index_app.command("rebuild")
+def index_rebuild(ctx: typer.Context) -> None:
+    """Rebuild the song index from the catalog's vectors."""
+    rec = _recommender(_ctx(ctx))
+    index = rec.rebuild_index()
+    typer.echo(f"rebuilt index: {len(index)} songs, {index.kind}, in {rec.index_dir}")
+
+
+@index_app.command("check")
+def index_check(ctx: typer.Context) -> None:
+    """Load the index, rebuilding it if it is missing, stale or corrupt."""
+    rec = _recommender(_ctx(ctx))
+    index, rebuilt = rec.load_index()
+    typer.echo(f"index {'rebuilt' if rebuilt else 'ok'}: {len(index)} songs, {index.kind}, in {rec.index_dir}")
+
+
+def _print_result(result, as_json: bool) -> None:
+    if as_json:
+        _print_json(result.as_dict())
+        return
+    w = result.weights
+    typer.echo(f"query: {result.query}  (weights timbre={w.timbre:g}, melody={w.melody:g})")
+    if result.singers:
+        typer.echo("singers:")
+        for rank, h in enumerate(result.singers, 1):
+            typer.echo(f"  {rank:2d}. {h.singer:<24} score {h.score:.3f}  (timbre {h.timbre:.3f}, "
+                       f"melody {h.melody:.3f}; {h.n_songs} songs)")
+    if result.songs:
+        typer.echo("songs:")
+        for rank, h in enumerate(result.songs, 1):
+            typer.echo(f"  {rank:2d}. {h.title or h.song_id} by {h.singer:<20} score {h.score:.3f}  "
+                       f"(timbre {h.timbre:.3f}, melody {h.melody:.3f})")
+
+
+@app.command("similar-singers")
+def similar_singers(
+    ctx: typer.Context,
+    name: Annotated[str, typer.Argument(help="A singer in the catalog.")],
+    k: Annotated[int, typer.Option("--k", min=1, help="How many singers.")] = 10,
+    weights: Annotated[Optional[str], typer.Option(help="e.g. timbre=0.7,melody=0.3")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print as JSON.")] = False,
+) -> None:
+    """Singers who sound most like NAME, with the timbre/melody split of each score."""
+    from recsys.api import SearchResult
+
+    c = _ctx(ctx)
+    rec = _recommender(c)
+    w = _parse_weights(weights, c)
+    try:
+        hits = rec.similar_singers(name, k, w)
+    except KeyError as e:
+        _fail(e.args[0])
+    _print_result(SearchResult(f"singer:{name}", w, hits, []), as_json)
+
+
+@app.command("search")
+def search_cmd(
+    ctx: typer.Context,
+    audio: Annotated[Path, typer.Argument(help="An audio file (wav, flac, ogg, mp3), in the catalog or not.")],
+    k: Annotated[int, typer.Option("--k", min=1, help="How many results.")] = 10,
+    by: Annotated[str, typer.Option(help="singer, song or both.")] = "both",
+    weights: Annotated[Optional[str], typer.Option(help="e.g. timbre=0.7,melody=0.3")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print as JSON.")] = False,
+) -> None:
+    """Query by song: who sings like this recording, and which songs are closest."""
+    from recsys.audio import AudioError
+
+    c = _ctx(ctx)
+    if by not in ("singer", "song", "both"):
+        _fail(f"--by must be singer, song or both, not {by!r}", 2)
+    rec = _recommender(c)
+    try:
+        result = rec.search(audio, k, _parse_weights(weights, c), by)  # type: ignore[arg-type]
+    except AudioError as e:
+        _fail(str(e))
+    _print_result(result, as_json)
+
+
+@app.command()
+def demo(
+    ctx: typer.Context,
+    seconds: Annotated[Optional[float], typer.Option(help="Override the demo songs' length.")] = None,
+    singers: Annotated[Optional[int], typer.Option(help="Override the number of demo singers.")] = None,
+    songs: Annotated[Optional[int], typer.Option(help="Override songs per singer.")] = None,
+) -> None:
+    """Run the whole product on the built-in demo catalog: generate, ingest, train, embed, recommend."""
+    c = _ctx(ctx)
+    spec = c.settings.datasets.get("demo")
+    gen = dict(spec.generator) if spec else {}
+    n_singers = singers or int(gen.get("n_singers", 24))
+    n_songs = songs or int(gen.get("songs_per_singer", 8))
+    song_s = seconds or float(gen.get("song_seconds", 30.0))
+    seed = int(gen.get("seed", 0))
+    out = c.settings.workspace / "demo-corpus"
+    typer.echo(f"[1/5] demo catalog: {n_singers} singers x {n_songs} songs x {song_s:.0f} s -> {out}")
+    manifest = _generate_corpus(out, n_singers, n_songs, song_s, seed, False, None, c.settings.audio.sample_rate)
+    typer.echo(f"[2/5] ingest {manifest}")
+    summary = _run_ingest(c, manifest, None, False)
+    _print_ingest_summary(summary)
+    rec = _recommender(c)
+    st = rec.stats()
+    typer.echo(f"catalog: {st.n_singers} singers, {st.n_songs} songs, {st.total_duration_s / 60:.1f} min of audio")
+    typer.echo("[3/5] train the timbre encoder and the TCAE melody encoder")
+    _train(ctx, "both")
+    typer.echo("[4/5] embed the catalog and build the index")
+    embed_cmd(ctx, None, None)
+    typer.echo("[5/5] recommendations")
+    rec = _recommender(c)
+    weights = rec.default_weights()
+    from recsys.api import SearchResult
+
+    for name in sorted(rec.searcher.singers)[:3]:
+        _print_result(SearchResult(f"singer:{name}", weights, rec.similar_singers(name, 5, weights), []), False)
+    query = sorted(out.glob("*/*.wav"))[0]
+    _print_result(rec.search(query, 5, weights), False)
+    typer.echo(f"\nexplore: recsys --workspace {c.settings.workspace} app")
+
+
+def main() -> None:
+    app(prog_name="recsys")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
