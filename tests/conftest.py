@@ -59,3 +59,29 @@ def pg_url() -> Iterator[str]:
 def db_url(request: pytest.FixtureRequest) -> str:
     """The same test on both catalog backends."""
     return request.getfixturevalue("sqlite_url" if request.param == "sqlite" else "pg_url")
+
+
+@pytest.fixture(scope="session")
+def demo_workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small trained workspace: 6 synthetic singers x 3 songs x 8 s, ingested, both encoders
+    trained briefly, every song embedded and indexed. Built once per test session; treat it as
+    read-only (copy it with shutil.copytree to change it)."""
+    from recsys.api import Recommender
+    from recsys.config import load_settings
+    from recsys.corpus import generate_corpus
+
+    ws = tmp_path_factory.mktemp("demo-ws")
+    settings = load_settings(
+        manifest_file=None,
+        workspace=ws,
+        device="cpu",
+        timbre={"epochs": 3, "steps_per_epoch": 8},
+        melody={"epochs": 2},
+    )
+    manifest = generate_corpus(ws / "demo-corpus", n_singers=6, songs_per_singer=3, song_seconds=8.0, seed=0, workers=1)
+    rec = Recommender(settings)
+    rec.ingest(manifest, workers=1)
+    rec.train()
+    rec.embed_catalog()
+    rec.rebuild_index()
+    return ws

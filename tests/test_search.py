@@ -1,0 +1,166 @@
+"""Search over a trained demo workspace: weights steer rankings, explanations add up, bad queries fail clearly."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from recsys.api import Recommender
+from recsys.audio import AudioError
+from recsys.config import load_settings
+from recsys.embedding import Weights, fuse, fused_scores, query_for_weights, INDEX_WEIGHTS
+
+
+def _rec(ws: Path) -> Recommender:
+    return Recommender(load_settings(manifest_file=None, workspace=ws, device="cpu"))
+
+
+def test_query_for_weights_reproduces_fused_inner_products():
+    rng = np.random.default_rng(0)
+    t = rng.standard_normal((5, 8)).astype(np.float32)
+    m = rng.standard_normal((5, 4)).astype(np.float32)
+    t /= np.linalg.norm(t, axis=1, keepdims=True)
+    m /= np.linalg.norm(m, axis=1, keepdims=True)
+    for w in (Weights(0.7, 0.3), Weights(1, 0), Weights(0, 1), Weights(0.2, 0.9)):
+        direct = fuse(t, m, w) @ fuse(t, m, w).T
+        via_index = query_for_weights(t, m, w) @ fuse(t, m, INDEX_WEIGHTS).T
+        np.testing.assert_allclose(via_index, direct, atol=1e-5)
+        np.testing.assert_allclose(fused_scores(t @ t.T, m @ m.T, w), direct, atol=1e-5)
+
+
+def test_weights_parse_and_reject():
+    assert Weights.parse("timbre=0.7,melody=0.3") == Weights(0.7, 0.3)
+    assert Weights.parse("melody=1") == Weights(0.0, 1.0)
+    for bad in ("timbre=x", "pitch=1", "timbre=0,melody=0", "0.7"):
+        with pytest.raises(ValueError):
+            Weights.parse(bad)
+
+
+def test_weights_steer_rankings(demo_workspace):
+    """Melody-only ranks a shared-melody song first more often than timbre-only, and vice versa for singers."""
+    rec = _rec(demo_workspace)
+    songs = {s["id"]: s for s in rec.songs()}
+    same_melody = {"melody": 0, "timbre": 0}
+    same_singer = {"melody": 0, "timbre": 0}
+    for song_id, song in songs.items():
+        for name, w in (("melody", Weights(0, 1)), ("timbre", Weights(1, 0))):
+            top = rec.search_song(song_id, k=1, weights=w, by="song").songs[0]
+            assert top.song_id != song_id
+            other = songs[top.song_id]
+            same_melody[name] += other["metadata"]["melody_id"] == song["metadata"]["melody_id"]
+            same_singer[name] += other["singer"] == song["singer"]
+    assert same_melody["melody"] > same_melody["timbre"]
+    assert same_singer["timbre"] > same_singer["melody"]
+
+
+def test_scores_explain_themselves(demo_workspace):
+    rec = _rec(demo_workspace)
+    w = Weights(0.6, 0.4)
+    result = rec.search_song(rec.songs()[0]["id"], k=5, weights=w)
+    assert len(result.songs) == 5 and len(result.singers) == 5
+    for hit in result.songs + result.singers:
+        expected = (0.36 * hit.timbre + 0.16 * hit.melody) / 0.52
+        assert hit.score == pytest.approx(expected, abs=1e-4)
+    assert [h.score for h in result.songs] == sorted((h.score for h in result.songs), reverse=True)
+
+
+def test_similar_singers_excludes_the_singer_and_unknown_names_fail(demo_workspace):
+    rec = _rec(demo_workspace)
+    hits = rec.similar_singers("singer_00", k=10)
+    assert "singer_00" not in [h.singer for h in hits] and len(hits) == 5
+    with pytest.raises(KeyError, match="no singer named 'nobody'"):
+        rec.similar_singers("nobody")
+
+
+def test_search_file_excludes_itself_and_rejects_silence_and_junk(demo_workspace, tmp_path):
+    rec = _rec(demo_workspace)
+    song = rec.songs()[0]
+    result = rec.search(song["path"], k=3)
+    assert song["id"] not in [h.song_id for h in result.songs]
+    silent = tmp_path / "silent.wav"
+    sf.write(silent, np.zeros(16000 * 3, np.float32), 16000)
+    with pytest.raises(AudioError, match="silent.wav: no voiced audio"):
+        rec.search(silent)
+    junk = tmp_path / "junk.mp3"
+    junk.write_bytes(b"definitely not audio" * 100)
+    with pytest.raises(AudioError, match="junk.mp3"):
+        rec.search(junk)
+
+
+def test_mean_and_max_aggregation_both_answer(demo_workspace):
+    from recsys.search import Searcher
+
+    rec = _rec(demo_workspace)
+    ids, vectors = rec.catalog_vectors()
+    meta = {s["id"]: s for s in rec.songs()}
+    singers = [meta[int(i)]["singer"] for i in ids]
+    for aggregation in ("mean", "max"):
+        sr = Searcher(ids, singers, [None] * len(ids), vectors, aggregation=aggregation)
+        hits = sr.similar_to_singer("singer_01", k=3)
+        assert len(hits) == 3 and "singer_01" not in [h.singer for h in hits]
+    with pytest.raises(ValueError, match="valid: mean, max"):
+        Searcher(ids, singers, [None] * len(ids), vectors, aggregation="median")
+
+
+def _cli(ws: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "recsys", "--workspace", str(ws), *args],
+                          capture_output=True, text=True)
+
+
+def test_cli_json_schema_and_npz_exports(demo_workspace, tmp_path):
+    song = _rec(demo_workspace).songs()[0]
+    out = _cli(demo_workspace, "search", song["path"], "--k", "3", "--json", "--weights", "timbre=1,melody=1")
+    assert out.returncode == 0, out.stderr
+    data = json.loads(out.stdout)
+    assert set(data) == {"query", "weights", "singers", "songs"}
+    assert data["weights"] == {"timbre": 1.0, "melody": 1.0}
+    for hit in data["songs"]:
+        assert set(hit) == {"song_id", "singer", "title", "score", "timbre", "melody"}
+        assert hit["song_id"] != song["id"]
+    for hit in data["singers"]:
+        assert set(hit) == {"singer", "score", "timbre", "melody", "n_songs", "best_song_id"}
+    out = _cli(demo_workspace, "similar-singers", "singer_02", "--k", "2", "--json")
+    assert out.returncode == 0, out.stderr
+    assert [h["singer"] != "singer_02" for h in json.loads(out.stdout)["singers"]] == [True, True]
+
+    export = tmp_path / "all.npz"
+    assert _cli(demo_workspace, "export", "--out", str(export)).returncode == 0
+    z = np.load(export)
+    n = len(z["song_id"])
+    assert n == 18 and z["timbre"].shape[0] == z["melody"].shape[0] == z["fused"].shape[0] == len(z["path"]) == n
+    np.testing.assert_allclose(np.linalg.norm(z["fused"], axis=1), 1.0, atol=1e-5)
+
+    files = tmp_path / "files.npz"
+    out = _cli(demo_workspace, "embed", song["path"], "--out", str(files))
+    assert out.returncode == 0, out.stderr
+    f = np.load(files)
+    assert list(f["song_id"]) == [-1]
+    row = int(np.where(z["song_id"] == song["id"])[0][0])
+    np.testing.assert_allclose(f["timbre"][0], z["timbre"][row], atol=1e-5)
+
+    bad = _cli(demo_workspace, "similar-singers", "nobody")
+    assert bad.returncode == 1 and "no singer named 'nobody'" in bad.stderr
+    bad = _cli(demo_workspace, "search", song["path"], "--weights", "timbre=oops")
+    assert bad.returncode == 2 and "not a number" in bad.stderr
+
+
+def test_corrupt_index_is_rebuilt_not_used(demo_workspace, tmp_path):
+    import shutil
+
+    ws = tmp_path / "ws"
+    shutil.copytree(demo_workspace, ws)
+    rec = _rec(ws)
+    faiss_file = rec.index_dir / "index.faiss"
+    data = bytearray(faiss_file.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    faiss_file.write_bytes(bytes(data))
+    _, rebuilt = rec.load_index()
+    assert rebuilt
+    _, rebuilt = _rec(ws).load_index()
+    assert not rebuilt
