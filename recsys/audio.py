@@ -14,6 +14,12 @@ sample-exact with resampling the whole file at once (see :class:`StreamResampler
 
 Functions that take a tensor expect (N,) mono float32 at `cfg.sample_rate`; use
 :func:`to_mono_resampled` to get there from in-memory audio of any rate and layout.
+
+With a `separator` (recsys.separation, accompaniment suppression) the mono stream is
+separated before silence detection, so silence, level and chunks are those of the
+estimated voice. A file is then separated once, in pass 1, and the separated samples
+are spilled to an anonymous temporary file that pass 2 reads back (4 bytes per sample
+on disk, none kept in memory).
 """
 
 from __future__ import annotations
@@ -22,9 +28,11 @@ import functools
 import hashlib
 import math
 import struct
+import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import soundfile as sf
@@ -33,6 +41,9 @@ import torch.nn.functional as F
 import torchaudio
 
 from recsys.config import AUDIO_EXTENSIONS, AudioConfig
+
+if TYPE_CHECKING:
+    from recsys.separation import Separator
 
 AUDIO_ERROR_CAUSES = (
     "empty",  # 0-byte file, or a header with no audio frames
@@ -407,11 +418,17 @@ def _threshold_db(loudest_db: float, cfg: AudioConfig) -> float:
 
 
 def _voiced(power: torch.Tensor, cfg: AudioConfig) -> torch.Tensor:
-    """(n_frames,) frame powers -> (n_frames,) bool: within silence_threshold_db of the loudest, above the floor."""
+    """(n_frames,) frame powers -> (n_frames,) bool: within silence_threshold_db of the reference level, above the floor."""
     if power.numel() == 0:
         return torch.zeros(0, dtype=torch.bool, device=power.device)
     db = _power_db(power)
-    return db >= _threshold_db(float(db.max()), cfg)
+    return db >= _threshold_db(_reference_db(db, cfg), cfg)
+
+
+def _reference_db(db: torch.Tensor, cfg: AudioConfig) -> float:
+    """The level silence is measured against: a high percentile of the frame levels rather than
+    the maximum, so that a brief loud transient (a click, a clap) cannot mark the singing as silence."""
+    return float(torch.quantile(db.double().cpu(), cfg.silence_reference_percentile / 100.0))
 
 
 def voiced_mask(wave: torch.Tensor, cfg: AudioConfig) -> torch.Tensor:
@@ -562,33 +579,94 @@ class _Source:
     n_samples: int  # expected stream length (from the header for files)
 
 
-def _source(source: str | Path | torch.Tensor, cfg: AudioConfig) -> _Source:
+def _source(
+    source: str | Path | torch.Tensor, cfg: AudioConfig, separator: Separator | None = None
+) -> _Source:
     if torch.is_tensor(source):
         wave = _check_wave(source)
         if not torch.isfinite(wave).all():
             raise AudioError(IN_MEMORY, "non_finite", "contains NaN or infinite samples")
+        if separator is not None:
+            wave = _check_wave(separator.separate(wave, cfg.sample_rate))
         return _Source(lambda: [wave], IN_MEMORY, wave.numel())
     info = probe(source)
     n_samples = resampled_length(info.frames, info.sample_rate, cfg.sample_rate)
-    return _Source(lambda: iter_mono_blocks(source, cfg), source, n_samples)
+    if separator is None:
+        return _Source(lambda: iter_mono_blocks(source, cfg), source, n_samples)
+    spill = _SpilledStream(
+        lambda: separator.separate_stream(iter_mono_blocks(source, cfg), cfg.sample_rate),
+        max(1, round(cfg.block_seconds * cfg.sample_rate)),
+    )
+    return _Source(spill.blocks, source, n_samples)
 
 
-def iter_voiced_blocks(path: str | Path, cfg: AudioConfig) -> Iterator[torch.Tensor]:
+class _SpilledStream:
+    """A stream computed once and read any number of times: the first read computes the
+    (n,) float32 blocks and writes them to an anonymous temporary file (deleted when
+    closed), later reads replay that file in blocks of `block` samples."""
+
+    def __init__(self, make_blocks: Callable[[], Iterable[torch.Tensor]], block: int):
+        self._make_blocks = make_blocks
+        self._block = block
+        self._file = None  # set once the first read has finished
+        self._n = 0
+
+    def blocks(self) -> Iterator[torch.Tensor]:
+        return self._record() if self._file is None else self._replay()
+
+    def _record(self) -> Iterator[torch.Tensor]:
+        f = tempfile.TemporaryFile(prefix="recsys-separated-")  # noqa: SIM115 (pass 2 reads and closes it)
+        self._n = 0
+        try:
+            for block in self._make_blocks():
+                block = block.detach().to("cpu", torch.float32)
+                f.write(block.numpy().tobytes())
+                self._n += block.numel()
+                yield block
+        except BaseException:
+            f.close()
+            raise
+        self._file = f
+
+    def _replay(self) -> Iterator[torch.Tensor]:
+        f = self._file
+        f.seek(0)
+        left = self._n
+        try:
+            while left > 0:
+                data = f.read(4 * min(self._block, left))
+                if not data:
+                    raise OSError(f"the temporary file of separated audio ended {left} samples early")
+                block = torch.from_numpy(np.frombuffer(data, dtype=np.float32).copy())
+                left -= block.numel()
+                yield block
+        finally:
+            f.close()
+            self._file = None
+
+
+def iter_voiced_blocks(
+    path: str | Path, cfg: AudioConfig, separator: Separator | None = None
+) -> Iterator[torch.Tensor]:
     """Stream the voiced, normalised audio of a file as (n,) float32 blocks at cfg.sample_rate.
 
     Memory stays flat for any file length (two decoding passes). Raises AudioError
-    ('silent' and those of iter_mono_blocks) before the first block is yielded.
+    ('silent' and those of iter_mono_blocks) before the first block is yielded. With a
+    `separator`, the estimated voice is used (see the module docstring).
     """
-    return _iter_voiced(_source(path, cfg), cfg)
+    return _iter_voiced(_source(path, cfg, separator), cfg)
 
 
-def voiced_audio(source: str | Path | torch.Tensor, cfg: AudioConfig) -> torch.Tensor:
+def voiced_audio(
+    source: str | Path | torch.Tensor, cfg: AudioConfig, separator: Separator | None = None
+) -> torch.Tensor:
     """All voiced audio of a file or a (N,) tensor at cfg.sample_rate, concatenated and normalised: (M,).
 
     A path is streamed, but the result lives in memory (4 bytes per voiced sample, 230 MB
-    for an hour at 16 kHz): for hour-long files iterate iter_voiced_blocks instead.
+    for an hour at 16 kHz): for hour-long files iterate iter_voiced_blocks instead. With
+    a `separator` the accompaniment is suppressed first, before silence detection.
     """
-    return torch.cat(list(_iter_voiced(_source(source, cfg), cfg)))
+    return torch.cat(list(_iter_voiced(_source(source, cfg, separator), cfg)))
 
 
 # ---------------------------------------------------------------------------- chunks
@@ -666,18 +744,26 @@ def _chunks(
         yield batch[:n]
 
 
-def iter_voiced_chunks(path: str | Path, cfg: AudioConfig, batch_size: int = 16) -> Iterator[torch.Tensor]:
-    """Stream a file's voiced chunks as (b, chunk_samples) float32 batches, b <= batch_size (flat memory)."""
-    src = _source(path, cfg)
+def iter_voiced_chunks(
+    path: str | Path, cfg: AudioConfig, batch_size: int = 16, separator: Separator | None = None
+) -> Iterator[torch.Tensor]:
+    """Stream a file's voiced chunks as (b, chunk_samples) float32 batches, b <= batch_size (flat memory).
+
+    With a `separator` the chunks are cut from the estimated voice.
+    """
+    src = _source(path, cfg, separator)
     return _chunks(_iter_voiced(src, cfg), cfg, src.name, batch_size, src.n_samples)
 
 
-def voiced_chunks(source: str | Path | torch.Tensor, cfg: AudioConfig) -> torch.Tensor:
+def voiced_chunks(
+    source: str | Path | torch.Tensor, cfg: AudioConfig, separator: Separator | None = None
+) -> torch.Tensor:
     """(B, chunk_samples) float32 voiced, normalised chunks of a file or a (N,) tensor at cfg.sample_rate.
 
     A path is streamed; the result holds B x chunk_samples floats (about twice the voiced
     audio with the default hop), so for hour-long files iterate iter_voiced_chunks.
-    Raises AudioError('silent') when no voiced chunk remains.
+    Raises AudioError('silent') when no voiced chunk remains. With a `separator` the
+    chunks are cut from the estimated voice.
     """
-    src = _source(source, cfg)
+    src = _source(source, cfg, separator)
     return torch.cat(list(_chunks(_iter_voiced(src, cfg), cfg, src.name, 256, src.n_samples)))

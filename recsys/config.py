@@ -34,7 +34,10 @@ class AudioConfig(_Section):
     target_rms_db: float = Field(-20.0, le=0, description="Loudness target (RMS dBFS of voiced audio).")
     peak_level: float = Field(0.95, gt=0, le=1.0)
     silence_threshold_db: float = Field(
-        -35.0, le=0, description="Frames quieter than this, relative to the loudest frame, are silence."
+        -35.0, le=0, description="Frames quieter than this, relative to the reference level, are silence."
+    )
+    silence_reference_percentile: float = Field(
+        99.0, gt=0, le=100, description="Reference level = this percentile of frame levels (100: the loudest frame)."
     )
     silence_floor_db: float = Field(-60.0, le=0, description="Absolute dBFS floor: quieter frames are silence.")
     frame_seconds: float = Field(0.032, gt=0, description="RMS frame length for silence detection.")
@@ -157,6 +160,39 @@ class IndexConfig(_Section):
     use_gpu: bool = Field(True, description="Use a GPU index when faiss-gpu and CUDA are present.")
 
 
+class SeparationConfig(_Section):
+    """Accompaniment suppression before silence removal (recsys.separation); chosen at ingest."""
+
+    # none: the audio as it is (a cappella); classical: REPET-SIM; neural: local pretrained weights
+    method: Literal["none", "classical", "neural"] = "none"
+    overlap_seconds: float = Field(2.0, ge=0, description="Cross-fade between consecutive windows.")
+    # classical (REPET-SIM)
+    block_seconds: float = Field(30.0, gt=0, description="Window the similarity matrix is computed over.")
+    n_fft: int = Field(2048, gt=0, description="128 ms at 16 kHz: resolves the partials of a low voice.")
+    hop_length: int = Field(512, gt=0)
+    similar_frames: int = Field(40, ge=1, description="k: frames whose median models the background.")
+    min_distance_seconds: float = Field(1.0, gt=0, description="Similar frames are at least this far apart.")
+    mask_margin: float = Field(1.0, gt=0, description="> 1 suppresses more accompaniment and more voice.")
+    mask_power: float = Field(2.0, gt=0, description="1: Rafii & Pardo's ratio mask; 2: Wiener-like.")
+    voice_min_hz: float = Field(80.0, ge=0, description="Bins below this are accompaniment.")
+    # neural
+    weights: Path | None = Field(None, description="Local TorchScript file or state dict; never downloaded.")
+    architecture: str | None = Field(None, description="Registered architecture for a state dict.")
+    chunk_seconds: float = Field(10.0, gt=0, description="Window fed to the network at once.")
+    model_sample_rate: int | None = Field(None, description="Rate the network expects (default: its own).")
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+    @model_validator(mode="after")
+    def _overlap_fits(self) -> "SeparationConfig":
+        for window in ("block_seconds", "chunk_seconds"):
+            if 2 * self.overlap_seconds > getattr(self, window):
+                raise ValueError(
+                    f"separation.overlap_seconds ({self.overlap_seconds}) must be at most half of "
+                    f"separation.{window} ({getattr(self, window)})"
+                )
+        return self
+
+
 class DatasetConfig(_Section):
     """A catalog the project knows: a manifest CSV or a <singer>/<song>.<ext> folder."""
 
@@ -185,6 +221,7 @@ class Settings(BaseSettings):
     melody: MelodyConfig = MelodyConfig()
     fusion: FusionConfig = FusionConfig()
     index: IndexConfig = IndexConfig()
+    separation: SeparationConfig = SeparationConfig()
     datasets: dict[str, DatasetConfig] = Field(default_factory=dict)
 
     @field_validator("workspace", mode="after")

@@ -458,3 +458,15 @@ def test_one_hour_file_streams_in_flat_memory(tmp_path):
     # about 35 MB (blocks of 30 s, two batches of chunks) against 225 MB for the decoded signal
     assert growth_long < decoded_kb / 4, (growth_long, decoded_kb)
     assert growth_long < growth_short + decoded_kb / 8, (growth_long, growth_short)
+
+
+def test_a_brief_loud_transient_does_not_silence_the_singing():
+    """A 0.1 s click 40 dB above a 10 s voice must not push the voice under the silence threshold."""
+    sr = CFG.sample_rate
+    t = torch.arange(10 * sr) / sr
+    wave = 0.01 * torch.sin(2 * math.pi * 220 * t)
+    wave[sr : sr + sr // 10] = 0.99 * torch.sign(torch.sin(2 * math.pi * 50 * t[: sr // 10]))
+    kept = remove_silence(wave, CFG).numel()
+    assert kept > 0.95 * wave.numel()
+    loudest_only = remove_silence(wave, CFG.model_copy(update={"silence_reference_percentile": 100.0})).numel()
+    assert loudest_only < 0.05 * wave.numel()  # the old rule (relative to the loudest frame) loses the voice
