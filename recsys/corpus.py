@@ -56,6 +56,7 @@ VOWEL_FORMANTS: dict[str, tuple[float, ...]] = {
 FORMANT_BANDWIDTHS = (70.0, 95.0, 140.0, 220.0, 300.0)  # Hz, before the singer's scale
 _HIGHER_FORMANTS = (5500.0, 6500.0, 7500.0)  # F6-F8 of a 17 cm tract, vowel-independent
 _HIGHER_BANDWIDTHS = (450.0, 550.0, 650.0)
+_FRICATIVE_GAIN = 0.6  # /s/ filter peak gain (linear) on the consonant noise
 
 # Consonant targets: formants, bandwidth factor, voicing amplitude, duration (s).
 # Nasals: low murmur formant, damped upper formants; /l/: low F2; /s/ /h/: unvoiced.
@@ -810,7 +811,7 @@ def _tract_filter(
     h = _formant_response(freqs[::3] * to_rad, bws[::3] * to_rad, bins * to_rad)
     h = np.repeat(h, 3, axis=0)[:n_frames]
 
-    # Spectral tilt (dB/octave above 400 Hz), brighter when louder; singer's formant; mic EQ.
+    # Spectral tilt (dB/octave above 400 Hz), brighter when louder; singer's formant.
     octaves = np.log2(np.maximum(bins, 400.0) / 400.0)
     tilt = take.tilt_db_per_oct + 0.12 * _smooth(ctrl.loud_db[at_frames], coart)
     gain_db = tilt[:, None] * octaves[None, :]
@@ -827,9 +828,6 @@ def _tract_filter(
     nasal_zero = np.log2(1000.0 * take.formant_scale)
     static_db = static_db - voice.nasality_db * np.exp(-0.5 * ((log_bins - nasal_zero) / 0.18) ** 2)
     static_db = static_db + 0.4 * voice.nasality_db * np.exp(-0.5 * ((log_bins - np.log2(250.0)) / 0.3) ** 2)
-    for centre, g in zip(take.eq_centres_oct, take.eq_gains_db):
-        static_db = static_db + g * np.exp(-0.5 * ((log_bins - centre) / 0.7) ** 2)
-    highpass = 1.0 / np.sqrt(1.0 + (take.highpass_hz / np.maximum(bins, 1.0)) ** 4)
     # Higher-pole correction: the resonances above F5 barely depend on the vowel, so one static
     # response restores the 4-8 kHz energy a 5-formant cascade loses.
     high = np.array(_HIGHER_FORMANTS) * take.formant_scale
@@ -841,15 +839,26 @@ def _tract_filter(
             bins * to_rad,
         )
     )[0]
-    static = (10.0 ** (static_db / 20.0) * highpass * higher).astype(np.float32)
-    h *= (10.0 ** (gain_db / 20.0)).astype(np.float32)
+    tract_static = (10.0 ** (static_db / 20.0) * higher).astype(np.float32)
+    h *= (10.0 ** (gain_db / 20.0)).astype(np.float32) * tract_static[None, :]
 
-    # /s/: noise shaped by a high band (4-8 kHz for a male tract, capped by Nyquist).
+    # /s/: noise made at the teeth and shaped by the short front cavity only (4-8 kHz for a
+    # male tract, capped by Nyquist). It bypasses the whole-tract resonances above: the
+    # higher-pole correction alone peaks at 30-70 dB near 7 kHz, made to restore what the
+    # 5-formant cascade's roll-off removes, and applied to the flat /s/ band it turned each
+    # /s/ into a burst tens of dB louder than the singing.
     fric_weight = ctrl.fricative[at_frames].astype(np.float32)
     fric_centre = min(6200.0 * take.formant_scale, 0.8 * nyq)
     fric = np.exp(-0.5 * (np.log2(np.maximum(bins, 20.0) / fric_centre) / 0.45) ** 2).astype(np.float32)
-    h = h * (1.0 - fric_weight)[:, None] + (fric_weight[:, None] * fric[None, :] * 0.6)
-    return (h * static[None, :]).astype(np.complex64)
+    h = h * (1.0 - fric_weight)[:, None] + (fric_weight[:, None] * fric[None, :] * _FRICATIVE_GAIN)
+
+    # The recording chain (microphone EQ and high-pass) colours every sound alike.
+    eq_db = np.zeros_like(bins)
+    for centre, g in zip(take.eq_centres_oct, take.eq_gains_db):
+        eq_db = eq_db + g * np.exp(-0.5 * ((log_bins - centre) / 0.7) ** 2)
+    highpass = 1.0 / np.sqrt(1.0 + (take.highpass_hz / np.maximum(bins, 1.0)) ** 4)
+    recording = (10.0 ** (eq_db / 20.0) * highpass).astype(np.float32)
+    return (h * recording[None, :]).astype(np.complex64)
 
 
 def _room(rng: np.random.Generator, take: _Take, sample_rate: int) -> np.ndarray:
