@@ -20,10 +20,11 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
+from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from recsys import catalog
-from recsys.config import Settings, load_settings
+from recsys.config import SeparationConfig, Settings, load_settings
 from recsys.embedding import INDEX_WEIGHTS, Embedder, Vectors, Weights, fuse
 from recsys.training.checkpoint import catalog_fingerprint
 from recsys.training.data import SongFeatures
@@ -71,7 +72,19 @@ class Recommender:
         from recsys.ingest import ingest
 
         return ingest(source, self.sessions, self.settings.audio, workers=workers, dry_run=dry_run,
-                      progress=progress)
+                      progress=progress, separation=self.separation)
+
+    @functools.cached_property
+    def separation(self) -> SeparationConfig:
+        """The accompaniment suppression of this workspace's audio path (see :func:`effective_separation`)."""
+        return effective_separation(self.settings, self.sessions)
+
+    @functools.cached_property
+    def separator(self):
+        """The Separator every audio path of this workspace applies (None for method 'none')."""
+        from recsys.separation import separator_from_config
+
+        return None if self.separation.method == "none" else separator_from_config(self.separation)
 
     def stats(self) -> catalog.CatalogStats:
         with self.sessions() as s:
@@ -90,9 +103,13 @@ class Recommender:
 
         out = []
         rows = self.songs()
+        method = self.separation.method
         for i, song in enumerate(rows):
-            mel = song_mel(song["path"], self.settings.audio, self.settings.features)
-            out.append(SongFeatures(song["id"], mel, song["singer"], song["content_hash"], song["metadata"]))
+            mel = song_mel(song["path"], self.settings.audio, self.settings.features, self.separator)
+            # The audio a model learns from depends on the separation too: tagging the content
+            # hash gives a model trained on separated audio its own version (catalog_fingerprint).
+            digest = song["content_hash"] if method == "none" else f"{song['content_hash']}+{method}"
+            out.append(SongFeatures(song["id"], mel, song["singer"], digest, song["metadata"]))
             if progress:
                 progress(i + 1, len(rows))
         if not out:
@@ -126,7 +143,7 @@ class Recommender:
 
         timbre, t_meta = load_timbre(self.settings.workspace)
         melody, m_meta = load_melody(self.settings.workspace)
-        embedder = Embedder(timbre, melody, self.settings.audio, self.settings.features)
+        embedder = Embedder(timbre, melody, self.settings.audio, self.settings.features, self.separator)
         embedder.versions = (t_meta, m_meta)  # type: ignore[attr-defined]
         return embedder
 
@@ -139,13 +156,22 @@ class Recommender:
     def _model_rows(self, s: Session) -> dict[str, catalog.ModelVersion]:
         t_meta, m_meta = self.embedder.versions  # type: ignore[attr-defined]
         fusion = self.settings.fusion
+        method = self.separation.method
+        fused = s.scalar(select(catalog.ModelVersion).where(
+            catalog.ModelVersion.kind == "fused", catalog.ModelVersion.version == self.model_version))
+        if fused is not None and fused.config.get("separation", "none") != method:
+            raise ValueError(
+                f"the vectors of model version {self.model_version} were made with separation "
+                f"{fused.config.get('separation', 'none')!r}, but this workspace now uses {method!r}; "
+                "set separation.method (or `recsys ingest --separate`) back, or retrain with the new method")
         return {
             "timbre": catalog.register_model_version(s, "timbre", t_meta.version, t_meta.model_config,
                                                      t_meta.fingerprint, t_meta.metrics),
             "melody": catalog.register_model_version(s, "melody", m_meta.version, m_meta.model_config,
                                                      m_meta.fingerprint, m_meta.metrics),
             "fused": catalog.register_model_version(
-                s, "fused", self.model_version, {"w_timbre": fusion.w_timbre, "w_melody": fusion.w_melody},
+                s, "fused", self.model_version,
+                {"w_timbre": fusion.w_timbre, "w_melody": fusion.w_melody, "separation": method},
                 f"{t_meta.fingerprint}+{m_meta.fingerprint}"),
         }
 
@@ -287,6 +313,26 @@ class Recommender:
             np.concatenate([r.melody for r in rows]) if rows else np.zeros((0, dm), np.float32),
         )
         return ok, vectors, failed
+
+
+def effective_separation(settings: Settings, sessions: sessionmaker[Session] | None) -> SeparationConfig:
+    """The separation a workspace's audio goes through, so ingest, training, embedding and
+    queries all hear the same audio: `settings.separation` when it was set explicitly (a
+    flag, the environment or a config file), else the one the catalog's latest ingest run
+    recorded (`recsys ingest --separate` is remembered), else none."""
+    if "separation" in settings.model_fields_set or sessions is None:
+        return settings.separation
+    with sessions() as s:
+        runs = s.scalars(select(catalog.IngestRun).order_by(catalog.IngestRun.id.desc()))
+        recorded = next((run.options["separation"] for run in runs if "separation" in (run.options or {})),
+                        None)
+    if recorded is None:
+        return settings.separation
+    try:
+        return SeparationConfig(**recorded)
+    except ValueError as e:
+        raise ValueError(
+            f"the catalog {settings.database_url} recorded an invalid separation {recorded!r}: {e}") from e
 
 
 def _song_dict(song: Any) -> dict[str, Any]:

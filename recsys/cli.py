@@ -150,9 +150,30 @@ def ingest(
     workers: Annotated[Optional[int], typer.Option(help="Decoding processes (default: all cores).")] = None,
     dry_run: Annotated[bool, typer.Option(help="Validate the manifest and files without writing.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
+    separate: Annotated[Optional[str], typer.Option(
+        help="Accompaniment suppression: none (a cappella), classical (REPET-SIM) or neural (local weights). "
+             "Remembered by the catalog: training, embedding and search then use it too. "
+             "Default: separation.method if configured, else the catalog's last choice, else none.")] = None,
+    separation_weights: Annotated[Optional[Path], typer.Option(
+        help="Weights file for --separate neural (TorchScript, .pt2, or a state dict with "
+             "separation.architecture); never downloaded.")] = None,
+    embed: Annotated[bool, typer.Option(help="Also compute vectors with the trained models and update the index "
+                                        "(the batch job: resumable, batched, parallel).")] = False,
+    runner: Annotated[str, typer.Option(help="Where the job runs: local (processes) or ray.")] = "local",
+    address: Annotated[Optional[str], typer.Option(help="Ray cluster address for --runner ray "
+                                                   "(default: the running Ray, else a new local one).")] = None,
+    batch_size: Annotated[int, typer.Option(min=1, help="Files per committed batch.")] = 32,
 ) -> None:
-    """Decode, validate and register a catalog's songs (idempotent: re-running changes nothing)."""
-    summary = _run_ingest(_ctx(ctx), source, workers, dry_run)
+    """Decode, validate and register a catalog's songs (idempotent: re-running changes nothing).
+
+    With --embed (or --runner ray) this is the batch job of pipelines/ingest.py: songs are
+    embedded and indexed too, one committed batch at a time; killed at any moment, a re-run
+    finishes the work. Progress lines go to stderr."""
+    c = _with_separation(_ctx(ctx), separate, separation_weights)
+    if embed or runner != "local":
+        summary = _run_ingest_job(c, source, workers, dry_run, embed, runner, address, batch_size)
+    else:
+        summary = _run_ingest(c, source, workers, dry_run)
     if as_json:
         _print_json(summary.as_dict() | {"failures": [f.__dict__ for f in summary.failures]})
     else:
@@ -161,18 +182,64 @@ def ingest(
         raise typer.Exit(1)
 
 
+def _with_separation(c: Context, method: str | None, weights: Path | None) -> Context:
+    """The context with --separate / --separation-weights applied to settings.separation."""
+    from recsys.config import SeparationConfig
+
+    if method is None and weights is None:
+        return c
+    update = {k: v for k, v in (("method", method), ("weights", weights)) if v is not None}
+    try:
+        separation = SeparationConfig(**(c.settings.separation.model_dump() | update))
+    except ValueError as e:
+        _fail(f"bad separation options: {e}", 2)
+    return Context(settings=c.settings.model_copy(update={"separation": separation}))
+
+
 def _run_ingest(c: Context, source: Path, workers: int | None, dry_run: bool):
+    from recsys.api import effective_separation
     from recsys.ingest import ingest as run_ingest
     from recsys.manifest import ManifestError
     from recsys.progress import progress_bar
 
     sessions = c.sessions() if (not dry_run or c.catalog_exists()) else None
+    separation = effective_separation(c.settings, sessions)
+    if separation.method != "none":
+        from recsys.separation import separator_from_config
+
+        try:
+            separator_from_config(separation)  # e.g. 'neural' without weights: say so before any file is read
+        except (ValueError, FileNotFoundError) as e:
+            _fail(str(e), 2)
     try:
         with progress_bar(f"ingesting {source.name}") as advance:
             return run_ingest(source, sessions, c.settings.audio, workers=workers, dry_run=dry_run,
-                              progress=lambda _path: advance())
+                              progress=lambda _path: advance(), separation=separation)
     except ManifestError as e:
         _fail(str(e), 2)
+
+
+def _run_ingest_job(c: Context, source: Path, workers: int | None, dry_run: bool, embed: bool, runner: str,
+                    address: str | None, batch_size: int):
+    from pipelines.ingest import MissingModelsError, format_report, run_ingest
+    from pipelines.runners import make_runner
+    from recsys.manifest import ManifestError
+
+    try:
+        job_runner = make_runner(runner, workers=workers, address=address)
+    except ValueError as e:
+        _fail(str(e), 2)
+    try:
+        return run_ingest(source, c.settings, embed=embed, runner=job_runner, batch_size=batch_size,
+                          dry_run=dry_run, on_batch=lambda report: typer.echo(format_report(report), err=True))
+    except ManifestError as e:
+        _fail(str(e), 2)
+    except (MissingModelsError, RuntimeError) as e:  # no models; Ray missing or unreachable
+        _fail(str(e))
+    except ValueError as e:  # bad options, e.g. a separation that cannot be built
+        _fail(str(e), 2)
+    finally:
+        job_runner.close()
 
 
 def _print_ingest_summary(summary) -> None:
@@ -185,6 +252,14 @@ def _print_ingest_summary(summary) -> None:
         typer.echo(f"  - {failure.message}")
     if len(summary.failures) > 20:
         typer.echo(f"  ... and {len(summary.failures) - 20} more (recsys catalog --errors)")
+    if getattr(summary, "model_version", None):
+        verb = "would embed under" if summary.dry_run else f"embedded {summary.embedded} songs under"
+        typer.echo(f"{verb} model version {summary.model_version}; "
+                   f"{summary.audio_seconds:.0f} s of audio in {summary.wall_seconds:.1f} s "
+                   f"({summary.realtime_factor:.0f}x real time)")
+        if summary.index_size is not None:
+            state = "rebuilt to match the catalog" if summary.index_rebuilt else "agrees with the catalog"
+            typer.echo(f"index: {summary.index_size} songs, {state}")
 
 
 @app.command("catalog")
@@ -474,6 +549,295 @@ def demo(
     query = sorted(out.glob("*/*.wav"))[0]
     _print_result(rec.search(query, 5, weights), False)
     typer.echo(f"\nexplore: recsys --workspace {c.settings.workspace} app")
+
+
+def _stage_progress(stage: str, done: int, total: int) -> None:
+    if done == total:
+        typer.echo(f"  {stage}: {total} done", err=True)
+
+
+def _print_kind_epoch(kind: str, row: dict) -> None:
+    if "epoch" in row:
+        typer.echo(f"  [{kind}]", err=True, nl=False)
+        _print_epoch(row)
+
+
+@app.command("evaluate")
+def evaluate_cmd(
+    ctx: typer.Context,
+    manifest: Annotated[Path, typer.Argument(help="Labelled catalog: a manifest CSV with a `singer` column "
+                                             "(and optionally `melody_id`), or a <singer>/<song> folder.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+    out_workspace: Annotated[Optional[Path], typer.Option(
+        help="Where the evaluation's models go (default: <workspace>/evaluation); models trained there on the "
+             "same songs and settings are reused.")] = None,
+    test_fraction: Annotated[float, typer.Option(help="Songs held out per singer.")] = 0.25,
+    seed: Annotated[int, typer.Option(help="Seed of the split and of the untrained encoders.")] = 0,
+    baselines: Annotated[str, typer.Option(help="Comma-separated baselines, or 'none'.")] =
+        "mfcc_stats,resemblyzer,chroma_stats_keyinv",
+    retrain: Annotated[bool, typer.Option(help="Train even when matching models exist.")] = False,
+) -> None:
+    """Train on a split by song, then score timbre / melody / fused vectors and baselines on held-out songs."""
+    from recsys.evaluate import evaluate, format_report
+
+    c = _ctx(ctx)
+    names = [] if baselines.strip() == "none" else [b.strip() for b in baselines.split(",") if b.strip()]
+    workspace = out_workspace or c.settings.workspace / "evaluation"
+    typer.echo(f"evaluating {manifest} (models in {workspace})", err=True)
+    try:
+        report = evaluate(manifest, c.settings, workspace, test_fraction=test_fraction, seed=seed,
+                          baselines=names, retrain=retrain, progress=_stage_progress, log=_print_kind_epoch)
+    except (ValueError, ImportError) as e:
+        _fail(str(e))
+    if as_json:
+        _print_json(report.as_dict())
+    else:
+        typer.echo(format_report(report))
+
+
+experiment_app = typer.Typer(help="Training studies on the workspace's catalog, on a held-out split by song.",
+                             no_args_is_help=True)
+app.add_typer(experiment_app, name="experiment")
+
+
+def _study_songs(c: Context, need_waves: bool):
+    from recsys.evaluate import catalog_songs
+
+    if not c.catalog_exists():
+        _fail(f"no catalog in {c.settings.workspace}; run `recsys ingest MANIFEST` first")
+    rows = _recommender(c).songs()
+    if not rows:
+        _fail(f"the catalog in {c.settings.workspace} has no songs; run `recsys ingest MANIFEST` first")
+    typer.echo(f"loading {len(rows)} catalog songs", err=True)
+    return catalog_songs(rows, c.settings.audio, c.settings.features, need_waves=need_waves)
+
+
+@experiment_app.command("pair-policies")
+def pair_policies_cmd(
+    ctx: typer.Context,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the rows as JSON.")] = False,
+    policy: Annotated[Optional[list[str]], typer.Option(help="A pair policy to train (repeatable; default all).")] = None,
+    epochs: Annotated[Optional[int], typer.Option(min=1, help="Override timbre.epochs.")] = None,
+    test_fraction: Annotated[float, typer.Option(help="Songs held out per singer.")] = 0.25,
+    seed: Annotated[int, typer.Option(help="Seed of the split.")] = 0,
+) -> None:
+    """Train one timbre encoder per pair policy on the training songs; score held-out retrieval and robustness."""
+    from recsys.evaluate import pair_policy_study
+    from recsys.evaluation import format_table
+
+    c = _ctx(ctx)
+    settings = c.settings
+    if epochs is not None:
+        settings = settings.model_copy(update={"timbre": settings.timbre.model_copy(update={"epochs": epochs})})
+    songs, _ = _study_songs(c, need_waves=False)
+    try:
+        rows = pair_policy_study(songs, settings, settings.workspace, policies=policy, test_fraction=test_fraction,
+                                 seed=seed, log=_print_epoch)
+    except ValueError as e:
+        _fail(str(e))
+    if as_json:
+        _print_json(rows)
+        return
+    typer.echo(format_table(rows, [
+        ("policy", "policy"), ("final_loss", "final loss"), ("epochs", "epochs"), ("p_at_1", "P@1"),
+        ("map", "mAP"), ("p_at_1_ps+2", "P@1 ps+2"), ("p_at_1_ps-2", "P@1 ps-2"), ("p_at_1_ts1.1", "P@1 ts1.1"),
+        ("p_at_1_ts0.9", "P@1 ts0.9"), ("p_at_1_robust", "P@1 robust"),
+    ]))
+
+
+@experiment_app.command("melody-variants")
+def melody_variants_cmd(
+    ctx: typer.Context,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the rows as JSON.")] = False,
+    variant: Annotated[Optional[list[str]], typer.Option(
+        help="A TCAE variant: mel, pitch, mel+pitch, pitch-ki, mel+pitch-ki (repeatable; default mel, pitch-ki).")]
+        = None,
+    epochs: Annotated[Optional[int], typer.Option(min=1, help="Override melody.epochs.")] = None,
+    test_fraction: Annotated[float, typer.Option(help="Songs held out per singer.")] = 0.25,
+    seed: Annotated[int, typer.Option(help="Seed of the split.")] = 0,
+) -> None:
+    """Train TCAE variants on the training songs; melody P@1 on the catalog and on transposed held-out songs."""
+    from recsys.evaluate import melody_variant_study
+    from recsys.evaluation import format_table
+
+    c = _ctx(ctx)
+    settings = c.settings
+    if epochs is not None:
+        settings = settings.model_copy(update={"melody": settings.melody.model_copy(update={"epochs": epochs})})
+    songs, waves = _study_songs(c, need_waves=True)
+    try:
+        rows = melody_variant_study(songs, waves, settings, settings.workspace / "experiments" / "melody-variants",
+                                    variants=variant or ("mel", "pitch-ki"), test_fraction=test_fraction, seed=seed,
+                                    log=lambda name, row: _print_kind_epoch(name, row))
+    except ValueError as e:
+        _fail(str(e))
+    if as_json:
+        _print_json(rows)
+        return
+    typer.echo(format_table(rows, [
+        ("name", "variant"), ("p_at_1", "P@1"), ("p_at_1_+2", "P@1 +2"), ("p_at_1_-2", "P@1 -2"),
+        ("p_at_1_transposed", "P@1 +-2"), ("valid_loss", "valid"), ("epochs", "epochs"), ("train_s", "train s"),
+        ("embed_ms", "ms/song"), ("embed_3min_ms", "ms/3 min"),
+    ], float_digits=3))
+
+
+probe_app = typer.Typer(help="Voice attribute probes: predict metadata (gender, register, language...) from timbre.",
+                        no_args_is_help=True)
+app.add_typer(probe_app, name="probe")
+
+
+@probe_app.command("train")
+def probe_train_cmd(
+    ctx: typer.Context,
+    attribute: Annotated[str, typer.Argument(help="A categorical metadata column, e.g. gender or register.")],
+    test_fraction: Annotated[float, typer.Option(help="Singers (or songs) held out per class.")] = 0.25,
+    seed: Annotated[int, typer.Option(help="Seed of the held-out split.")] = 0,
+    c: Annotated[float, typer.Option("--c", min=0.0, help="Inverse L2 regularisation of the classifier.")] = 1.0,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the probe's metrics as JSON.")] = False,
+) -> None:
+    """Fit a probe for ATTRIBUTE on the timbre vectors; report held-out accuracy and macro-F1 vs majority class."""
+    from recsys.probes import train_attribute_probe
+
+    rec = _recommender(_ctx(ctx))
+    try:
+        probe, path = train_attribute_probe(rec, attribute, test_fraction=test_fraction, seed=seed, c=c)
+    except (ValueError, FileNotFoundError) as e:
+        _fail(str(e))
+    m = probe.metrics
+    if as_json:
+        _print_json(probe.to_dict() | {"path": str(path), "coef": None, "intercept": None})
+        return
+    typer.echo(f"probe {attribute!r} (version {probe.version}) for timbre model {probe.timbre_version}: {path}")
+    typer.echo(f"  classes: {m['class_counts']}" + (f"  (too rare, left out: {m['dropped_classes']})"
+                                                     if m["dropped_classes"] else ""))
+    typer.echo(f"  held out by {m['split']}: {m['n_test']} songs (trained on {m['n_train']})")
+    typer.echo(f"  accuracy {m['accuracy']:.3f}  macro-F1 {m['macro_f1']:.3f}   majority class "
+               f"{m['baseline_class']!r}: accuracy {m['baseline_accuracy']:.3f}  macro-F1 {m['baseline_macro_f1']:.3f}")
+
+
+@probe_app.command("predict")
+def probe_predict_cmd(
+    ctx: typer.Context,
+    attribute: Annotated[str, typer.Argument(help="An attribute with a trained probe (`recsys probe list`).")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
+) -> None:
+    """Predict ATTRIBUTE for songs without it (given labels are never changed), and per singer."""
+    from recsys.probes import predict_attribute
+
+    rec = _recommender(_ctx(ctx))
+    try:
+        summary = predict_attribute(rec, attribute)
+    except (ValueError, FileNotFoundError) as e:
+        _fail(str(e))
+    if as_json:
+        _print_json(summary.as_dict())
+        return
+    typer.echo(f"{attribute}: predicted {summary.n_predicted} songs, kept {summary.n_given} given labels, "
+               f"{summary.n_not_embedded} songs not embedded (probe {summary.probe_version})")
+    for name, p in summary.singers.items():
+        typer.echo(f"  {name:<24} {p['value']:<12} confidence {p['confidence']:.2f} ({p['n_songs']} songs)")
+
+
+@probe_app.command("list")
+def probe_list_cmd(
+    ctx: typer.Context,
+    as_json: Annotated[bool, typer.Option("--json", help="Print as JSON.")] = False,
+) -> None:
+    """The stored probes; those of the current timbre model are marked with *."""
+    from recsys.probes import list_probes
+    from recsys.training.checkpoint import latest_version
+
+    c = _ctx(ctx)
+    try:
+        probes = list_probes(c.settings.workspace)
+    except ValueError as e:
+        _fail(str(e))
+    current = latest_version(c.settings.workspace, "timbre")
+    rows = [{"attribute": p.attribute, "timbre_version": p.timbre_version, "version": p.version,
+             "current": current is not None and p.timbre_version == current.version, "classes": p.classes,
+             **{k: p.metrics.get(k) for k in ("accuracy", "macro_f1", "baseline_accuracy", "split", "n_labelled")}}
+            for p in probes]
+    if as_json:
+        _print_json(rows)
+        return
+    if not rows:
+        typer.echo(f"no probes in {c.settings.workspace}; train one with `recsys probe train ATTRIBUTE`")
+    for r in rows:
+        typer.echo(f"{'*' if r['current'] else ' '} {r['attribute']:<14} timbre {r['timbre_version']}  "
+                   f"classes {', '.join(r['classes'])}  accuracy {r['accuracy']:.3f} (majority "
+                   f"{r['baseline_accuracy']:.3f}), macro-F1 {r['macro_f1']:.3f}, held out by {r['split']}")
+
+
+@app.command("reembed")
+def reembed_cmd(
+    ctx: typer.Context,
+    timbre: Annotated[Optional[str], typer.Option(help="Timbre model version (default: the newest published).")] = None,
+    melody: Annotated[Optional[str], typer.Option(help="Melody model version (default: the newest published).")] = None,
+    workers: Annotated[Optional[int], typer.Option(help="Decoding processes (default: all cores).")] = None,
+    runner: Annotated[str, typer.Option(help="Where the job runs: local (processes) or ray.")] = "local",
+    address: Annotated[Optional[str], typer.Option(help="Ray cluster address for --runner ray.")] = None,
+    batch_size: Annotated[int, typer.Option(min=1, help="Songs per committed batch.")] = 32,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
+) -> None:
+    """Embed the catalog with new model versions while the current index keeps answering, then switch to them.
+
+    Resumable: killed midway, running it again continues; serving changes only at the end."""
+    from pipelines.ingest import MissingModelsError, format_report
+    from pipelines.reembed import reembed
+    from pipelines.runners import make_runner
+
+    c = _ctx(ctx)
+    try:
+        job_runner = make_runner(runner, workers=workers, address=address)
+    except ValueError as e:
+        _fail(str(e), 2)
+    try:
+        summary = reembed(c.settings, timbre_version=timbre, melody_version=melody, runner=job_runner,
+                          batch_size=batch_size, on_batch=lambda report: typer.echo(format_report(report), err=True))
+    except (FileNotFoundError, MissingModelsError) as e:
+        _fail(str(e))
+    except ValueError as e:
+        _fail(str(e), 2)
+    finally:
+        job_runner.close()
+    if as_json:
+        _print_json(summary.as_dict())
+        return
+    typer.echo(f"embedded {summary.embedded} songs under {summary.new_version} "
+               f"({summary.already} had vectors already), failed {summary.n_failed}")
+    for f in summary.failures[:20]:
+        typer.echo(f"  - {f.message}")
+    if summary.switched:
+        typer.echo(f"index: {summary.index_size} songs; serving switched from {summary.old_version} "
+                   f"to {summary.new_version}")
+    else:
+        typer.echo(f"index: {summary.index_size} songs; {summary.new_version} was already serving")
+
+
+@app.command("app")
+def app_cmd(
+    ctx: typer.Context,
+    port: Annotated[int, typer.Option(min=1, max=65535, help="Port to serve the explorer on.")] = 8501,
+) -> None:
+    """Open the similarity explorer (Streamlit): the catalog map, similar singers, query by song."""
+    import importlib.util
+    import os
+    import subprocess
+
+    from recsys.config import PROJECT_ROOT
+
+    if importlib.util.find_spec("streamlit") is None:
+        _fail("the explorer needs streamlit: pip install 'streamlit>=1.38'")
+    c = _ctx(ctx)
+    script = PROJECT_ROOT / "app" / "explorer.py"
+    env = dict(os.environ, RECSYS_DEVICE=c.settings.device)
+    if c.settings.db_url:
+        env["RECSYS_DB_URL"] = c.settings.db_url  # through the environment: no password on the command line
+    cmd = [sys.executable, "-m", "streamlit", "run", str(script), "--server.port", str(port),
+           "--server.headless", "true", "--browser.gatherUsageStats", "false",
+           "--", "--workspace", str(c.settings.workspace)]
+    typer.echo(f"explorer for {c.settings.workspace} on http://localhost:{port} (Ctrl-C to stop)", err=True)
+    raise typer.Exit(subprocess.call(cmd, env=env))
 
 
 def main() -> None:

@@ -14,13 +14,16 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 import torch
 
 from recsys.config import AudioConfig, FeatureConfig
 from recsys.features import song_mel
+
+if TYPE_CHECKING:
+    from recsys.separation import Separator
 
 
 class SongEncoder(Protocol):
@@ -101,7 +104,11 @@ def fused_scores(ct: np.ndarray, cm: np.ndarray, weights: Weights) -> np.ndarray
 
 
 class Embedder:
-    """Turns audio into vectors with the encoders it is given."""
+    """Turns audio into vectors with the encoders it is given.
+
+    `separator` (accompaniment suppression, recsys.separation) is applied to every input
+    before silence removal: give the one the encoders' training audio went through.
+    """
 
     def __init__(
         self,
@@ -109,11 +116,13 @@ class Embedder:
         melody: SongEncoder,
         audio_cfg: AudioConfig,
         feature_cfg: FeatureConfig,
+        separator: Separator | None = None,
     ) -> None:
         self.timbre = timbre
         self.melody = melody
         self.audio_cfg = audio_cfg
         self.feature_cfg = feature_cfg
+        self.separator = separator
 
     @property
     def dims(self) -> tuple[int, int]:
@@ -131,7 +140,7 @@ class Embedder:
 
         Raises recsys.audio.AudioError for unreadable, silent or non-audio input.
         """
-        t, m = self.embed_mel(song_mel(source, self.audio_cfg, self.feature_cfg))
+        t, m = self.embed_mel(song_mel(source, self.audio_cfg, self.feature_cfg, self.separator))
         return Vectors(t[None], m[None])
 
     def embed_many(self, sources: Iterable[str | Path]) -> Vectors:

@@ -7,11 +7,15 @@ Defaults (recsys.config.FeatureConfig): 16 kHz, window and FFT 512, hop 256,
 from __future__ import annotations
 
 import functools
+from typing import TYPE_CHECKING
 
 import torch
 import torchaudio
 
 from recsys.config import AudioConfig, FeatureConfig
+
+if TYPE_CHECKING:
+    from recsys.separation import Separator
 
 
 def frames_for(n_samples: int, cfg: FeatureConfig) -> int:
@@ -56,12 +60,15 @@ def log_mel(wave: torch.Tensor, cfg: FeatureConfig, sample_rate: int) -> torch.T
     return torch.log(mel + cfg.log_floor)
 
 
-def song_mel(source, audio_cfg: AudioConfig, cfg: FeatureConfig) -> torch.Tensor:
+def song_mel(
+    source, audio_cfg: AudioConfig, cfg: FeatureConfig, separator: Separator | None = None
+) -> torch.Tensor:
     """A file path or (N,) wave at audio_cfg.sample_rate -> (n_mels, T) log-mel of its voiced audio.
 
-    Silence is removed and loudness normalised first (recsys.audio.voiced_audio);
-    raises recsys.audio.AudioError when the source has no voiced audio.
+    With a `separator` the accompaniment is suppressed first; then silence is removed
+    and loudness normalised (recsys.audio.voiced_audio). Raises recsys.audio.AudioError
+    when the source has no voiced audio.
     """
     from recsys.audio import voiced_audio
 
-    return log_mel(voiced_audio(source, audio_cfg), cfg, audio_cfg.sample_rate)
+    return log_mel(voiced_audio(source, audio_cfg, separator), cfg, audio_cfg.sample_rate)

@@ -26,7 +26,6 @@ from __future__ import annotations
 import inspect
 import math
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
@@ -35,7 +34,9 @@ import torch.nn.functional as F
 import torchaudio
 from torch import nn
 
-SEPARATION_METHODS = ("none", "classical", "neural")
+from recsys.config import SeparationConfig
+
+SEPARATION_METHODS = ("none", "classical", "neural")  # recsys.config.SeparationConfig.method
 DEVICES = ("auto", "cpu", "cuda")
 NEURAL_FILE_KINDS = (
     "a TorchScript file (torch.jit.save), an exported program (torch.export.save, .pt2) "
@@ -45,51 +46,9 @@ NO_WEIGHTS_MESSAGE = (
     "separation method 'neural' needs pretrained weights from a local file, and nothing is ever "
     "downloaded: set separation.weights in the config (RECSYS_SEPARATION__WEIGHTS, or the "
     "--separation-weights flag) to {kinds}; for a state dict also set separation.architecture "
-    "(one of: {archs}). Or use separation.method=classical, which needs no weights."
+    "(one of: {archs}). Or use separation.method=classical (--separate classical), which needs no weights."
 )
 POWER_FLOOR = 1e-12  # mean frame power of digital silence (-120 dBFS): keeps dB finite
-
-
-@dataclass(frozen=True)
-class SeparationConfig:
-    """Accompaniment suppression at ingest (to move into recsys.config as `separation`)."""
-
-    method: str = "none"
-    overlap_seconds: float = 2.0  # cross-fade between consecutive windows (both methods)
-    # classical (REPET-SIM)
-    block_seconds: float = 30.0  # window the similarity matrix is computed over
-    n_fft: int = 2048  # 128 ms at 16 kHz: resolves the partials of a low voice
-    hop_length: int = 512
-    similar_frames: int = 40  # k: frames whose median models the repeating background
-    min_distance_seconds: float = 1.0  # similar frames are at least this far from the frame
-    mask_margin: float = 1.0  # > 1 suppresses more accompaniment and more voice
-    mask_power: float = 2.0  # 1: Rafii & Pardo's ratio mask; 2: Wiener-like
-    voice_min_hz: float = 80.0  # bins below this are accompaniment (no sung fundamental there)
-    # neural
-    weights: Path | None = None  # local TorchScript file or state dict; never downloaded
-    architecture: str | None = None  # registered architecture for a state dict (see ARCHITECTURES)
-    chunk_seconds: float = 10.0  # window fed to the network at once
-    model_sample_rate: int | None = None  # rate the network expects (default: its `sample_rate` attribute)
-    device: str = "auto"
-
-    def __post_init__(self) -> None:
-        if self.method not in SEPARATION_METHODS:
-            raise ValueError(
-                f"unknown separation method {self.method!r}; valid: {', '.join(SEPARATION_METHODS)}"
-            )
-        if self.device not in DEVICES:
-            raise ValueError(f"unknown separation device {self.device!r}; valid: {', '.join(DEVICES)}")
-        for name in ("block_seconds", "chunk_seconds", "min_distance_seconds", "mask_margin", "mask_power"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"separation.{name} must be > 0, got {getattr(self, name)}")
-        if self.overlap_seconds < 0:
-            raise ValueError(f"separation.overlap_seconds must be >= 0, got {self.overlap_seconds}")
-        for window in ("block_seconds", "chunk_seconds"):
-            if 2 * self.overlap_seconds > getattr(self, window):
-                raise ValueError(
-                    f"separation.overlap_seconds ({self.overlap_seconds}) must be at most half of "
-                    f"separation.{window} ({getattr(self, window)})"
-                )
 
 
 class Separator(Protocol):

@@ -1,0 +1,250 @@
+"""The similarity explorer: a map of the catalog, singers who sound alike, and query by song.
+
+    recsys --workspace DIR app [--port N]
+    streamlit run app/explorer.py -- --workspace DIR [--db URL] [--config FILE] [--max-upload-mb 50]
+
+Without --workspace / --db the usual RECSYS_HOME / RECSYS_DB_URL environment applies.
+A thin page over recsys.api.Recommender and app/views.py; the Recommender (models, index)
+and the maps are cached for the life of the server.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from pathlib import Path
+
+import streamlit as st
+
+from app import views
+from recsys.api import Recommender
+from recsys.config import Settings, load_settings
+from recsys.embedding import Weights
+from recsys.projection import MAP_KINDS, WEIGHTINGS
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="explorer", allow_abbrev=False)
+    parser.add_argument("--workspace", default=None)
+    parser.add_argument("--db", default=None)
+    parser.add_argument("--config", default=None)
+    parser.add_argument("--max-upload-mb", type=float, default=views.MAX_UPLOAD_MB)
+    args, _ = parser.parse_known_args(argv)  # under AppTest, argv is the test runner's
+    return args
+
+
+@st.cache_resource(show_spinner="Loading the catalog, models and index...")
+def load_recommender(_settings: Settings, key: str) -> Recommender:
+    """One Recommender per effective configuration (`key`), shared by every session."""
+    rec = Recommender(_settings)
+    _ = rec.searcher, rec.embedder  # load models and index now, once (an assignment: no Streamlit "magic")
+    return rec
+
+
+@st.cache_resource(show_spinner=False)
+def load_tables(_rec: Recommender, key: str):
+    songs = views.song_table(_rec.songs())
+    return songs, views.singer_table(songs)
+
+
+@st.cache_resource(show_spinner="Fitting the map (first time for this model and weighting)...")
+def load_map(_rec: Recommender, key: str, what: str, weighting: str) -> views.MapData:
+    return views.catalog_map(_rec, what, weighting)
+
+
+def _open_singer_from_map() -> None:
+    """on_select of the map: the clicked point's singer becomes the singer shown."""
+    name = views.singer_from_selection(st.session_state.get("map"))
+    if name is not None and name in st.session_state.get("_singers", ()):
+        st.session_state["singer"] = name
+
+
+def _audio(label: str, path: str) -> None:
+    st.caption(label)
+    st.audio(path)
+
+
+def _results(singers: list, songs: list | None, weights: Weights, table, what: str) -> None:
+    """A singer ranking (and optional song ranking) with the score split and audio of the top singers."""
+    frame = views.singer_hits_frame(singers, weights)
+    if frame.empty:
+        st.info("No singer matches the filters.")
+        return
+    best = frame.iloc[0]
+    st.markdown(
+        f"Best match for {what}: **{best.singer}** (score {best.score:.3f}: timbre {best.timbre:.3f}, "
+        f"melody {best.melody:.3f})"
+    )
+    st.dataframe(
+        frame,
+        hide_index=True,
+        column_config={
+            c: st.column_config.NumberColumn(format="%.3f")
+            for c in ("score", "timbre", "melody", "timbre_part", "melody_part")
+        },
+    )
+    st.plotly_chart(views.split_figure(frame))
+    if songs is not None:
+        st.markdown("**Closest songs**")
+        st.dataframe(views.song_hits_frame(songs, weights), hide_index=True)
+    cols = st.columns(min(3, len(frame)))
+    for col, (_, hit) in zip(cols, frame.head(3).iterrows()):
+        with col:
+            row = table.loc[int(hit.best_song_id)]
+            _audio(f"{hit.singer}: {row.title or row.song_id}", row.path)
+
+
+def main() -> None:
+    st.set_page_config(page_title="singer-recsys explorer", layout="wide")
+    args = parse_args(sys.argv[1:])
+    try:
+        settings = load_settings(
+            config_file=Path(args.config) if args.config else None, workspace=args.workspace, db_url=args.db
+        )
+        rec = load_recommender(settings, settings.model_dump_json())
+    except (ValueError, KeyError, OSError) as e:
+        st.error(f"Cannot open the workspace: {e}")
+        st.stop()
+    key = f"{rec.settings.database_url}|{rec.model_version}"
+    songs, singers = load_tables(rec, key)
+    st.session_state["_singers"] = list(rec.searcher.singers)
+    default_w = rec.default_weights()
+
+    with st.sidebar:
+        st.header("Controls")
+        w_t = st.slider(
+            "Timbre weight",
+            0.0,
+            1.0,
+            round(default_w.timbre / (default_w.timbre + default_w.melody), 2),
+            0.05,
+            key="w_timbre",
+            help="The melody weight is 1 - timbre weight.",
+        )
+        weights = Weights(w_t, round(1.0 - w_t, 6))
+        st.caption(f"timbre {weights.timbre:.2f} / melody {weights.melody:.2f}")
+        k = st.slider("Results (k)", 1, 20, 5, key="k")
+        st.subheader("Filters")
+        filters = {
+            col: st.multiselect(col.capitalize(), options, key=f"filter_{col}", placeholder="any")
+            for col, options in views.filter_options(singers).items()
+        }
+        allowed = views.allowed_singers(singers, filters)
+        st.subheader("Map")
+        what = st.radio("Points", MAP_KINDS, key="map_what", horizontal=True)
+        weighting = st.selectbox(
+            "Map weighting",
+            WEIGHTINGS,
+            key="map_weighting",
+            help=f"fused uses the configured weights (timbre {default_w.timbre:g}, "
+            f"melody {default_w.melody:g})",
+        )
+        color = st.selectbox("Colour by", views.COLOR_COLUMNS[what], key="map_color")
+
+    st.title("Singer similarity explorer")
+    st.caption(
+        f"workspace {rec.settings.workspace} · models {rec.model_version} · "
+        f"{len(singers)} singers, {len(songs)} songs"
+    )
+    map_box = st.container()  # filled last, so it can show the query chosen below
+    singer_tab, query_tab, catalog_tab = st.tabs(["Singer", "Query by song", "Catalog"])
+
+    with singer_tab:
+        singer = st.selectbox(
+            "Singer", rec.searcher.singers, key="singer", help="Or click a point on the map."
+        )
+        hits = views.singers_like_singer(rec, singer, k, weights, allowed)
+        me = singers.loc[singer]
+        tags = ", ".join(str(me[c]) for c in views.FILTER_COLUMNS if c in me and me[c] is not None)
+        song = songs.loc[int(me.song_id)]
+        _audio(f"{singer} ({tags}): {song.title or song.song_id}", song.path)
+        _results(hits, None, weights, songs, singer)
+
+    with query_tab:
+        query = None
+        upload = st.file_uploader(
+            "Upload a recording",
+            type=list(views.UPLOAD_TYPES),
+            key="upload",
+            max_upload_size=max(1, math.ceil(args.max_upload_mb)),
+            help=f"Up to {args.max_upload_mb:g} MB; an upload takes precedence over the catalog song below.",
+        )
+        picked = st.selectbox(
+            "...or pick a catalog song",
+            songs.song_id.tolist(),
+            index=None,
+            key="pick_song",
+            format_func=lambda i: f"#{i} {songs.loc[i].title} ({songs.loc[i].singer})",
+            placeholder="a catalog song",
+        )
+        if upload is not None:
+            cache = st.session_state.setdefault("_uploads", {})
+            if upload.file_id not in cache:
+                try:
+                    cache[upload.file_id] = views.handle_upload(
+                        upload.name, upload.getvalue(), rec, int(args.max_upload_mb * 2**20)
+                    )
+                except views.UploadError as e:
+                    cache[upload.file_id] = str(e)
+            query = cache[upload.file_id]
+            if isinstance(query, str):
+                st.error(query)
+                query = None
+        elif picked is not None:
+            query = views.song_query(rec, int(picked), songs)
+        if query is not None:
+            if query.song_id is not None and upload is not None:
+                st.caption(f"This recording is catalog song #{query.song_id}; it is left out of the results.")
+            _results(
+                views.singers_like_query(rec, query, k, weights, allowed),
+                views.songs_like_query(rec, query, k, weights, allowed),
+                weights,
+                songs,
+                query.label,
+            )
+        elif upload is None:
+            st.info("Upload a recording or pick a catalog song to find the singers who sound like it.")
+
+    with catalog_tab:
+        stats = rec.stats()
+        cols = st.columns(5)
+        cols[0].metric("Singers", stats.n_singers)
+        cols[1].metric("Songs", stats.n_songs)
+        cols[2].metric("Audio (min)", f"{stats.total_duration_s / 60:.1f}")
+        cols[3].metric("Ingestion runs", stats.n_runs)
+        cols[4].metric("Ingestion errors", stats.n_errors)
+        st.markdown(
+            "**Songs by status**: "
+            + ", ".join(f"{status} {n}" for status, n in stats.songs_by_status.items())
+        )
+        st.markdown("**Recent ingestion runs**")
+        st.dataframe(views.runs_frame(rec), hide_index=True)
+        errors = views.errors_frame(rec)
+        if errors.empty:
+            st.success("No ingestion errors.")
+        else:
+            st.markdown(
+                "**Recent ingestion errors** ("
+                + ", ".join(f"{c} {n}" for c, n in stats.errors_by_cause.items())
+                + ")"
+            )
+            st.dataframe(errors, hide_index=True)
+
+    with map_box:
+        data = load_map(rec, key, what, weighting)
+        frame = views.map_frame(data, singers, songs)
+        if allowed is not None:
+            frame = frame[frame.singer.isin(allowed)]
+        query_xy = views.place_query(data, query) if query is not None else None
+        note = data.cmap.projection.note_
+        st.caption(
+            f"{what} under {weighting} vectors; map {data.cmap.status}" + (f"; {note}" if note else "")
+        )
+        fig = views.map_figure(
+            frame, color, singer, query_xy, query.label if query else "query", labels=what == "singers"
+        )
+        st.plotly_chart(fig, key="map", on_select=_open_singer_from_map, selection_mode="points")
+
+
+main()

@@ -1,0 +1,218 @@
+"""Query-by-song latency in a warm process, encoder cost per 3-minute song, training time per epoch, peak memory.
+
+    .venv/bin/python bench/bench_query.py [--catalog 10000] [--queries 40] [--threads 2]
+        [--train-steps 10] [--train-songs 24] [--skip-train]
+
+1. Query by song (target: p50 < 200 ms for a 30 s clip). A warm process holds the
+   encoders and a Searcher over --catalog songs; each query is a 30 s WAV on disk
+   (synthetic singing, recsys.corpus) going through the product's path:
+     decode    recsys.audio.load_audio (soundfile, mono, resample)
+     features  recsys.audio.voiced_audio (silence removal, loudness) + recsys.features.log_mel
+     timbre    TimbreEncoder.embed_song        melody  TCAE.embed_song
+     search    Searcher.similar_singers + similar_songs, k = 10
+   Encoders have the default configuration's shape with seeded random weights: the
+   cost does not depend on the weights. Catalog vectors are random unit vectors.
+2. Embedding one 3-minute song (target: 50 ms per encoder): wall and process CPU
+   time (all threads), median of 5 after a warm-up, and CPU / target as a ratio.
+3. Training time per epoch with the default model sizes, on --train-songs generated
+   songs of 10 s: the timbre encoder for --train-steps steps (seconds per step, and
+   projected to the configured steps_per_epoch), the TCAE for one epoch (seconds
+   per minute of training audio, projected to the demo catalog's 96 minutes).
+4. Peak resident memory (ru_maxrss) after each part.
+
+Prints plain-text tables (recsys.evaluation.format_table).
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from recsys.audio import load_audio, voiced_audio
+from recsys.config import Settings
+from recsys.corpus import make_melodies, make_singers, sing
+from recsys.embedding import Vectors, Weights
+from recsys.evaluate import untrained_encoders
+from recsys.evaluation import format_table
+from recsys.features import log_mel
+from recsys.search import Searcher
+from recsys.training.data import SongFeatures
+
+SR = 16000
+QUERY_TARGET_MS = 200.0
+EMBED_TARGET_MS = 50.0
+DEMO_MINUTES = 24 * 8 * 30 / 60  # the demo catalog: 24 singers x 8 songs x 30 s
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+
+
+def unit(x: np.ndarray) -> np.ndarray:
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+def write_clips(folder: Path, n: int, seconds: float) -> list[Path]:
+    singers, melodies = make_singers(n, seed=1), make_melodies(n, seed=1)
+    paths = []
+    for i in range(n):
+        path = folder / f"clip_{i}.wav"
+        sf.write(str(path), sing(singers[i], melodies[i], seconds, SR, seed=i), SR, subtype="PCM_16")
+        paths.append(path)
+    return paths
+
+
+def percentile_ms(values: list[float], q: float) -> float:
+    return 1000 * float(np.percentile(values, q))
+
+
+def bench_queries(settings: Settings, clips: list[Path], n_catalog: int, n_queries: int) -> list[dict]:
+    timbre, melody = untrained_encoders(settings)
+    rng = np.random.default_rng(0)
+    vectors = Vectors(unit(rng.standard_normal((n_catalog, timbre.dim))),
+                      unit(rng.standard_normal((n_catalog, melody.dim))))
+    ids = np.arange(n_catalog, dtype=np.int64)
+    searcher = Searcher(ids, [f"singer_{i // 8}" for i in ids], [f"song {i}" for i in ids], vectors,
+                        settings.index)
+    weights = Weights(settings.fusion.w_timbre, settings.fusion.w_melody)
+    stages: dict[str, list[float]] = {s: [] for s in ("decode", "features", "timbre", "melody", "search", "total")}
+
+    def one(path: Path) -> tuple[dict[str, float], float]:
+        c0 = time.process_time()
+        t0 = time.perf_counter()
+        wave = load_audio(path, settings.audio)
+        t1 = time.perf_counter()
+        mel = log_mel(voiced_audio(wave, settings.audio), settings.features, SR)
+        t2 = time.perf_counter()
+        t = timbre.embed_song(mel).numpy()
+        t3 = time.perf_counter()
+        m = melody.embed_song(mel).numpy()
+        t4 = time.perf_counter()
+        searcher.similar_singers(t, m, 10, weights)
+        searcher.similar_songs(t, m, 10, weights)
+        t5 = time.perf_counter()
+        walls = {"decode": t1 - t0, "features": t2 - t1, "timbre": t3 - t2, "melody": t4 - t3, "search": t5 - t4,
+                 "total": t5 - t0}
+        return walls, time.process_time() - c0
+
+    for path in clips[:3]:  # warm-up: first calls allocate and pick kernels
+        one(path)
+    cpu: list[float] = []
+    for q in range(n_queries):
+        walls, cpu_s = one(clips[q % len(clips)])
+        cpu.append(cpu_s)
+        for stage, seconds in walls.items():
+            stages[stage].append(seconds)
+    rows = []
+    for stage, values in stages.items():
+        row = {"stage": stage, "p50_ms": percentile_ms(values, 50), "p99_ms": percentile_ms(values, 99)}
+        if stage == "total":
+            row.update(cpu_p50_ms=percentile_ms(cpu, 50), target_ms=QUERY_TARGET_MS,
+                       p50_vs_target=row["p50_ms"] / QUERY_TARGET_MS)
+        rows.append(row)
+    return rows
+
+
+def bench_embed_3min(settings: Settings, clip: Path, repeats: int = 5) -> list[dict]:
+    timbre, melody = untrained_encoders(settings)
+    mel30 = log_mel(load_audio(clip, settings.audio), settings.features, SR)
+    mel = mel30.repeat(1, 7)[:, : round(180 * SR / settings.features.hop_length)]  # (n_mels, T) of 3 minutes
+    rows = []
+    for name, model in (("timbre", timbre), ("melody", melody)):
+        model.embed_song(mel)  # warm-up
+        wall, cpu = [], []
+        for _ in range(repeats):
+            w0, c0 = time.perf_counter(), time.process_time()
+            model.embed_song(mel)
+            wall.append(time.perf_counter() - w0)
+            cpu.append(time.process_time() - c0)
+        row = {"encoder": name, "frames": mel.shape[-1], "wall_ms": percentile_ms(wall, 50),
+               "cpu_ms": percentile_ms(cpu, 50), "target_ms": EMBED_TARGET_MS}
+        row["cpu_vs_target"] = row["cpu_ms"] / EMBED_TARGET_MS
+        rows.append(row)
+    return rows
+
+
+def bench_training(settings: Settings, n_songs: int, steps: int, workspace: Path) -> list[dict]:
+    from recsys.training.contrastive import train_timbre
+    from recsys.training.tcae import train_melody
+
+    singers, melodies = make_singers(max(2, n_songs // 3), seed=2), make_melodies(3, seed=2)
+    songs = []
+    for i in range(n_songs):
+        wave = torch.from_numpy(sing(singers[i // 3], melodies[i % 3], 10.0, SR, seed=i))
+        songs.append(SongFeatures(i, log_mel(wave, settings.features, SR), singers[i // 3].name, f"h{i}"))
+    minutes = n_songs * 10.0 / 60
+    rows = []
+    tcfg = settings.timbre.model_copy(update={"epochs": 1, "steps_per_epoch": steps})
+    result = train_timbre(songs, tcfg, settings.features, SR, workspace / "timbre", device=settings.device,
+                          resume=False)
+    epoch_s = result.history[0]["seconds"]
+    rows.append({"model": "timbre", "measured": f"1 epoch of {steps} steps", "seconds": epoch_s,
+                 "per_unit": epoch_s / steps, "unit": "s / step",
+                 "projected_epoch_s": epoch_s / steps * settings.timbre.steps_per_epoch,
+                 "projected_for": f"{settings.timbre.steps_per_epoch} steps"})
+    mcfg = settings.melody.model_copy(update={"epochs": 1})
+    result = train_melody(songs, mcfg, settings.features, SR, workspace / "melody", device=settings.device,
+                          resume=False)
+    epoch_s = result.history[0]["seconds"]
+    rows.append({"model": "melody (TCAE)", "measured": f"1 epoch, {minutes:.1f} min of audio", "seconds": epoch_s,
+                 "per_unit": epoch_s / minutes, "unit": "s / audio min",
+                 "projected_epoch_s": epoch_s / minutes * DEMO_MINUTES, "projected_for": "demo catalog, 96 min"})
+    return rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--catalog", type=int, default=10_000, help="songs in the searched catalog")
+    ap.add_argument("--queries", type=int, default=40, help="timed queries (after 3 warm-up queries)")
+    ap.add_argument("--clips", type=int, default=4, help="distinct 30 s query clips, cycled")
+    ap.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    ap.add_argument("--train-songs", type=int, default=24)
+    ap.add_argument("--train-steps", type=int, default=10, help="timbre steps timed (the default epoch has 40)")
+    ap.add_argument("--skip-train", action="store_true")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    settings = Settings(device="cpu")
+
+    with tempfile.TemporaryDirectory() as tmp:
+        clips = write_clips(Path(tmp), args.clips, 30.0)
+        rss_before = peak_rss_mb()
+        queries = bench_queries(settings, clips, args.catalog, args.queries)
+        print(f"\nQuery by song: 30 s clip, catalog of {args.catalog} songs, {args.queries} queries, "
+              f"{args.threads} threads (target p50 < {QUERY_TARGET_MS:.0f} ms)")
+        print(format_table(queries, [("stage", "stage"), ("p50_ms", "p50 ms"), ("p99_ms", "p99 ms"),
+                                     ("cpu_p50_ms", "CPU p50 ms"), ("target_ms", "target ms"),
+                                     ("p50_vs_target", "p50 / target")], 1))
+        embed = bench_embed_3min(settings, clips[0])
+        print(f"\nEmbedding one 3-minute song, {args.threads} threads (target {EMBED_TARGET_MS:.0f} ms per encoder)")
+        print(format_table(embed, [("encoder", "encoder"), ("frames", "frames"), ("wall_ms", "wall ms"),
+                                   ("cpu_ms", "CPU ms"), ("target_ms", "target ms"),
+                                   ("cpu_vs_target", "CPU / target")], 1))
+        memory = [{"part": "start (imports, clips)", "peak_rss_mb": rss_before},
+                  {"part": "after queries and 3-minute embedding", "peak_rss_mb": peak_rss_mb()}]
+        if not args.skip_train:
+            training = bench_training(settings, args.train_songs, args.train_steps, Path(tmp) / "ws")
+            print(f"\nTraining time per epoch (default model sizes, {args.train_songs} songs x 10 s, "
+                  f"{args.threads} threads)")
+            print(format_table(training, [("model", "model"), ("measured", "measured"), ("seconds", "s"),
+                                          ("per_unit", "per unit"), ("unit", "unit"),
+                                          ("projected_epoch_s", "projected epoch s"),
+                                          ("projected_for", "projected for")], 2))
+            memory.append({"part": "after training", "peak_rss_mb": peak_rss_mb()})
+    print("\nPeak resident memory of this process")
+    print(format_table(memory, [("part", "part"), ("peak_rss_mb", "peak RSS MB")], 0))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,344 @@
+"""The explorer: its helpers (uploads, rankings, map selection), the `recsys app` command, and the page
+itself under Streamlit's AppTest on a copy of the demo workspace.
+
+AppTest shares st.cache_resource across runs in this process, so only the first page run loads
+the models and fits the map (umap's numba compilation, tens of seconds on a busy machine).
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import shutil
+import sqlite3
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from app import views
+from recsys.api import Recommender
+from recsys.config import load_settings
+from recsys.embedding import Weights
+
+REPO = Path(__file__).resolve().parents[1]
+SCRIPT = str(REPO / "app" / "explorer.py")
+
+
+@pytest.fixture(scope="module")
+def app_ws(demo_workspace: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A writable copy of the demo workspace (its songs stay where they are), with one failed ingestion."""
+    ws = tmp_path_factory.mktemp("explorer-ws")
+    for part in ("models", "index"):
+        shutil.copytree(demo_workspace / part, ws / part)
+    # SQLite's backup API: a consistent copy even while another connection holds commits in the WAL.
+    with sqlite3.connect(demo_workspace / "catalog.db") as src, sqlite3.connect(ws / "catalog.db") as dst:
+        src.backup(dst)
+    bad = ws / "incoming" / "singer_bad"
+    bad.mkdir(parents=True)
+    (bad / "broken.wav").write_bytes(b"RIFF this is not audio at all")
+    summary = _rec(ws).ingest(ws / "incoming", workers=1)
+    assert summary.n_failed == 1 and summary.ingested == 0
+    return ws
+
+
+def _rec(ws: Path) -> Recommender:
+    return Recommender(load_settings(manifest_file=None, workspace=ws, device="cpu"))
+
+
+@pytest.fixture(scope="module")
+def rec(app_ws: Path) -> Recommender:
+    return _rec(app_ws)
+
+
+def _wav_bytes(x: np.ndarray, sr: int = 16000) -> bytes:
+    buf = io.BytesIO()
+    sf.write(buf, x, sr, format="WAV", subtype="PCM_16")
+    return buf.getvalue()
+
+
+def _sung(seconds: float = 6.0) -> np.ndarray:
+    """A new take (not in the catalog) by the demo catalog's third singer."""
+    from recsys.corpus import make_melodies, make_singers, sing
+
+    return sing(make_singers(6, 0)[2], make_melodies(3, 0)[1], seconds, 16000, seed=123)
+
+
+# Uploads ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "name, data, max_bytes, match",
+    [
+        ("notes.txt", b"hello", 2**20, r"notes.txt: unsupported file type '\.txt'; upload one of: wav, flac"),
+        ("empty.wav", b"", 2**20, "empty.wav: the file is empty"),
+        (
+            "junk.wav",
+            b"RIFF\x00\x00junk that is not audio" * 10,
+            2**20,
+            r"junk.wav: cannot use this file \(unreadable\)",
+        ),
+        ("big.wav", b"\x00" * 3000, 2048, "big.wav: 0.0 MB is over the upload limit of 0.00195312 MB"),
+    ],
+)
+def test_handle_upload_rejects_bad_files_with_a_clear_message(rec, name, data, max_bytes, match):
+    with pytest.raises(views.UploadError, match=match):
+        views.handle_upload(name, data, rec, max_bytes=max_bytes)
+
+
+def test_handle_upload_rejects_silence(rec):
+    silent = _wav_bytes(np.zeros(3 * 16000, np.float32))
+    with pytest.raises(views.UploadError, match=r"silent.wav: cannot use this file \(silent\)"):
+        views.handle_upload("silent.wav", silent, rec)
+
+
+def test_handle_upload_of_a_new_recording_ranks_singers_and_songs(rec):
+    q = views.handle_upload("take.flac", _flac_bytes(_sung()), rec)
+    assert q.song_id is None and q.exclude_ids == frozenset() and q.label == "take.flac"
+    assert np.isclose(np.linalg.norm(q.timbre), 1, atol=1e-4) and np.isclose(
+        np.linalg.norm(q.melody), 1, atol=1e-4
+    )
+    w = Weights(0.7, 0.3)
+    singers = views.singers_like_query(rec, q, 4, w)
+    songs = views.songs_like_query(rec, q, 5, w)
+    assert len(singers) == 4 and len(songs) == 5
+    # Same ranking as the library's own query path over the same vectors.
+    ref = rec.search_vectors(q.timbre, q.melody, "ref", 5, w)
+    assert [h.song_id for h in songs] == [h.song_id for h in ref.songs]
+    assert [h.singer for h in singers] == [h.singer for h in ref.singers][:4]
+
+
+def _flac_bytes(x: np.ndarray, sr: int = 16000) -> bytes:
+    buf = io.BytesIO()
+    sf.write(buf, x, sr, format="FLAC")
+    return buf.getvalue()
+
+
+def test_uploading_a_catalog_song_finds_it_and_leaves_it_out(rec):
+    song = rec.songs()[4]
+    q = views.handle_upload("again.wav", Path(song["path"]).read_bytes(), rec)
+    assert q.song_id == song["id"] and q.exclude_ids == {song["id"]}
+    t, m = rec.searcher.song_vectors(song["id"])
+    np.testing.assert_allclose(q.timbre, t, atol=1e-5)
+    np.testing.assert_allclose(q.melody, m, atol=1e-5)
+    assert song["id"] not in [h.song_id for h in views.songs_like_query(rec, q, 17, Weights())]
+
+
+# Rankings, filters, map selection ------------------------------------------------------------------
+
+
+def test_top_k_fetches_more_until_enough_pass_the_filter():
+    calls = []
+
+    def fetch(n):
+        calls.append(n)
+        return list(range(n))
+
+    assert views.top_k(fetch, 3, 100, keep=lambda h: h % 10 == 0) == [0, 10, 20]
+    assert calls == [3, 12, 48]
+    assert views.top_k(fetch, 3, 5, keep=lambda h: h > 3) == [4]  # exhausted: fewer than k
+    assert views.top_k(fetch, 2, 100) == [0, 1]
+
+
+def test_filters_and_score_split(rec):
+    songs = views.song_table(rec.songs())
+    singers = views.singer_table(songs)
+    assert len(singers) == 6 and singers.n_songs.sum() == len(songs) == 18
+    options = views.filter_options(singers)
+    assert set(options) == {"gender", "register", "style"}
+    assert views.allowed_singers(singers, {"gender": []}) is None
+    gender = options["gender"][0]
+    allowed = views.allowed_singers(singers, {"gender": [gender]})
+    assert allowed == set(singers.index[singers.gender == gender]) and 0 < len(allowed) < 6
+    name = min(set(singers.index) - allowed)
+    hits = views.singers_like_singer(rec, name, 5, Weights(0.6, 0.4), allowed)
+    assert hits and {h.singer for h in hits} <= allowed
+    frame = views.singer_hits_frame(hits, Weights(0.6, 0.4))
+    np.testing.assert_allclose(frame.timbre_part + frame.melody_part, frame.score, atol=1e-5)
+    assert frame["rank"].tolist() == list(range(1, len(hits) + 1))
+
+
+def test_singer_from_selection():
+    event = {"selection": {"points": [{"x": 1.0, "y": 2.0}, {"customdata": ["singer_03", "Song"]}]}}
+    assert views.singer_from_selection(event) == "singer_03"
+    assert views.singer_from_selection({"selection": {"points": []}}) is None
+    assert views.singer_from_selection(None) is None
+
+
+# The `recsys app` command ----------------------------------------------------------------------------
+
+
+def test_recsys_app_launches_streamlit_on_the_workspace(monkeypatch, tmp_path):
+    import subprocess
+
+    from typer.testing import CliRunner
+
+    from recsys.cli import app as cli
+
+    seen = {}
+
+    def fake_call(cmd, env=None, **kwargs):
+        seen["cmd"], seen["env"] = cmd, env
+        return 0
+
+    monkeypatch.setattr(subprocess, "call", fake_call)
+    url = f"sqlite:///{tmp_path / 'other.db'}"
+    result = CliRunner().invoke(cli, ["--workspace", str(tmp_path), "--db", url, "app", "--port", "8765"])
+    assert result.exit_code == 0, result.output
+    cmd = seen["cmd"]
+    assert cmd[1:4] == ["-m", "streamlit", "run"] and Path(cmd[4]) == REPO / "app" / "explorer.py"
+    assert cmd[cmd.index("--server.port") + 1] == "8765"
+    assert cmd[cmd.index("--server.headless") + 1] == "true"
+    assert cmd[cmd.index("--") + 1 :] == ["--workspace", str(tmp_path)]
+    assert seen["env"]["RECSYS_DB_URL"] == url and url not in " ".join(cmd)  # no password on the command line
+
+
+# The page under AppTest ------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def at(app_ws, monkeypatch):
+    from streamlit.testing.v1 import AppTest
+
+    monkeypatch.setenv("RECSYS_HOME", str(app_ws))
+    monkeypatch.setenv("RECSYS_DEVICE", "cpu")
+    monkeypatch.delenv("RECSYS_DB_URL", raising=False)
+    return AppTest.from_file(SCRIPT, default_timeout=300)
+
+
+def _singer_ranking(at):
+    """The first ranking on the page (the Singer tab's)."""
+    return at.tabs[0].dataframe[0].value
+
+
+def _figures(at) -> list[dict]:
+    return [json.loads(chart.proto.spec) for chart in at.get("plotly_chart")]
+
+
+def _map(at) -> list[dict]:
+    """The map's traces, with x and y as arrays (plotly ships numeric arrays base64-encoded)."""
+    fig = next(f for f in _figures(at) if f["data"][0]["type"] == "scatter")
+    return [{**t, "x": _array(t["x"]), "y": _array(t["y"])} for t in fig["data"]]
+
+
+def _array(v) -> np.ndarray:
+    if isinstance(v, dict) and "bdata" in v:
+        return np.frombuffer(base64.b64decode(v["bdata"]), dtype=v["dtype"])
+    return np.asarray(v, dtype=float)
+
+
+@pytest.mark.slow
+def test_page_renders_every_section(at, app_ws, rec):
+    at.run()
+    assert not at.exception, at.exception
+    assert not at.error
+    for key in ("w_timbre", "k"):
+        assert at.slider(key=key).value is not None
+    assert {m.key for m in at.multiselect} == {"filter_gender", "filter_register", "filter_style"}
+    assert at.radio(key="map_what").options == ["singers", "songs"]
+    assert at.selectbox(key="map_weighting").options == ["fused", "timbre", "melody"]
+    assert "cluster" in at.selectbox(key="map_color").options
+    assert [t.label for t in at.tabs] == ["Singer", "Query by song", "Catalog"]
+    # Singer view: top-5 singers like the selected one, with the split and audio.
+    singer = at.selectbox(key="singer").value
+    ranking = _singer_ranking(at)
+    assert len(ranking) == 5 and singer not in ranking.singer.tolist()
+    assert ranking.singer.tolist() == [h.singer for h in rec.similar_singers(singer, 5, Weights(0.7, 0.3))]
+    np.testing.assert_allclose(ranking.timbre_part + ranking.melody_part, ranking.score, atol=1e-5)
+    assert any(f"Best match for {singer}: **{ranking.singer[0]}**" in m.value for m in at.markdown)
+    assert len(at.get("audio")) == 4  # the selected singer + the top 3
+    # The map (fitted once, saved under the model version) and the split bar chart.
+    assert (app_ws / "projections" / rec.model_version / "singers-fused.npz").is_file()
+    figures = _figures(at)
+    assert len(figures) == 2
+    assert sum(len(trace["x"]) for trace in _map(at)) == 6
+    # Catalog statistics, runs and the failed ingestion.
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["Singers"] == "6" and metrics["Songs"] == "18" and metrics["Ingestion errors"] == "1"
+    runs, errors = at.tabs[2].dataframe[0].value, at.tabs[2].dataframe[1].value
+    assert len(runs) == 2 and runs.failed.tolist() == [1, 0]
+    assert errors.path.str.endswith("broken.wav").all() and errors.cause.tolist() == ["unreadable"]
+    # The query tab waits for a query.
+    assert any("Upload a recording or pick a catalog song" in i.value for i in at.tabs[1].info)
+
+
+@pytest.mark.slow
+def test_weight_slider_changes_the_ranking(at, rec):
+    at.run()
+    singer = at.selectbox(key="singer").value
+    at.slider(key="w_timbre").set_value(1.0).run()
+    timbre_only = _singer_ranking(at)
+    at.slider(key="w_timbre").set_value(0.0).run()
+    melody_only = _singer_ranking(at)
+    assert not at.exception
+    # Scores are the timbre cosines alone, then the melody cosines alone...
+    np.testing.assert_allclose(timbre_only.score, timbre_only.timbre, atol=1e-5)
+    np.testing.assert_allclose(melody_only.score, melody_only.melody, atol=1e-5)
+    assert (np.diff(timbre_only.score) <= 1e-7).all() and (np.diff(melody_only.score) <= 1e-7).all()
+    # ...the rendered values change with the slider, and match the library.
+    assert not np.allclose(timbre_only.score.to_numpy(), melody_only.score.to_numpy())
+    for frame, w in ((timbre_only, Weights(1, 0)), (melody_only, Weights(0, 1))):
+        ref = rec.similar_singers(singer, 5, w)
+        assert frame.singer.tolist() == [h.singer for h in ref]
+        np.testing.assert_allclose(frame.score, [h.score for h in ref], atol=1e-5)
+
+
+@pytest.mark.slow
+def test_filters_k_and_singer_choice(at, rec):
+    at.run()
+    gender = at.multiselect(key="filter_gender").options[0]
+    at.multiselect(key="filter_gender").set_value([gender])
+    at.slider(key="k").set_value(2)
+    other = rec.searcher.singers[-1]
+    at.selectbox(key="singer").set_value(other).run()
+    assert not at.exception
+    singers = views.singer_table(views.song_table(rec.songs()))
+    ranking = _singer_ranking(at)
+    assert 1 <= len(ranking) <= 2 and set(ranking.singer) <= set(singers.index[singers.gender == gender])
+    assert other not in ranking.singer.tolist()
+    shown = [c[0] for trace in _map(at) for c in trace["customdata"]]
+    assert set(shown) == set(singers.index[singers.gender == gender])
+
+
+@pytest.mark.slow
+def test_query_by_catalog_song_ranks_and_marks_the_map(at, rec):
+    at.run()
+    song_id = rec.songs()[7]["id"]
+    at.selectbox(key="pick_song").set_value(song_id).run()
+    assert not at.exception
+    query_tab = at.tabs[1]
+    singers, songs = query_tab.dataframe[0].value, query_tab.dataframe[1].value
+    ref = rec.search_song(song_id, 5, Weights(0.7, 0.3))
+    assert singers.singer.tolist() == [h.singer for h in ref.singers]
+    assert songs.song_id.tolist() == [h.song_id for h in ref.songs] and song_id not in songs.song_id.tolist()
+    np.testing.assert_allclose(songs.timbre_part + songs.melody_part, songs.score, atol=1e-5)
+    query = [t for t in _map(at) if t.get("name") == "query"]
+    assert len(query) == 1 and query[0]["marker"]["symbol"] == "star"
+    # On the song map, a catalog song as the query sits exactly on its own point.
+    at.radio(key="map_what").set_value("songs").run()
+    at.selectbox(key="map_color").set_value("melody_id").run()
+    assert not at.exception
+    traces = _map(at)
+    points = {
+        int(c[2]): (x, y)
+        for t in traces
+        if t.get("name") != "query"
+        for c, x, y in zip(t["customdata"], t["x"], t["y"])
+    }
+    assert len(points) == 18
+    q = next(t for t in traces if t.get("name") == "query")
+    np.testing.assert_allclose((q["x"][0], q["y"][0]), points[song_id], atol=1e-4)
+    assert {t["name"] for t in traces} - {"query"} <= {s["metadata"]["melody_id"] for s in rec.songs()}
+
+
+@pytest.mark.slow
+def test_a_workspace_without_models_shows_an_error(tmp_path, monkeypatch):
+    from streamlit.testing.v1 import AppTest
+
+    monkeypatch.setenv("RECSYS_HOME", str(tmp_path / "empty"))
+    monkeypatch.delenv("RECSYS_DB_URL", raising=False)
+    at = AppTest.from_file(SCRIPT, default_timeout=120).run()
+    assert not at.exception
+    assert len(at.error) == 1 and at.error[0].value.startswith("Cannot open the workspace")
