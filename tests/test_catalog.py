@@ -241,9 +241,9 @@ def test_json_metadata_with_non_ascii_round_trips(sessions) -> None:
 def _race_worker(url: str, hashes: list[str], barrier: Any, results: Any) -> None:
     """One ingest process: migrate, then register every hash in its own transaction."""
     try:
-        barrier.wait(timeout=120)
+        barrier.wait(timeout=600)
         sessions = catalog.open_catalog(url)  # both processes migrate the empty database at once
-        barrier.wait(timeout=120)
+        barrier.wait(timeout=600)
         created = 0
         for i, h in enumerate(hashes):
             with catalog.session_scope(sessions) as s:
@@ -262,7 +262,7 @@ def test_two_processes_racing_on_the_same_hashes_end_with_one_row_each(db_url: s
     procs = [ctx.Process(target=_race_worker, args=(db_url, hashes, barrier, results)) for _ in range(2)]
     for p in procs:
         p.start()
-    outcomes = [results.get(timeout=300) for _ in procs]
+    outcomes = [results.get(timeout=900) for _ in procs]
     for p in procs:
         p.join(timeout=60)
     errors = [detail for status, detail in outcomes if status == "error"]
