@@ -12,8 +12,10 @@
      search    Searcher.similar_singers + similar_songs, k = 10
    Encoders have the default configuration's shape with seeded random weights: the
    cost does not depend on the weights. Catalog vectors are random unit vectors.
-2. Embedding one 3-minute song (target: 50 ms per encoder): wall and process CPU
-   time (all threads), median of 5 after a warm-up, and CPU / target as a ratio.
+2. Embedding one 3-minute song (target: 50 ms per encoder), on one thread: wall and
+   process CPU time, median of 5 after a warm-up, and CPU / target as a ratio. (With
+   two threads on a busy machine, OpenMP threads spinning while they wait doubled the
+   CPU time.)
 3. Training time per epoch with the default model sizes, on --train-songs generated
    songs of 10 s: the timbre encoder for --train-steps steps (seconds per step, and
    projected to the configured steps_per_epoch), the TCAE for one epoch (seconds
@@ -124,7 +126,10 @@ def bench_queries(settings: Settings, clips: list[Path], n_catalog: int, n_queri
 
 
 def bench_embed_3min(settings: Settings, clip: Path, repeats: int = 5) -> list[dict]:
+    """One thread: the CPU cost of a song, without OpenMP threads spinning on a busy machine."""
     timbre, melody = untrained_encoders(settings)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
     mel30 = log_mel(load_audio(clip, settings.audio), settings.features, SR)
     mel = mel30.repeat(1, 7)[:, : round(180 * SR / settings.features.hop_length)]  # (n_mels, T) of 3 minutes
     rows = []
@@ -140,6 +145,7 @@ def bench_embed_3min(settings: Settings, clip: Path, repeats: int = 5) -> list[d
                "cpu_ms": percentile_ms(cpu, 50), "target_ms": EMBED_TARGET_MS}
         row["cpu_vs_target"] = row["cpu_ms"] / EMBED_TARGET_MS
         rows.append(row)
+    torch.set_num_threads(threads)
     return rows
 
 
@@ -195,7 +201,7 @@ def main() -> None:
                                      ("cpu_p50_ms", "CPU p50 ms"), ("target_ms", "target ms"),
                                      ("p50_vs_target", "p50 / target")], 1))
         embed = bench_embed_3min(settings, clips[0])
-        print(f"\nEmbedding one 3-minute song, {args.threads} threads (target {EMBED_TARGET_MS:.0f} ms per encoder)")
+        print(f"\nEmbedding one 3-minute song, 1 thread (target {EMBED_TARGET_MS:.0f} ms per encoder)")
         print(format_table(embed, [("encoder", "encoder"), ("frames", "frames"), ("wall_ms", "wall ms"),
                                    ("cpu_ms", "CPU ms"), ("target_ms", "target ms"),
                                    ("cpu_vs_target", "CPU / target")], 1))

@@ -605,11 +605,13 @@ def _study_songs(c: Context, need_waves: bool):
 
     if not c.catalog_exists():
         _fail(f"no catalog in {c.settings.workspace}; run `recsys ingest MANIFEST` first")
-    rows = _recommender(c).songs()
+    rec = _recommender(c)
+    rows = rec.songs()
     if not rows:
         _fail(f"the catalog in {c.settings.workspace} has no songs; run `recsys ingest MANIFEST` first")
     typer.echo(f"loading {len(rows)} catalog songs", err=True)
-    return catalog_songs(rows, c.settings.audio, c.settings.features, need_waves=need_waves)
+    return catalog_songs(rows, c.settings.audio, c.settings.features, need_waves=need_waves,
+                         separator=rec.separator, separation=rec.separation.method)
 
 
 @experiment_app.command("pair-policies")

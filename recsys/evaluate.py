@@ -90,12 +90,20 @@ class LabelledSong:
 
 
 def load_labelled_catalog(
-    manifest: str | Path, audio_cfg: AudioConfig, feat_cfg: FeatureConfig, progress: Progress | None = None
+    manifest: str | Path,
+    audio_cfg: AudioConfig,
+    feat_cfg: FeatureConfig,
+    progress: Progress | None = None,
+    separator: Any = None,
+    separation: str = "none",
 ) -> list[LabelledSong]:
     """Decode every song of a manifest (CSV or <singer>/<song> folder) that has a singer label.
 
     An evaluation needs a clean catalog: a bad row, an unreadable file or a song
     without a singer is an error naming it (fix or drop it from the manifest).
+    `separator` (recsys.separation) suppresses accompaniment first; `separation`, its
+    method's name, tags the content hash as Recommender.training_songs does, so models
+    trained on separated audio get versions of their own.
     """
     from recsys.audio import AudioError, content_hash, voiced_audio
     from recsys.features import log_mel
@@ -114,7 +122,7 @@ def load_labelled_catalog(
                 f"<singer>/<song> folder) for every song"
             )
         try:
-            wave = voiced_audio(item.path, audio_cfg)
+            wave = voiced_audio(item.path, audio_cfg, separator)
         except AudioError as e:
             raise ValueError(f"{manifest}: cannot use {item.path}: {e}") from e
         songs.append(
@@ -123,7 +131,7 @@ def load_labelled_catalog(
                 path=item.path,
                 singer=item.singer,
                 melody_id=item.metadata.get("melody_id"),
-                content_hash=content_hash(item.path),
+                content_hash=content_hash(item.path) + ("" if separation == "none" else f"+{separation}"),
                 wave=wave,
                 mel=log_mel(wave, feat_cfg, audio_cfg.sample_rate),
             )
@@ -405,7 +413,13 @@ def evaluate(
     audio, feat, sr = settings.audio, settings.features, settings.audio.sample_rate
     seconds: dict[str, float] = {}
     began = time.perf_counter()
-    songs = load_labelled_catalog(manifest, audio, feat, progress)
+    method = settings.separation.method
+    separator = None
+    if method != "none":
+        from recsys.separation import separator_from_config
+
+        separator = separator_from_config(settings.separation)
+    songs = load_labelled_catalog(manifest, audio, feat, progress, separator, method)
     seconds["decode"] = time.perf_counter() - began
     singers = np.array([s.singer for s in songs], dtype=object)
     melodies = np.array([s.melody_id for s in songs], dtype=object)
@@ -449,7 +463,8 @@ def evaluate(
         def perturbed(i: int, pname: str = pname) -> tuple[torch.Tensor, torch.Tensor]:
             from recsys.audio import voiced_audio
 
-            wave = voiced_audio(perturb(songs[i].wave, pname, sr), audio)  # the query path: clean-up again
+            # songs[i].wave is already separated: perturb it, then clean it up again as any query is.
+            wave = voiced_audio(perturb(songs[i].wave, pname, sr), audio)
             return wave, song_mel(wave, audio, feat)
 
         queries[pname] = embed_all([perturbed(int(i)) for i in test_idx], f"robustness {pname}")
@@ -483,7 +498,7 @@ def evaluate(
         "test_song_ids": [songs[i].song_id for i in test_idx],
     }
     used = {"timbre": settings.timbre.model_dump(mode="json"), "melody": settings.melody.model_dump(mode="json"),
-            "fusion": settings.fusion.model_dump(mode="json")}
+            "fusion": settings.fusion.model_dump(mode="json"), "separation": method}
     return EvaluationReport(rows, split, models, used, seconds)
 
 
@@ -521,23 +536,31 @@ def format_report(report: EvaluationReport) -> str:
 
 
 def catalog_songs(
-    rows: Sequence[dict[str, Any]], audio_cfg: AudioConfig, feat_cfg: FeatureConfig, need_waves: bool = False
+    rows: Sequence[dict[str, Any]],
+    audio_cfg: AudioConfig,
+    feat_cfg: FeatureConfig,
+    need_waves: bool = False,
+    separator: Any = None,
+    separation: str = "none",
 ) -> tuple[list[SongFeatures], list[torch.Tensor]]:
     """Recommender.songs() rows -> SongFeatures (metadata 'melody' from 'melody_id') and voiced waves.
 
-    Waves are returned only with `need_waves` (else an empty list).
+    Waves are returned only with `need_waves` (else an empty list). `separator` and
+    `separation` as in :func:`load_labelled_catalog` (pass Recommender.separator and
+    Recommender.separation.method to follow the workspace's audio path).
     """
     from recsys.audio import voiced_audio
     from recsys.features import log_mel
 
     songs, waves = [], []
     for row in rows:
-        wave = voiced_audio(row["path"], audio_cfg)
+        wave = voiced_audio(row["path"], audio_cfg, separator)
         meta = dict(row.get("metadata") or {})
         if "melody_id" in meta:
             meta["melody"] = meta["melody_id"]
+        digest = (row.get("content_hash") or "") + ("" if separation == "none" else f"+{separation}")
         songs.append(SongFeatures(row["id"], log_mel(wave, feat_cfg, audio_cfg.sample_rate), row["singer"],
-                                  row.get("content_hash") or "", meta))
+                                  digest, meta))
         if need_waves:
             waves.append(wave)
     return songs, waves

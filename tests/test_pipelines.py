@@ -304,8 +304,6 @@ def test_resume_after_sigkill_at_every_stage(models, corpus, tmp_path):
     assert "ingested 2 songs, skipped 6 already present, failed 0" in out
     assert "batch 1: 2 files" in err
     _assert_consistent(Recommender(settings), N_GOOD)
-    rc, out, _ = _run(ws, corpus)
-    assert rc == 0 and "ingested 0 songs, skipped 8 already present" in out
 
 
 @pytest.mark.slow
