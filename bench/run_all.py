@@ -37,19 +37,19 @@ class Script:
 
 SCRIPTS = (
     Script("bench_query", ("--catalog", "10000", "--queries", "30", "--train-songs", "12", "--train-steps", "4"),
-           180, "query latency, 3-minute embedding, training time per epoch, peak memory"),
-    Script("bench_index", ("--sizes", "10000", "100000", "--nq", "300", "--nprobe", "16", "64", "--ef", "64"),
-           150, "index search latency and recall"),
+           150, "query latency, 3-minute embedding, training time per epoch, peak memory"),
+    Script("bench_index", ("--sizes", "10000", "100000", "--kinds", "ivf", "--nq", "300", "--nprobe", "16", "64"),
+           150, "index search latency and recall (HNSW only in full runs: its 100k build is slow)"),
     Script("bench_ingest", ("--long-songs", "2", "--sizes", "300", "--workers", "2"), 120, "ingestion throughput"),
     Script("bench_augment", ("--seconds", "5", "--repeats", "3"), 60, "augmentation speed and error"),
-    Script("bench_corpus", ("--singers", "8", "--songs", "4", "--seconds", "15"), 75, "demo-catalog generation"),
-    Script("bench_separation", ("--songs", "2", "--seconds", "10"), 75, "accompaniment suppression"),
+    Script("bench_corpus", ("--singers", "8", "--songs", "4", "--seconds", "15"), 60, "demo-catalog generation"),
+    Script("bench_separation", ("--songs", "2", "--seconds", "10"), 60, "accompaniment suppression"),
     Script("bench_separation_retrieval",
            ("--singers", "4", "--songs", "3", "--seconds", "8", "--train-singers", "6", "--train-songs", "3",
             "--epochs", "2", "--steps", "5", "--out", str(Path(tempfile.gettempdir()) / "recsys-bench-sep-retrieval")),
            120, "singer retrieval with accompaniment suppression (2 short epochs)"),
-    Script("bench_melody", ("--singers", "8", "--songs", "4", "--seconds", "15", "--epochs", "1",
-                            "--variants", "pitch-ki"), 120, "melody vectors (1 TCAE epoch)"),
+    Script("bench_melody", ("--singers", "6", "--songs", "3", "--seconds", "10", "--epochs", "1",
+                            "--variants", "pitch-ki"), 150, "melody vectors (1 TCAE epoch)"),
 )
 
 

@@ -405,7 +405,7 @@ def evaluate(
     recsys.baselines.BASELINES. `progress(stage, done, total)`; `log(kind, epoch record)`.
     """
     from recsys.baselines import BASELINES, MFCCStats, make_baseline
-    from recsys.features import song_mel
+    from recsys.features import log_mel
 
     unknown = [b for b in baselines if b not in BASELINES]
     if unknown:
@@ -465,7 +465,7 @@ def evaluate(
 
             # songs[i].wave is already separated: perturb it, then clean it up again as any query is.
             wave = voiced_audio(perturb(songs[i].wave, pname, sr), audio)
-            return wave, song_mel(wave, audio, feat)
+            return wave, log_mel(wave, feat, sr)
 
         queries[pname] = embed_all([perturbed(int(i)) for i in test_idx], f"robustness {pname}")
     seconds["embed"] = time.perf_counter() - began
