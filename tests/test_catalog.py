@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import multiprocessing as mp
 import subprocess
 import sys
@@ -255,6 +256,21 @@ def _race_worker(url: str, hashes: list[str], barrier: Any, results: Any) -> Non
         results.put(("error", traceback.format_exc()))
 
 
+RACE_INNER = os.environ.get("RECSYS_RACE_INNER") == "1"
+
+
+def test_race_in_a_fresh_interpreter() -> None:
+    """Runs the race below in a fresh pytest process: state left in the suite's own process by
+    earlier tests (Streamlit, torch threads) has made spawned workers die at start-up."""
+    node = f"{__file__}::test_two_processes_racing_on_the_same_hashes_end_with_one_row_each"
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", node],
+        env={**os.environ, "RECSYS_RACE_INNER": "1"}, capture_output=True, text=True, timeout=1500,
+    )
+    assert result.returncode == 0 and "2 passed" in result.stdout, result.stdout[-4000:] + result.stderr[-2000:]
+
+
+@pytest.mark.skipif(not RACE_INNER, reason="run by test_race_in_a_fresh_interpreter")
 def test_two_processes_racing_on_the_same_hashes_end_with_one_row_each(db_url: str) -> None:
     hashes = [sha(f"race-{i}") for i in range(50)]
     ctx = mp.get_context("spawn")
