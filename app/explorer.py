@@ -247,4 +247,8 @@ def main() -> None:
         st.plotly_chart(fig, key="map", on_select=_open_singer_from_map, selection_mode="points")
 
 
-main()
+# Streamlit runs this file as __main__. A worker process that multiprocessing later spawns from
+# the same interpreter (AppTest runs the script in the test process) re-imports it as
+# __mp_main__ and must not draw the page.
+if __name__ == "__main__":
+    main()
