@@ -147,6 +147,38 @@ def mel_pitch_shift(
     return out[0] if squeeze else out
 
 
+ENVELOPE_COEFFS = 12  # cepstral coefficients kept for the spectral envelope (formants, tilt)
+
+
+def mel_envelope(mel: torch.Tensor, n_coeffs: int = ENVELOPE_COEFFS) -> torch.Tensor:
+    """(..., n_mels, T) log-mel -> same shape: its spectral envelope, the cepstrally smoothed frame.
+
+    The low-quefrency part of each frame (the first `n_coeffs` DCT coefficients over
+    the mel axis) is the vocal tract's response; what is left is the harmonic fine
+    structure of the source.
+    """
+    n_mels = mel.shape[-2]
+    dct = AF.create_dct(n_coeffs, n_mels, norm="ortho").to(device=mel.device, dtype=mel.dtype)  # (n_mels, k)
+    coeffs = torch.einsum("...mt,mk->...kt", mel, dct)
+    return torch.einsum("...kt,mk->...mt", coeffs, dct)
+
+
+def mel_key_shift(
+    mel: torch.Tensor, semitones: float | torch.Tensor, feat_cfg: FeatureConfig, sample_rate: int
+) -> torch.Tensor:
+    """Formant-preserving pitch shift on log-mel: the same voice singing `semitones` higher.
+
+    A singer changing key moves the harmonics, not the vocal tract: only the fine
+    structure (log-mel minus its envelope) is shifted, the envelope stays. Written as
+    shift(mel) - shift(envelope) + envelope so that bands the shift empties get the
+    original envelope. Unlike mel_pitch_shift (formants move too: another voice).
+    """
+    env = mel_envelope(mel)
+    return mel_pitch_shift(mel, semitones, feat_cfg, sample_rate) - mel_pitch_shift(
+        env, semitones, feat_cfg, sample_rate
+    ) + env
+
+
 def mel_time_stretch(mel: torch.Tensor, rate: float, length: int | None = None) -> torch.Tensor:
     """(..., n_mels, T) -> (..., n_mels, length or round(T / rate)): linear interpolation of frames."""
     if rate <= 0:
@@ -185,15 +217,27 @@ EQ_TILT_DB = 6.0  # spectral tilt uniform in +-6 dB from lowest to highest band
 REVERB_DECAY_S = (0.1, 0.6)  # exponential tail time constant, per band
 REVERB_WET = (0.1, 0.5)  # tail power relative to the dry signal
 
-EXTRA_AUGMENTATIONS = ("gain", "noise", "eq", "reverb")
+KEY_SEMITONES = 3.0  # key change uniform in +-3 semitones (formants kept)
+
+EXTRA_AUGMENTATIONS = ("gain", "noise", "eq", "reverb", "key")
 
 
 def _uniform(n: int, low: float, high: float, gen: torch.Generator) -> torch.Tensor:
     return low + (high - low) * torch.rand(n, generator=gen, dtype=torch.float64)
 
 
-def apply_extra(mel: torch.Tensor, name: str, gen: torch.Generator, frame_seconds: float) -> torch.Tensor:
-    """(B, n_mels, T) log-mel -> same shape with one random extra augmentation per view."""
+def apply_extra(
+    mel: torch.Tensor,
+    name: str,
+    gen: torch.Generator,
+    frame_seconds: float,
+    feat_cfg: FeatureConfig | None = None,
+    sample_rate: int | None = None,
+) -> torch.Tensor:
+    """(B, n_mels, T) log-mel -> same shape with one random extra augmentation per view.
+
+    `key` (formant-preserving key change) needs the features' config and sample rate.
+    """
     n, n_mels, t = mel.shape
 
     def col(v: torch.Tensor) -> torch.Tensor:
@@ -222,6 +266,11 @@ def apply_extra(mel: torch.Tensor, name: str, gen: torch.Generator, frame_second
             tail[..., i] = acc
         tail = tail * (1 - decay)
         return torch.log(power + wet * tail)
+    if name == "key":
+        if feat_cfg is None or sample_rate is None:
+            raise ValueError("the 'key' augmentation needs feat_cfg and sample_rate")
+        semitones = _uniform(n, -KEY_SEMITONES, KEY_SEMITONES, gen)
+        return mel_key_shift(mel, semitones, feat_cfg, sample_rate)
     raise ValueError(f"unknown augmentation {name!r}; valid: {', '.join(EXTRA_AUGMENTATIONS)}")
 
 

@@ -1183,6 +1183,7 @@ def generate_corpus(
     accompaniment_db: float = -6.0,
     workers: int | None = None,
     progress: Callable[[int, int], None] | None = None,
+    key_offset: int = 0,
 ) -> Path:
     """Write the demo catalog: out_dir/<singer>/<song_id>.wav (16-bit) and out_dir/manifest.csv.
 
@@ -1190,7 +1191,10 @@ def generate_corpus(
     the mix is written in place of the a-cappella song and the stems under
     out_dir/stems/<singer>/<song_id>.{vocals,accompaniment}.wav (mix == vocals + accompaniment
     sample for sample); `accompaniment_db` is the backing's RMS relative to the voice.
-    `workers`: processes (None: all CPUs, 1: in this process). Returns the manifest path.
+    `workers`: processes (None: all CPUs, 1: in this process). `key_offset`: every song
+    sung that many semitones away from its usual key, all else (voices, takes, tempo)
+    unchanged: the same catalog after a real key change, formants in place. Returns the
+    manifest path.
     """
     if n_singers < 1 or songs_per_singer < 1:
         raise ValueError(
@@ -1211,7 +1215,7 @@ def generate_corpus(
         for j, m in enumerate(plan[s]):
             rng = np.random.default_rng([seed, 5, s, j])
             tempo_scale = float(rng.uniform(0.94, 1.06))
-            transpose = int(rng.integers(-1, 2))  # the singer's key of the day
+            transpose = int(rng.integers(-1, 2)) + key_offset  # the singer's key of the day
             melody = replace(melodies[m], tempo_bpm=round(melodies[m].tempo_bpm * tempo_scale, 2))
             jobs.append(
                 _SongJob(

@@ -17,6 +17,8 @@ from recsys.augment import (
     draw_semitones,
     mel_band_centres,
     mel_band_positions,
+    mel_envelope,
+    mel_key_shift,
     mel_pitch_shift,
     mel_time_stretch,
     pitch_shift_wave,
@@ -146,8 +148,8 @@ def test_crop_stretch_is_a_crop_at_rate_one_and_tiles_short_songs():
 def test_extra_augmentations_keep_shape_and_are_reproducible():
     mel = log_mel(tone(220.0, 1.0, harmonics=8), FEAT, SR)[None].repeat(3, 1, 1)
     for name in EXTRA_AUGMENTATIONS:
-        a = apply_extra(mel, name, torch.Generator().manual_seed(1), 0.016)
-        b = apply_extra(mel, name, torch.Generator().manual_seed(1), 0.016)
+        a = apply_extra(mel, name, torch.Generator().manual_seed(1), 0.016, FEAT, SR)
+        b = apply_extra(mel, name, torch.Generator().manual_seed(1), 0.016, FEAT, SR)
         assert a.shape == mel.shape and torch.equal(a, b)
         assert not torch.allclose(a, mel), name
     gained = apply_extra(mel, "gain", torch.Generator().manual_seed(0), 0.016)
@@ -192,3 +194,36 @@ def test_drawn_amounts_stay_in_range_and_both_directions():
     r = draw_rates(AugmentPolicy(role="negative", low=1.1, high=1.25), 500, gen)
     assert torch.all((r.log().abs() >= math.log(1.1) - 1e-9) & (r.log().abs() <= math.log(1.25) + 1e-9))
     assert (r > 1).any() and (r < 1).any()
+
+
+def test_key_shift_moves_the_pitch_but_keeps_the_envelope():
+    """On a harmonic tone: the fundamental moves as with mel_pitch_shift; the envelope moves less."""
+    mel = log_mel(tone(220.0, 1.0, harmonics=12), FEAT, SR)
+    keyed = mel_key_shift(mel, 7.0, FEAT, SR)
+    shifted = mel_pitch_shift(mel, 7.0, FEAT, SR)
+    low = slice(0, 8)  # bands below ~500 Hz: the fundamental's
+    peak = int(mel[low].mean(1).argmax())
+    assert abs(int(keyed[low].mean(1).argmax()) - int(shifted[low].mean(1).argmax())) <= 1
+    assert int(keyed[low].mean(1).argmax()) > peak
+    env_key = (mel_envelope(keyed) - mel_envelope(mel)).abs().mean()
+    env_pitch = (mel_envelope(shifted) - mel_envelope(mel)).abs().mean()
+    assert env_key < 0.8 * env_pitch
+    assert torch.allclose(mel_key_shift(mel, 0.0, FEAT, SR), mel, atol=1e-4)
+
+
+def test_key_shift_is_closer_to_the_same_voice_singing_higher_than_pitch_shift():
+    """A synthetic singer sings one take in two keys (formants fixed): the key shift of the
+    lower take is nearer the higher take than the formant-moving pitch shift is."""
+    from recsys.corpus import make_melodies, make_singers, sing
+
+    melody = make_melodies(1, 0)[0]
+    for voice in make_singers(3, 0):
+        low = log_mel(torch.from_numpy(sing(voice, melody, 4.0, SR, seed=1)), FEAT, SR)
+        high = log_mel(torch.from_numpy(sing(voice, melody, 4.0, SR, seed=1, transpose=3)), FEAT, SR)
+        voiced = low.mean(0) > low.mean(0).median()
+        keyed = mel_key_shift(low, 3.0, FEAT, SR)[:, voiced]
+        shifted = mel_pitch_shift(low, 3.0, FEAT, SR)[:, voiced]
+        target = high[:, voiced]
+        assert (keyed - target).abs().mean() < (shifted - target).abs().mean(), voice.name
+        with pytest.raises(ValueError, match="needs feat_cfg"):
+            apply_extra(low[None], "key", torch.Generator(), 0.016)

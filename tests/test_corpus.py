@@ -330,3 +330,20 @@ def test_accompaniment_stems_sum_to_the_mix(tmp_path):
         )
         level_db = 20 * np.log10(np.std(backing.astype(float)) / np.std(vocals.astype(float)))
         assert level_db == pytest.approx(-6.0, abs=0.3)
+
+
+def test_key_offset_sings_the_same_catalog_in_another_key(tmp_path):
+    args = {"n_singers": 2, "songs_per_singer": 2, "song_seconds": 3.0, "seed": 3, "workers": 1}
+    base = generate_corpus(tmp_path / "base", **args)
+    up = generate_corpus(tmp_path / "up", key_offset=2, **args)
+    with open(base, newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    with open(up, newline="", encoding="utf-8") as f:
+        rows_up = list(csv.DictReader(f))
+    for a, b in zip(rows, rows_up):
+        assert (a["song_id"], a["melody_id"], a["tempo_bpm"]) == (b["song_id"], b["melody_id"], b["tempo_bpm"])
+        assert int(b["key_shift"]) == int(a["key_shift"]) + 2
+        wave_a, _ = sf.read(str(base.parent / a["path"]))
+        wave_b, _ = sf.read(str(up.parent / b["path"]))
+        # The same take in another key: same length, other samples.
+        assert wave_a.shape == wave_b.shape and not np.array_equal(wave_a, wave_b)

@@ -142,7 +142,7 @@ def build_batch(
         views = mel_pitch_shift(views, semitones, feat_cfg, sample_rate)
     frame_s = seconds_per_frame(feat_cfg, sample_rate)
     for name in policy.extra_positives:
-        views = apply_extra(views, name, generator, frame_s)
+        views = apply_extra(views, name, generator, frame_s, feat_cfg, sample_rate)
     labels = torch.tensor([spec[4] for spec in specs], dtype=torch.long, device=views.device)
 
     indices_tuple = None
