@@ -1,7 +1,7 @@
 """The similarity explorer: a map of the catalog, singers who sound alike, and query by song.
 
     recsys --workspace DIR app [--port N]
-    streamlit run app/explorer.py -- --workspace DIR [--db URL] [--config FILE] [--max-upload-mb 50]
+    streamlit run app/explorer.py -- --workspace DIR [--db URL] [--config FILE] [--manifest FILE] [--max-upload-mb 50]
 
 Without --workspace / --db the usual RECSYS_HOME / RECSYS_DB_URL environment applies.
 A thin page over recsys.api.Recommender and app/views.py; the Recommender (models, index)
@@ -29,6 +29,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--workspace", default=None)
     parser.add_argument("--db", default=None)
     parser.add_argument("--config", default=None)
+    parser.add_argument("--manifest", default=None)
     parser.add_argument("--max-upload-mb", type=float, default=views.MAX_UPLOAD_MB)
     args, _ = parser.parse_known_args(argv)  # under AppTest, argv is the test runner's
     return args
@@ -99,8 +100,12 @@ def main() -> None:
     st.set_page_config(page_title="singer-recsys explorer", layout="wide")
     args = parse_args(sys.argv[1:])
     try:
+        overrides = {"manifest_file": Path(args.manifest)} if args.manifest else {}
         settings = load_settings(
-            config_file=Path(args.config) if args.config else None, workspace=args.workspace, db_url=args.db
+            config_file=Path(args.config) if args.config else None,
+            workspace=args.workspace,
+            db_url=args.db,
+            **overrides,
         )
         rec = load_recommender(settings, settings.model_dump_json())
     except (ValueError, KeyError, OSError) as e:

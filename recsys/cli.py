@@ -31,6 +31,8 @@ app = typer.Typer(
 @dataclass
 class Context:
     settings: Settings
+    config_file: Path | None = None  # the --config / --manifest given, passed on to the explorer
+    manifest_file: Path | None = None
 
     def sessions(self) -> "sessionmaker[Session]":
         """Open (creating and migrating if needed) the workspace's catalog."""
@@ -91,7 +93,7 @@ def main_options(
         )
     except (ValueError, FileNotFoundError) as e:
         _fail(str(e), 2)
-    ctx.obj = Context(settings=settings)
+    ctx.obj = Context(settings=settings, config_file=config, manifest_file=manifest)
 
 
 @app.command("config")
@@ -847,6 +849,9 @@ def app_cmd(
     cmd = [sys.executable, "-m", "streamlit", "run", str(script), "--server.port", str(port),
            "--server.headless", "true", "--browser.gatherUsageStats", "false",
            "--", "--workspace", str(c.settings.workspace)]
+    for flag, path in (("--config", c.config_file), ("--manifest", c.manifest_file)):
+        if path is not None:
+            cmd += [flag, str(Path(path).resolve())]
     typer.echo(f"explorer for {c.settings.workspace} on http://localhost:{port} (Ctrl-C to stop)", err=True)
     raise typer.Exit(subprocess.call(cmd, env=env))
 

@@ -194,6 +194,21 @@ def test_recsys_app_launches_streamlit_on_the_workspace(monkeypatch, tmp_path):
     assert cmd[cmd.index("--") + 1 :] == ["--workspace", str(tmp_path)]
     assert seen["env"]["RECSYS_DB_URL"] == url and url not in " ".join(cmd)  # no password on the command line
 
+    # A --config given to recsys reaches the explorer, which then serves those settings.
+    config = tmp_path / "cfg.yaml"
+    config.write_text("fusion: {w_timbre: 0.2, w_melody: 0.8}\n")
+    result = CliRunner().invoke(cli, ["--workspace", str(tmp_path), "--config", str(config), "app"])
+    assert result.exit_code == 0, result.output
+    explorer_argv = seen["cmd"][seen["cmd"].index("--") + 1 :]
+    assert explorer_argv[explorer_argv.index("--config") + 1] == str(config.resolve())
+    from app.explorer import parse_args
+
+    from recsys.config import load_settings
+
+    args = parse_args(explorer_argv)
+    assert args.config == str(config.resolve()) and args.workspace == str(tmp_path)
+    assert load_settings(config_file=Path(args.config)).fusion.w_melody == 0.8
+
 
 # The page under AppTest ------------------------------------------------------------------------------
 

@@ -14,8 +14,20 @@ from recsys.cli import app
 COMMANDS = [
     [], ["config"], ["demo-corpus"], ["ingest"], ["catalog"], ["train"], ["train", "timbre"], ["train", "melody"],
     ["embed"], ["export"], ["index"], ["index", "rebuild"], ["index", "check"], ["similar-singers"], ["search"],
-    ["demo"],
+    ["demo"], ["evaluate"], ["reembed"], ["app"], ["experiment"], ["experiment", "pair-policies"],
+    ["experiment", "melody-variants"], ["probe"], ["probe", "train"], ["probe", "predict"], ["probe", "list"],
 ]
+
+
+def test_help_list_covers_every_command():
+    import click
+    import typer
+
+    def walk(cmd: click.Command, path: list[str]) -> list[list[str]]:
+        subs = getattr(cmd, "commands", {})
+        return [path] + [p for name, sub in subs.items() for p in walk(sub, [*path, name])]
+
+    assert sorted(walk(typer.main.get_command(app), [])) == sorted(COMMANDS)
 
 
 @pytest.mark.parametrize("command", COMMANDS, ids=lambda c: " ".join(c) or "recsys")
