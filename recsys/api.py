@@ -104,11 +104,12 @@ class Recommender:
         out = []
         rows = self.songs()
         method = self.separation.method
+        tag = ("" if method == "none" else f"+{method}") + ("+vocal" if self.settings.audio.vocal_activity else "")
         for i, song in enumerate(rows):
             mel = song_mel(song["path"], self.settings.audio, self.settings.features, self.separator)
-            # The audio a model learns from depends on the separation too: tagging the content
-            # hash gives a model trained on separated audio its own version (catalog_fingerprint).
-            digest = song["content_hash"] if method == "none" else f"{song['content_hash']}+{method}"
+            # The audio a model learns from depends on the separation and vocal-activity clean-up
+            # too: tagging the content hash gives such a model its own version (catalog_fingerprint).
+            digest = song["content_hash"] + tag
             out.append(SongFeatures(song["id"], mel, song["singer"], digest, song["metadata"]))
             if progress:
                 progress(i + 1, len(rows))

@@ -519,7 +519,7 @@ def _plan(
     with file length.
     """
     frame = _frame_samples(cfg)
-    power = peak = torch.zeros(0)
+    power = peak = harmonicity = torch.zeros(0)
     n_frames = n_samples = 0
     for block in _frame_aligned(blocks, frame):
         block_power, block_peak = _frame_stats(block, frame)
@@ -528,8 +528,11 @@ def _plan(
             size = max(end, -(-n_samples_hint // frame), 2 * power.numel())
             power = _grown(power, size, torch.float64, block.device)
             peak = _grown(peak, size, torch.float32, block.device)
+            harmonicity = _grown(harmonicity, size, torch.float32, block.device)
         power[n_frames:end] = block_power
         peak[n_frames:end] = block_peak
+        if cfg.vocal_activity:
+            harmonicity[n_frames:end] = _harmonicity(block, frame, cfg.sample_rate)
         n_frames, n_samples = end, n_samples + block.numel()
     if n_frames == 0:
         raise AudioError(name, "empty", "audio holds no samples")
@@ -542,11 +545,27 @@ def _plan(
             "silent",
             f"no voiced audio (all frames below {cfg.silence_floor_db:g} dBFS; the loudest is {loudest:.1f} dBFS)",
         )
+    if cfg.vocal_activity:
+        mask &= harmonicity[:n_frames] >= cfg.min_harmonicity
+        if not mask.any():
+            raise AudioError(
+                name,
+                "silent",
+                f"no singing: no loud frame is periodic enough (harmonicity >= {cfg.min_harmonicity:g}; "
+                f"audio.vocal_activity is on)",
+            )
     # The last frame may be partial: weight powers by frame length for the voiced mean.
     lengths = torch.full_like(power, frame)
     lengths[-1] = n_samples - (power.numel() - 1) * frame
     voiced_power = float((power[mask] * lengths[mask]).sum() / lengths[mask].sum())
     return _VoicedPlan(mask=mask, gain=_gain(voiced_power, float(peak[mask].max()), cfg))
+
+
+def _harmonicity(block: torch.Tensor, frame: int, sample_rate: int) -> torch.Tensor:
+    """(n,) -> (ceil(n / frame),) periodicity of each frame (recsys.separation.frame_harmonicity)."""
+    from recsys.separation import frame_harmonicity
+
+    return frame_harmonicity(block, frame, sample_rate).to(torch.float32)
 
 
 def _grown(values: torch.Tensor, size: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:

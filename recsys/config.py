@@ -41,6 +41,14 @@ class AudioConfig(_Section):
     )
     silence_floor_db: float = Field(-60.0, le=0, description="Absolute dBFS floor: quieter frames are silence.")
     frame_seconds: float = Field(0.032, gt=0, description="RMS frame length for silence detection.")
+    vocal_activity: bool = Field(
+        False,
+        description="Also drop loud frames that are not periodic (no sung pitch: drums, noise, breaths); "
+        "most useful with separation, where backing leaks through.",
+    )
+    min_harmonicity: float = Field(
+        0.5, ge=0, le=1, description="With vocal_activity: a kept frame's autocorrelation peak (0..1)."
+    )
     chunk_seconds: float = Field(4.0, gt=0, description="Length of the voiced chunks fed to the encoders.")
     chunk_hop_seconds: float = Field(2.0, gt=0)
     min_chunk_seconds: float = Field(1.0, gt=0, description="A trailing voiced stretch shorter than this is dropped.")

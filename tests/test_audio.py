@@ -470,3 +470,35 @@ def test_a_brief_loud_transient_does_not_silence_the_singing():
     assert kept > 0.95 * wave.numel()
     loudest_only = remove_silence(wave, CFG.model_copy(update={"silence_reference_percentile": 100.0})).numel()
     assert loudest_only < 0.05 * wave.numel()  # the old rule (relative to the loudest frame) loses the voice
+
+
+# --- vocal activity ----------------------------------------------------------------------------
+
+
+def test_vocal_activity_drops_loud_unpitched_frames_from_files_and_tensors(tmp_path):
+    """A synthetic singer, then a loud noise burst (drums, applause): RMS silence removal keeps
+    the burst, vocal activity drops it; streamed in several blocks, a file gives the same."""
+    from recsys.corpus import make_melodies, make_singers, sing
+
+    voice = sing(make_singers(1, 0)[0], make_melodies(1, 0)[0], 3.0, SR, seed=0)
+    burst = np.random.default_rng(0).standard_normal(2 * SR).astype(np.float32) * voice.std()
+    wave = torch.from_numpy(np.concatenate([voice, burst]))
+    sung = voiced_audio(torch.from_numpy(voice), CFG).numel()
+    plain = voiced_audio(wave, CFG)
+    active_cfg = AudioConfig(vocal_activity=True)
+    active = voiced_audio(wave, active_cfg)
+    assert plain.numel() > sung + 1.9 * SR  # as loud as the singing: kept as "voiced"
+    assert 0.5 * sung < active.numel() < sung + 0.1 * SR  # the sung part only, less breaths and consonants
+    path = tmp_path / "song.wav"
+    sf.write(path, wave.numpy(), SR, subtype="FLOAT")
+    small_blocks = AudioConfig(vocal_activity=True, block_seconds=0.7)
+    assert torch.allclose(voiced_audio(path, small_blocks), active, atol=1e-6)
+
+
+def test_vocal_activity_on_noise_only_says_no_singing(tmp_path):
+    path = tmp_path / "noise.wav"
+    sf.write(path, 0.3 * np.random.default_rng(1).standard_normal(2 * SR), SR)
+    voiced_audio(path, CFG)  # loud enough: plain silence removal keeps it
+    with pytest.raises(AudioError, match="noise.wav: no singing") as err:
+        voiced_audio(path, AudioConfig(vocal_activity=True))
+    assert err.value.cause == "silent"
