@@ -1,7 +1,8 @@
 """Singer retrieval on mixed songs, with and without accompaniment suppression, beside a cappella.
 
     python bench/bench_separation_retrieval.py [--singers 12] [--songs 4] [--seconds 12]
-        [--train-singers 16] [--epochs 12] [--methods none,classical] [--per-condition] [--out DIR]
+        [--train-singers 16] [--epochs 12] [--methods none,classical] [--vocal-activity]
+        [--per-condition] [--out DIR]
 
 Two demo catalogs from recsys.corpus.generate_corpus with the same seed, so the same
 singers sing the same takes: a cappella, and with a generated accompaniment mixed
@@ -11,6 +12,9 @@ seen in training. Each condition embeds the evaluation songs through the product
 path, recsys.features.song_mel(path, audio, features, separator), i.e. separation
 before silence removal, and scores leave-one-out singer retrieval on the timbre
 vectors (recsys.evaluation.retrieval_metrics: P@1, mAP@10, top-5 vote).
+
+With --vocal-activity, each mixed condition is also scored with audio.vocal_activity on
+(frames without a sung pitch dropped after separation).
 
 With --per-condition, an encoder is also trained on the other singers' catalog
 *as heard under each condition* (mixed, then separated with the
@@ -45,10 +49,11 @@ def read_manifest(manifest: Path) -> list[dict[str, str]]:
         return [row | {"path": str(manifest.parent / row["path"])} for row in csv.DictReader(f)]
 
 
-def mels(rows: list[dict[str, str]], settings, separator) -> tuple[list[torch.Tensor], float]:
+def mels(rows: list[dict[str, str]], settings, separator, audio=None) -> tuple[list[torch.Tensor], float]:
     """(n_mels, T) log-mel of each song through the product path; returns (mels, seconds spent)."""
     start = time.perf_counter()
-    out = [song_mel(row["path"], settings.audio, settings.features, separator) for row in rows]
+    audio = audio or settings.audio
+    out = [song_mel(row["path"], audio, settings.features, separator) for row in rows]
     return out, time.perf_counter() - start
 
 
@@ -88,6 +93,7 @@ def main() -> None:
     ap.add_argument("--accompaniment-db", type=float, default=-6.0)
     ap.add_argument("--methods", default="none,classical", help="separation methods on the mixed catalog")
     ap.add_argument("--per-condition", action="store_true", help="also train one encoder per condition")
+    ap.add_argument("--vocal-activity", action="store_true", help="also score mixed songs with vocal activity")
     ap.add_argument("--seed", type=int, default=0, help="evaluation catalog seed (training uses seed + 1000)")
     ap.add_argument("--out", type=Path, default=Path("bench-separation-retrieval"))
     args = ap.parse_args()
@@ -130,12 +136,16 @@ def main() -> None:
     model = train(train_clean, train_mels, settings, args.out / "ws" / "acappella")
     print(f"trained the a cappella encoder in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
 
-    conditions: list[tuple[str, list[dict[str, str]], str]] = [("a cappella", eval_clean, "none")]
-    conditions += [(f"mixed, separation {m}", eval_mixed, m) for m in methods]
+    conditions: list[tuple[str, list[dict[str, str]], str, bool]] = [("a cappella", eval_clean, "none", False)]
+    conditions += [(f"mixed, separation {m}", eval_mixed, m, False) for m in methods]
+    if args.vocal_activity:
+        conditions += [(f"mixed, separation {m} + vocal activity", eval_mixed, m, True) for m in methods]
     rows = []
     eval_audio_s = len(eval_mixed) * args.seconds
-    for name, catalog_rows, method in conditions:
-        song_mels, spent = mels(catalog_rows, settings, separators[method] if method != "none" else None)
+    for name, catalog_rows, method, vocal in conditions:
+        audio = settings.audio.model_copy(update={"vocal_activity": vocal})
+        separator = separators[method] if method != "none" else None
+        song_mels, spent = mels(catalog_rows, settings, separator, audio)
         metrics = retrieval_metrics(timbre_vectors(model, song_mels), labels, k=10)
         rows.append(
             {
