@@ -1,12 +1,19 @@
-"""Pieces every training loop shares: seeds, device choice, early stopping."""
+"""Pieces every training loop shares: seeds, device choice, early stopping, the epoch loop."""
 
 from __future__ import annotations
 
 import random
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
+
+from recsys.training.checkpoint import load_resume, save_resume
 
 
 def seed_everything(seed: int) -> torch.Generator:
@@ -49,3 +56,96 @@ class EarlyStopping:
     @property
     def should_stop(self) -> bool:
         return self.bad_epochs >= self.patience
+
+
+@dataclass
+class LoopResult:
+    history: list[dict[str, Any]]
+    best_state: dict[str, torch.Tensor]
+    best_epoch: int  # -1 when no epoch improved on the monitored value
+    stopped_early: bool
+
+
+def _cpu_copy(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+
+
+def run_epochs(
+    *,
+    kind: str,
+    workspace: Path,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    early: EarlyStopping,
+    epochs: int,
+    meta_config: dict[str, Any],
+    fingerprint: str,
+    run_epoch: Callable[[int], dict[str, Any]],
+    monitor: Callable[[dict[str, Any]], float],
+    generator: torch.Generator | None = None,
+    resume: bool = True,
+    log: Callable[[dict], None] | None = None,
+) -> LoopResult:
+    """The epoch loop both encoders train with: resume, early stopping, best weights, history.
+
+    `run_epoch(epoch)` trains and validates one epoch and returns its record (loss and
+    metrics); `monitor(record)` is the value early stopping watches (its mode says which
+    way is better). After every epoch the whole state (model, optimiser, `generator`,
+    torch's RNG, history, best weights, early-stopping counters) is saved as the kind's
+    resume point, so a run killed between epochs continues where it stopped when
+    started again with the same config and songs. Ends with the best epoch's weights
+    loaded into `model`, in eval mode.
+    """
+    history: list[dict[str, Any]] = []
+    best_state, best_epoch, start_epoch = _cpu_copy(model), -1, 0
+    state = load_resume(workspace, kind) if resume else None
+    if state is not None:
+        if state["config"] == meta_config and state["fingerprint"] == fingerprint:
+            model.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+            if generator is not None and "generator" in state:
+                generator.set_state(state["generator"])
+            if "torch_rng" in state:
+                torch.set_rng_state(state["torch_rng"])
+            history, best_state, best_epoch = state["history"], state["best_model"], state["best_epoch"]
+            early.best, early.bad_epochs = state["early_best"], state["early_bad_epochs"]
+            start_epoch = state["epoch"] + 1
+        elif log is not None:
+            log({"event": "resume_ignored", "reason": "resume point was made with another config or other songs"})
+
+    for epoch in range(start_epoch, epochs):
+        if early.should_stop:
+            break
+        began = time.perf_counter()
+        model.train()
+        record = {"epoch": epoch, **run_epoch(epoch), "seconds": 0.0}
+        record["seconds"] = time.perf_counter() - began
+        history.append(record)
+        if early.step(monitor(record)):
+            best_state, best_epoch = _cpu_copy(model), epoch
+        save_resume(
+            workspace,
+            kind,
+            {
+                "config": meta_config,
+                "fingerprint": fingerprint,
+                "epoch": epoch,
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                **({"generator": generator.get_state()} if generator is not None else {}),
+                "torch_rng": torch.get_rng_state(),
+                "history": history,
+                "best_model": best_state,
+                "best_epoch": best_epoch,
+                "early_best": early.best,
+                "early_bad_epochs": early.bad_epochs,
+            },
+        )
+        if log is not None:
+            log(dict(record))
+
+    if not history:
+        raise RuntimeError(f"{kind} training ran no epoch (epochs={epochs}, resumed at epoch {start_epoch})")
+    model.load_state_dict(best_state)
+    model.eval()
+    return LoopResult(history, best_state, best_epoch, early.should_stop)

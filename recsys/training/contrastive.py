@@ -12,7 +12,6 @@ log-mel (recsys.augment), so the trainer needs only SongFeatures.
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -42,12 +41,10 @@ from recsys.training.checkpoint import (
     ModelVersion,
     catalog_fingerprint,
     clear_resume,
-    load_resume,
     load_version,
-    save_resume,
     save_version,
 )
-from recsys.training.common import EarlyStopping, pick_device, seed_everything
+from recsys.training.common import EarlyStopping, pick_device, run_epochs, seed_everything
 from recsys.training.data import SongFeatures, split_by_song
 from recsys.training.sampler import BalancedChunkSampler, ChunkRef
 
@@ -319,37 +316,10 @@ def train_timbre(
         songs_per_singer=2 if cfg.supervised else 1,
         generator=gen,
     )
-    early = EarlyStopping(cfg.patience, mode="max")
-    history: list[dict[str, float]] = []
-    best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-    best_epoch, start_epoch = -1, 0
-
-    state = load_resume(workspace, KIND) if resume else None
-    if state is not None:
-        if state["config"] == meta_config and state["fingerprint"] == fingerprint:
-            model.load_state_dict(state["model"])
-            optimizer.load_state_dict(state["optimizer"])
-            gen.set_state(state["generator"])
-            torch.set_rng_state(state["torch_rng"])
-            history, best_state, best_epoch = state["history"], state["best_model"], state["best_epoch"]
-            early.best, early.bad_epochs = state["early_best"], state["early_bad_epochs"]
-            start_epoch = state["epoch"] + 1
-        elif log is not None:
-            log(
-                {
-                    "event": "resume_ignored",
-                    "reason": "resume point was made with another config or other songs",
-                }
-            )
-
     mels = [s.mel.to(dev, torch.float32) for s in train]
     autocast = {"device_type": dev.type, "dtype": torch.bfloat16, "enabled": dev.type == "cuda"}
-    stopped_early = early.should_stop
-    for epoch in range(start_epoch, cfg.epochs):
-        if stopped_early:
-            break
-        began = time.perf_counter()
-        model.train()
+
+    def run_epoch(epoch: int) -> dict[str, Any]:
         losses = []
         for _ in tqdm(
             range(cfg.steps_per_epoch), desc=f"timbre epoch {epoch}", disable=not progress, leave=False
@@ -372,45 +342,24 @@ def train_timbre(
             loss.backward()
             optimizer.step()
             losses.append(loss.item())
-        metrics = _validate(model, train, valid)
-        record = {
-            "epoch": epoch,
-            "loss": sum(losses) / len(losses),
-            **metrics,
-            "seconds": time.perf_counter() - began,
-        }
-        history.append(record)
-        if early.step(_monitor(metrics)):
-            best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-            best_epoch = epoch
-        stopped_early = early.should_stop
-        save_resume(
-            workspace,
-            KIND,
-            {
-                "config": meta_config,
-                "fingerprint": fingerprint,
-                "epoch": epoch,
-                "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "generator": gen.get_state(),
-                "torch_rng": torch.get_rng_state(),
-                "history": history,
-                "best_model": best_state,
-                "best_epoch": best_epoch,
-                "early_best": early.best,
-                "early_bad_epochs": early.bad_epochs,
-            },
-        )
-        if log is not None:
-            log(dict(record))
+        return {"loss": sum(losses) / len(losses), **_validate(model, train, valid)}
 
-    if not history:
-        raise RuntimeError(
-            f"timbre training ran no epoch (epochs={cfg.epochs}, resumed at epoch {start_epoch})"
-        )
-    model.load_state_dict(best_state)
-    model.eval()
+    loop = run_epochs(
+        kind=KIND,
+        workspace=workspace,
+        model=model,
+        optimizer=optimizer,
+        early=EarlyStopping(cfg.patience, mode="max"),
+        epochs=cfg.epochs,
+        meta_config=meta_config,
+        fingerprint=fingerprint,
+        run_epoch=run_epoch,
+        monitor=_monitor,
+        generator=gen,
+        resume=resume,
+        log=log,
+    )
+    history, best_state, best_epoch = loop.history, loop.best_state, loop.best_epoch
     best = history[best_epoch] if best_epoch >= 0 else history[-1]
     version = save_version(
         workspace,
@@ -427,7 +376,7 @@ def train_timbre(
         },
     )
     clear_resume(workspace, KIND)
-    return TrainResult(model, version, history[-1]["loss"], history, best_epoch, stopped_early)
+    return TrainResult(model, version, history[-1]["loss"], history, best_epoch, loop.stopped_early)
 
 
 def load_timbre(

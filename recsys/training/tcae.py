@@ -29,12 +29,10 @@ from recsys.training.checkpoint import (
     ModelVersion,
     catalog_fingerprint,
     clear_resume,
-    load_resume,
     load_version,
-    save_resume,
     save_version,
 )
-from recsys.training.common import EarlyStopping, pick_device, seed_everything
+from recsys.training.common import EarlyStopping, pick_device, run_epochs, seed_everything
 from recsys.training.data import SongFeatures, split_by_song
 
 KIND = "melody"
@@ -158,31 +156,11 @@ def train_melody(
 
     model = TCAE(model_cfg).to(dev)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate)
-    early = EarlyStopping(cfg.patience, mode="min")
-    history: list[dict[str, float]] = []
-    best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-    best_epoch, start_epoch = -1, 0
-
-    state = load_resume(workspace, KIND) if resume else None
-    if state is not None:
-        if state["config"] == meta_config and state["fingerprint"] == fingerprint:
-            model.load_state_dict(state["model"])
-            optimizer.load_state_dict(state["optimizer"])
-            history, best_state, best_epoch = state["history"], state["best_model"], state["best_epoch"]
-            early.best, early.bad_epochs = state["early_best"], state["early_bad_epochs"]
-            start_epoch = state["epoch"] + 1
-        elif log is not None:
-            log({"event": "resume_ignored", "reason": "resume point was made with another config or other songs"})
-
     mels = [s.mel.to(dev, torch.float32) for s in train]
     valid_mels = [s.mel.to(dev, torch.float32) for s in valid]
     refs = windows([m.shape[-1] for m in mels], cfg.chunk_frames, cfg.chunk_overlap)
-    stopped_early = early.should_stop
-    for epoch in range(start_epoch, cfg.epochs):
-        if stopped_early:
-            break
-        began = time.perf_counter()
-        model.train()
+
+    def run_epoch(epoch: int) -> dict[str, Any]:
         order = torch.randperm(len(refs), generator=torch.Generator().manual_seed(cfg.seed * 100_003 + epoch))
         losses = []
         steps = range(0, len(refs), cfg.batch_size)
@@ -195,38 +173,24 @@ def train_melody(
             optimizer.step()
             losses.append(loss.item())
         valid_loss = reconstruction_error(model, valid_mels, cfg.batch_size)
-        record = {
-            "epoch": epoch,
-            "loss": sum(losses) / len(losses),
-            "valid_loss": valid_loss,
-            "held_out": held_out,
-            "seconds": time.perf_counter() - began,
-        }
-        history.append(record)
-        if early.step(valid_loss):
-            best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-            best_epoch = epoch
-        stopped_early = early.should_stop
-        save_resume(workspace, KIND, {
-            "config": meta_config,
-            "fingerprint": fingerprint,
-            "epoch": epoch,
-            "model": model.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "history": history,
-            "best_model": best_state,
-            "best_epoch": best_epoch,
-            "early_best": early.best,
-            "early_bad_epochs": early.bad_epochs,
-        })
-        if log is not None:
-            log(dict(record))
+        return {"loss": sum(losses) / len(losses), "valid_loss": valid_loss, "held_out": held_out}
 
-    if not history:
-        raise RuntimeError(f"melody training ran no epoch (epochs={cfg.epochs}, resumed at epoch {start_epoch})")
+    loop = run_epochs(
+        kind=KIND,
+        workspace=workspace,
+        model=model,
+        optimizer=optimizer,
+        early=EarlyStopping(cfg.patience, mode="min"),
+        epochs=cfg.epochs,
+        meta_config=meta_config,
+        fingerprint=fingerprint,
+        run_epoch=run_epoch,
+        monitor=lambda record: record["valid_loss"],
+        resume=resume,
+        log=log,
+    )
     model = model.cpu()
-    model.load_state_dict(best_state)
-    model.eval()
+    history, best_state, best_epoch = loop.history, loop.best_state, loop.best_epoch
     best = history[best_epoch] if best_epoch >= 0 else history[-1]
     version = save_version(
         workspace, KIND, best_state, meta_config, fingerprint,
@@ -234,7 +198,7 @@ def train_melody(
                  "held_out": held_out, "epochs_run": len(history)},
     )
     clear_resume(workspace, KIND)
-    return TrainResult(model, version, history[-1]["loss"], history, best_epoch, stopped_early)
+    return TrainResult(model, version, history[-1]["loss"], history, best_epoch, loop.stopped_early)
 
 
 def load_melody(
