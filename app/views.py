@@ -96,11 +96,22 @@ def song_query(rec: Recommender, song_id: int, songs: pd.DataFrame) -> Query:
 # Catalog tables ----------------------------------------------------------------------------------
 
 
+PREDICTED_SUFFIX = " (predicted)"
+
+
 def song_table(songs: list[dict[str, Any]]) -> pd.DataFrame:
-    """One row per catalog song, indexed by song id: singer (its search key), title, path, metadata."""
+    """One row per catalog song, indexed by song id: singer (its search key), title, path, metadata.
+
+    Where a song lacks a given value of an attribute that a probe predicted
+    (recsys.probes), the column holds the prediction marked "<value> (predicted)", so
+    filters and map colours can use it and still tell it from a given label.
+    """
     rows = []
     for song in songs:
         meta = {k: str(v) for k, v in (song.get("metadata") or {}).items()}
+        for attribute, entry in (song.get("predicted") or {}).items():
+            if meta.get(attribute) in (None, "") and isinstance(entry, dict) and "value" in entry:
+                meta[attribute] = f"{entry['value']}{PREDICTED_SUFFIX}"
         rows.append(
             {
                 **meta,

@@ -345,6 +345,7 @@ def _song_dict(song: Any) -> dict[str, Any]:
         "content_hash": song.content_hash,
         "duration_s": song.duration_s,
         "metadata": dict(song.meta or {}),
+        "predicted": dict(song.predicted or {}),  # attribute -> {value, confidence, ...} from probes
     }
 
 

@@ -184,6 +184,16 @@ def test_predictions_fill_unlabelled_songs_and_never_touch_given_labels(workspac
         else:
             assert source == "predicted" and 0.5 <= confidence <= 1.0
 
+    # The explorer filters and colours by given or predicted values, predicted ones marked.
+    from app import views
+
+    songs = views.song_table(rec.songs())
+    for song_id, (value, source, _) in values.items():
+        expected = value if source == "given" else f"{value}{views.PREDICTED_SUFFIX}"
+        assert songs.loc[song_id, "gender"] == expected
+    options = views.filter_options(views.singer_table(songs))["gender"]
+    assert {"female", "male"} <= set(options) and any(o.endswith(views.PREDICTED_SUFFIX) for o in options)
+
 
 def test_predict_without_a_probe_says_how_to_make_one(workspace_copy):
     with pytest.raises(FileNotFoundError, match="recsys probe train register"):
