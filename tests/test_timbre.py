@@ -76,3 +76,18 @@ def test_bad_inputs_and_config_roundtrip():
     assert TimbreModelConfig.from_dict(CFG.to_dict()) == CFG
     with pytest.raises(ValueError, match="unknown TimbreModelConfig fields"):
         TimbreModelConfig.from_dict({**CFG.to_dict(), "layers": 3})
+
+
+def test_eval_front_end_with_folded_batchnorm_equals_the_modules():
+    torch.manual_seed(0)
+    model = TimbreEncoder(TimbreModelConfig())
+    for _ in range(3):  # non-trivial running statistics and affine parameters
+        model(torch.randn(8, 48, 120) * 3 + 1)
+    with torch.no_grad():
+        for bn in (block[1] for block in model.frontend):
+            bn.weight.uniform_(0.5, 1.5)
+            bn.bias.uniform_(-0.5, 0.5)
+    model.eval()
+    x = torch.randn(2, 1, 48, 150)
+    with torch.no_grad():
+        torch.testing.assert_close(model._frontend_folded(x), model.frontend(x), rtol=1e-5, atol=1e-5)
