@@ -1,13 +1,17 @@
 """Benchmark the vector index kinds on seeded clustered synthetic song vectors.
 
-    python bench/bench_index.py [--sizes 10000 100000 1000000] [--d 192] [--build-threads 2] [--search-threads 1]
+    python bench/bench_index.py [--sizes 10000 100000 1000000] [--d D] [--kinds ivf ivfpq hnsw] [...]
 
-For each catalog size: exact flat, IVF-Flat (a few nlist / nprobe) and HNSW
-(a few efSearch), all through recsys.index.VectorIndex. Reports build time,
+For each catalog size: exact flat, IVF-Flat (a few nlist / nprobe), IVF-PQ fast-scan
+with exact re-rank (`ivfpq`: a few nprobe / refine factors) and HNSW (a few
+efSearch), all through recsys.index.VectorIndex. --d defaults to the fused song
+vector's size under the default Settings (timbre embedding_dim + the melody
+vector's size, see fused_dim). Reports build time,
 bytes per vector (serialized index / n), single-query latency p50/p99 in ms
 (one query per call, like a user waiting for recommendations), recall@10 against
 exact search, and each latency and memory as a ratio of flat's. Prints a
-Markdown table (pasted into docs/benchmarks.md).
+Markdown table (pasted into docs/benchmarks.md), then the time of one update
+(remove 1000 songs, add them back) on each approximate index.
 
 Builds use --build-threads (default: all cores); the timed single queries use
 --search-threads (default 1): one query has little to split, and on a busy
@@ -15,7 +19,7 @@ machine an OpenMP team waiting for a descheduled thread inflates the latency.
 
 Flat single-query latency past 100k vectors is measured on 100 queries (it is
 slow by design); all other rows use --nq queries. The default sizes (10k, 100k)
-run in about 2 minutes on 2 cores; 1M adds 2 to 10 minutes (HNSW at 1M: longer).
+run in about 3 minutes on 2 cores; 1M adds 5 to 10 minutes (HNSW at 1M: longer).
 """
 
 from __future__ import annotations
@@ -33,10 +37,30 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from recsys.config import IndexConfig
-from recsys.index import VectorIndex, default_nlist, recall_at_k, synthetic_dataset
+from recsys.index import (
+    IVFPQ_LISTS_PER_SQRT_N,
+    VectorIndex,
+    default_nlist,
+    recall_at_k,
+    synthetic_dataset,
+)
 
 K = 10
 FLAT_LATENCY_QUERIES_LARGE = 100  # flat at > 100k vectors: fewer timed queries
+UPDATE_SONGS = 1000  # songs removed and added back to time an update
+
+
+def fused_dim() -> int:
+    """Size of the fused song vector the index stores under the default Settings.
+
+    timbre embedding_dim + the melody vector's size (recsys.embedding concatenates them).
+    """
+    from recsys.config import Settings
+    from recsys.models.tcae import TCAE, TCAEConfig
+
+    s = Settings()
+    melody = TCAE(TCAEConfig.from_settings(s.melody, s.features, s.audio.sample_rate))
+    return s.timbre.embedding_dim + melody.dim
 
 
 @dataclass
@@ -85,6 +109,11 @@ class Bench:
     nlist: list[int] | None
     build_threads: int
     search_threads: int
+    pq_nlist: list[int] | None
+    pq_nprobe: list[int]
+    pq_dims: list[int]
+    refine: list[int]
+    updates: list[str]
 
     def run(self, n: int) -> list[Row]:
         xb, xq = synthetic_dataset(n, self.nq, self.d, self.seed)
@@ -107,6 +136,17 @@ class Bench:
             rows.append(Row(n, kind, params, build_s, index.nbytes() / n, p50, p99, cpu, recall))
             print(f"  {kind:5s} {params:22s} {table_row(rows[-1], '')}", flush=True)
 
+        def time_update(kind: str, params: str, index: VectorIndex) -> None:
+            """Remove UPDATE_SONGS songs and add them back: the ingest job's incremental change."""
+            m = min(UPDATE_SONGS, n)
+            faiss.omp_set_num_threads(self.build_threads)
+            t0 = time.perf_counter()
+            index.remove(ids[:m])
+            t1 = time.perf_counter()
+            index.add(ids[:m], xb[:m])
+            t2 = time.perf_counter()
+            self.updates.append(f"| {n:,} | {kind} | {params} | {m} | {t1 - t0:.3f} | {t2 - t1:.3f} |")
+
         flat, build_s = build(IndexConfig(kind="flat", use_gpu=False))
         _, I_exact = flat.search(xq, K)  # batched exact search: the reference
         measure("flat", "exact", build_s, flat, None)
@@ -119,7 +159,23 @@ class Bench:
             for nprobe in self.nprobe:
                 ivf.nprobe = nprobe
                 measure("ivf", f"nlist={nlist} nprobe={nprobe}", build_s, ivf, I_exact)
+            time_update("ivf", f"nlist={nlist}", ivf)
             del ivf
+
+        for nlist in (
+            (self.pq_nlist or [default_nlist(n, IVFPQ_LISTS_PER_SQRT_N)]) if "ivfpq" in self.kinds else []
+        ):
+            for pq_dims in self.pq_dims:
+                cfg = IndexConfig(kind="ivfpq", nlist=nlist, pq_dims=pq_dims, use_gpu=False)
+                pq, build_s = build(cfg)
+                m = -(-self.d // pq_dims)
+                for nprobe in self.pq_nprobe:
+                    for refine in self.refine:
+                        pq.nprobe, pq.refine_factor = nprobe, refine
+                        params = f"nlist={nlist} M={m}x4b nprobe={nprobe} rf={refine}"
+                        measure("ivfpq", params, build_s, pq, I_exact)
+                time_update("ivfpq", f"nlist={nlist} M={m}x4b", pq)
+                del pq
 
         if "hnsw" not in self.kinds:
             return rows
@@ -127,6 +183,7 @@ class Bench:
         for ef in self.ef:
             hnsw.ef_search = ef
             measure("hnsw", f"M=32 efSearch={ef}", build_s, hnsw, I_exact)
+        time_update("hnsw", "M=32", hnsw)
         return rows
 
 
@@ -166,7 +223,9 @@ def table_row(r: Row, sep: str = "|") -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000])
-    parser.add_argument("--d", type=int, default=192)
+    parser.add_argument(
+        "--d", type=int, help="vector size (default: the fused size under the default Settings)"
+    )
     parser.add_argument("--nq", type=int, default=1000, help="timed single queries per setting")
     parser.add_argument(
         "--build-threads", type=int, default=os.cpu_count() or 1, help="OpenMP threads to build"
@@ -175,11 +234,22 @@ def main() -> None:
     parser.add_argument("--nlist", type=int, nargs="+", help="IVF lists (default: sqrt(n) and 4 sqrt(n))")
     parser.add_argument("--nprobe", type=int, nargs="+", default=[8, 16, 32, 64, 128])
     parser.add_argument("--ef", type=int, nargs="+", default=[32, 64, 128])
+    parser.add_argument("--pq-nlist", type=int, nargs="+", help="ivfpq lists (default: sqrt(n))")
+    parser.add_argument("--pq-nprobe", type=int, nargs="+", default=[32, 48, 64])
+    parser.add_argument("--pq-dims", type=int, nargs="+", default=[4], help="ivfpq dimensions per 4-bit code")
+    parser.add_argument("--refine", type=int, nargs="+", default=[8, 16], help="ivfpq refine factors")
     parser.add_argument(
-        "--kinds", nargs="+", choices=["ivf", "hnsw"], default=["ivf", "hnsw"], help="besides flat"
+        "--kinds",
+        nargs="+",
+        choices=["ivf", "ivfpq", "hnsw"],
+        default=["ivf", "ivfpq", "hnsw"],
+        help="besides flat",
     )
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
+    d_source = "--d"
+    if args.d is None:
+        args.d, d_source = fused_dim(), "the fused size under the default Settings"
 
     bench = Bench(
         args.d,
@@ -191,10 +261,16 @@ def main() -> None:
         args.nlist,
         args.build_threads,
         args.search_threads,
+        args.pq_nlist,
+        args.pq_nprobe,
+        args.pq_dims,
+        args.refine,
+        [],
     )
     threads = f"{args.build_threads}/{args.search_threads}"
     print(
-        f"faiss {faiss.__version__}, threads build/search {threads}, d={args.d}, nq={args.nq}, k={K}",
+        f"faiss {faiss.__version__}, threads build/search {threads}, d={args.d} ({d_source}), "
+        f"nq={args.nq}, k={K}",
         flush=True,
     )
     rows: list[Row] = []
@@ -203,6 +279,10 @@ def main() -> None:
         rows += bench.run(n)
     print()
     print(table(rows, threads))
+    print()
+    print("| n | kind | params | songs | remove s | add s |")
+    print("|---:|---|---|---:|---:|---:|")
+    print("\n".join(bench.updates))
 
 
 if __name__ == "__main__":

@@ -159,13 +159,32 @@ class FusionConfig(_Section):
 class IndexConfig(_Section):
     """FAISS index choice (recsys.index)."""
 
-    kind: Literal["auto", "flat", "ivf", "hnsw"] = "auto"
-    # Tuned by bench/bench_index.py (docs/benchmarks.md): exact search costs ~2 ms at 20k vectors;
-    # IVF needs ~3 % of its lists probed for recall@10 >= 0.95 (nprobe 16 gave 0.91 at 100k).
+    kind: Literal["auto", "flat", "ivf", "ivfpq", "hnsw"] = "auto"
+    # Tuned by bench/bench_index.py (docs/benchmarks.md, d=380): exact search costs ~3.5 ms at 20k vectors;
+    # IVF-Flat needs ~3 % of its lists probed for recall@10 >= 0.95; at 100k ivfpq is already faster than
+    # IVF-Flat at higher recall (0.43 ms, 0.989) and at 1M it is the only kind under 1 ms at >= 0.95.
     exact_max: int = Field(20_000, gt=0, description="With kind=auto, catalogs up to this size use exact search.")
-    nlist: int | None = Field(None, description="IVF lists (None: about 4 x sqrt(n)).")
-    nprobe: int = Field(128, gt=0)
-    use_gpu: bool = Field(True, description="Use a GPU index when faiss-gpu and CUDA are present.")
+    ivfpq_min: int = Field(
+        100_000,
+        gt=0,
+        description="With kind=auto, catalogs past this size (and past exact_max) use ivfpq, smaller ones "
+        "ivf (cheaper updates, no PQ training on few songs).",
+    )
+    nlist: int | None = Field(None, description="IVF lists (None: about 4 x sqrt(n) for ivf, sqrt(n) for ivfpq).")
+    nprobe: int = Field(128, gt=0, description="IVF lists visited per query by kind=ivf.")
+    pq_nprobe: int = Field(
+        48, gt=0, description="IVF lists visited per query by kind=ivfpq (48 of 1000 at 1M: recall@10 0.95)."
+    )
+    pq_dims: int = Field(
+        4,
+        gt=0,
+        description="ivfpq: vector dimensions per 4-bit PQ code (d is zero-padded to a multiple); "
+        "fewer = larger codes, better candidates, slower scans.",
+    )
+    refine_factor: int = Field(
+        8, ge=1, description="ivfpq re-ranks k x this many PQ candidates by exact inner product."
+    )
+    use_gpu: bool = Field(True, description="Use a GPU index when faiss-gpu and CUDA are present (flat and ivf).")
 
 
 class SeparationConfig(_Section):

@@ -112,6 +112,37 @@ def test_ivf_recall_against_exact(medium):
     assert recall_at_k(I1, I0, K) < 0.95  # the set is not trivially easy
 
 
+def test_ivfpq_recall_against_exact(medium):
+    ids, xb, xq = medium
+    cfg = IndexConfig(kind="ivfpq", nlist=128, pq_nprobe=16, refine_factor=8, use_gpu=False)
+    index = VectorIndex.build(ids, xb, cfg)
+    assert index.kind == "ivfpq" and index.nprobe == 16 and index.refine_factor == 8
+    D, I = index.search(xq, K)
+    D0, I0 = exact_search(xb, ids, xq, K)
+    assert recall_at_k(I, I0, K) >= 0.95
+    rows = np.searchsorted(ids, I, sorter=np.argsort(ids))
+    rows = np.argsort(ids)[rows]  # row of each returned song id
+    np.testing.assert_array_equal(ids[rows], I)
+    exact_scores = np.einsum("qd,qkd->qk", xq, xb[rows])
+    np.testing.assert_allclose(D, exact_scores, atol=1e-5)  # re-ranked by the full vectors: exact scores
+    np.testing.assert_allclose(D[:, 0], D0[:, 0], atol=1e-5)  # ... and the best song is the exact best
+    assert (np.diff(D, axis=1) <= 0).all()  # best first
+    index.refine_factor = 1  # PQ order alone
+    _, I1 = index.search(xq, K)
+    assert recall_at_k(I1, I0, K) < 0.95  # the re-rank is what reaches the target
+
+
+def test_ivfpq_pads_dimensions_pq_cannot_split(small):
+    ids, xb, xq = small
+    xb30, xq30 = xb[:, :30].copy(), xq[:, :30].copy()  # 30 is no multiple of pq_dims=4
+    xb30 /= np.linalg.norm(xb30, axis=1, keepdims=True)
+    xq30 /= np.linalg.norm(xq30, axis=1, keepdims=True)
+    index = VectorIndex.build(ids, xb30, IndexConfig(kind="ivfpq", refine_factor=32, use_gpu=False))
+    assert index.kind == "ivfpq" and index.d == 30
+    _, I = index.search(xq30, K)
+    assert recall_at_k(I, exact_search(xb30, ids, xq30, K)[1], K) >= 0.95
+
+
 def test_hnsw_recall_against_exact(small):
     ids, xb, xq = small
     index = VectorIndex.build(ids, xb, IndexConfig(kind="hnsw", use_gpu=False))
@@ -131,7 +162,19 @@ def test_auto_picks_exact_up_to_exact_max(small):
     assert default_nlist(len(ids)) <= len(ids) // 39
 
 
-@pytest.mark.parametrize("kind", ["flat", "ivf", "hnsw"])
+def test_auto_picks_ivfpq_past_ivfpq_min(small):
+    ids, xb, _ = small
+    cfg = IndexConfig(exact_max=500, ivfpq_min=1000, use_gpu=False)
+    assert [choose_kind(n, cfg) for n in (500, 501, 1000, 1001)] == ["flat", "ivf", "ivf", "ivfpq"]
+    assert choose_kind(10**7, IndexConfig(kind="ivf")) == "ivf"  # still selectable
+    assert choose_kind(10**7, IndexConfig()) == "ivfpq"
+    assert choose_kind(100, IndexConfig(exact_max=1000, ivfpq_min=10)) == "flat"  # exact first
+    index = VectorIndex.build(ids, xb, cfg)
+    assert index.kind == "ivfpq"
+    assert index.nprobe == cfg.pq_nprobe and index.refine_factor == cfg.refine_factor
+
+
+@pytest.mark.parametrize("kind", ["flat", "ivf", "ivfpq", "hnsw"])
 def test_k_larger_than_n_pads_with_minus_one(kind):
     xb, xq = synthetic_dataset(100, 3, 16, seed=2)
     ids = song_ids(100)
@@ -153,10 +196,10 @@ def test_empty_index_returns_no_results():
 # ---------------------------------------------------------------- changes
 
 
-@pytest.mark.parametrize("kind", ["flat", "ivf", "hnsw"])
+@pytest.mark.parametrize("kind", ["flat", "ivf", "ivfpq", "hnsw"])
 def test_add_remove_keep_ids_consistent(small, kind):
     ids, xb, xq = small
-    cfg = IndexConfig(kind=kind, nprobe=64, use_gpu=False)
+    cfg = IndexConfig(kind=kind, nprobe=64, pq_nprobe=64, use_gpu=False)
     index = VectorIndex.build(ids[:1500], xb[:1500], cfg)
     index.add(ids[1500:], xb[1500:])
     np.testing.assert_array_equal(index.ids(), np.sort(ids))
@@ -180,10 +223,10 @@ def test_add_remove_keep_ids_consistent(small, kind):
     assert len(index) == len(kept) + len(back)
 
 
-@pytest.mark.parametrize("kind", ["flat", "ivf", "hnsw"])
+@pytest.mark.parametrize("kind", ["flat", "ivf", "ivfpq", "hnsw"])
 def test_add_existing_id_replaces_vector(small, kind):
     ids, xb, _ = small
-    index = VectorIndex.build(ids, xb, IndexConfig(kind=kind, nprobe=64, use_gpu=False))
+    index = VectorIndex.build(ids, xb, IndexConfig(kind=kind, nprobe=64, pq_nprobe=64, use_gpu=False))
     song, other = ids[7], 42  # move song 7 onto the vector of row 42
     assert index.upsert(np.array([song]), xb[[other]]) == 1
     assert len(index) == len(ids)
@@ -235,20 +278,25 @@ def test_bad_query_raises_value_error(small):
         index.add(np.array([1]), np.ones((1, 16), np.float32) / 4)
     with pytest.raises(ValueError, match="kind='ivf'"):
         index.nprobe = 4
+    with pytest.raises(ValueError, match="kind='ivfpq'"):
+        index.refine_factor = 4
 
 
-def test_ivf_without_data_rejected():
+@pytest.mark.parametrize("kind", ["ivf", "ivfpq"])
+def test_ivf_without_data_rejected(kind):
     with pytest.raises(ValueError, match="0 vectors"):
-        VectorIndex.build(np.empty(0, np.int64), np.empty((0, 8), np.float32), IndexConfig(kind="ivf"))
+        VectorIndex.build(np.empty(0, np.int64), np.empty((0, 8), np.float32), IndexConfig(kind=kind))
 
 
 # ---------------------------------------------------------------- persistence
 
 
-@pytest.mark.parametrize("kind", ["flat", "ivf", "hnsw"])
+@pytest.mark.parametrize("kind", ["flat", "ivf", "ivfpq", "hnsw"])
 def test_save_load_round_trip(tmp_path, small, kind):
     ids, xb, xq = small
-    index = VectorIndex.build(ids, xb, IndexConfig(kind=kind, nprobe=8, use_gpu=False))
+    index = VectorIndex.build(
+        ids, xb, IndexConfig(kind=kind, nprobe=8, pq_nprobe=8, refine_factor=5, use_gpu=False)
+    )
     index.remove(ids[:10])
     index.save(tmp_path, "v1", "fp1")
     meta = json.loads((tmp_path / META_FILE).read_text())
@@ -266,12 +314,26 @@ def test_save_load_round_trip(tmp_path, small, kind):
     if kind == "ivf":
         assert loaded.nprobe == 8
         assert VectorIndex.load(tmp_path, "v1", "fp1", IndexConfig(kind="ivf", nprobe=3)).nprobe == 3
+    if kind == "ivfpq":
+        assert loaded.nprobe == 8 and loaded.refine_factor == 5
+        tuned = VectorIndex.load(
+            tmp_path, "v1", "fp1", IndexConfig(kind="ivfpq", pq_nprobe=3, refine_factor=2)
+        )
+        assert tuned.nprobe == 3 and tuned.refine_factor == 2
 
 
 @pytest.fixture
 def saved(tmp_path, small):
     ids, xb, _ = small
     VectorIndex.build(ids, xb, flat_cfg()).save(tmp_path, "v1", "fp1")
+    return tmp_path
+
+
+@pytest.fixture(params=["flat", "ivfpq"])
+def saved_kind(request, tmp_path, small):
+    """A saved index of each kind whose file holds more than one faiss object."""
+    ids, xb, _ = small
+    VectorIndex.build(ids, xb, IndexConfig(kind=request.param, use_gpu=False)).save(tmp_path, "v1", "fp1")
     return tmp_path
 
 
@@ -297,20 +359,40 @@ def truncate(path):
     ],
     ids=["no-faiss", "no-json", "flipped", "truncated", "bad-json"],
 )
-def test_damaged_index_raises(saved, damage, error, match):
-    damage(saved)
+def test_damaged_index_raises(saved_kind, damage, error, match):
+    damage(saved_kind)
     with pytest.raises(error, match=match) as info:
-        VectorIndex.load(saved, "v1", "fp1")
+        VectorIndex.load(saved_kind, "v1", "fp1")
     assert isinstance(info.value, IndexUnavailableError)
 
 
-def test_unreadable_faiss_file_with_matching_checksum_is_corrupt(saved):
-    truncate(saved / INDEX_FILE)
-    meta = json.loads((saved / META_FILE).read_text())
-    meta["sha256"] = hashlib.sha256((saved / INDEX_FILE).read_bytes()).hexdigest()
-    (saved / META_FILE).write_text(json.dumps(meta))
+def test_unreadable_faiss_file_with_matching_checksum_is_corrupt(saved_kind):
+    truncate(saved_kind / INDEX_FILE)
+    meta = json.loads((saved_kind / META_FILE).read_text())
+    meta["sha256"] = hashlib.sha256((saved_kind / INDEX_FILE).read_bytes()).hexdigest()
+    (saved_kind / META_FILE).write_text(json.dumps(meta))
     with pytest.raises(CorruptIndexError, match="unreadable faiss index"):
-        VectorIndex.load(saved, "v1", "fp1")
+        VectorIndex.load(saved_kind, "v1", "fp1")
+
+
+def test_ivfpq_file_of_another_structure_is_corrupt(tmp_path, small):
+    """A checksummed file whose faiss object is not an ivfpq (here an IVF-Flat) but whose metadata says so."""
+    ids, xb, _ = small
+    VectorIndex.build(ids, xb, IndexConfig(kind="ivf", use_gpu=False)).save(tmp_path, "v1", "fp1")
+    meta = json.loads((tmp_path / META_FILE).read_text())
+    meta["kind"] = "ivfpq"
+    (tmp_path / META_FILE).write_text(json.dumps(meta))
+    with pytest.raises(CorruptIndexError, match="'kind': 'ivf'"):
+        VectorIndex.load(tmp_path, "v1", "fp1")
+
+
+def test_ivf_index_whose_catalog_outgrew_ivfpq_min_is_stale(tmp_path, small):
+    ids, xb, _ = small
+    cfg = IndexConfig(exact_max=100, ivfpq_min=len(ids), use_gpu=False)
+    VectorIndex.build(ids, xb, cfg).save(tmp_path, "v1", "fp1")
+    assert VectorIndex.load(tmp_path, "v1", "fp1", cfg).kind == "ivf"
+    with pytest.raises(StaleIndexError, match="asks for 'ivfpq'"):
+        VectorIndex.load(tmp_path, "v1", "fp1", IndexConfig(exact_max=100, ivfpq_min=len(ids) - 1))
 
 
 @pytest.mark.parametrize(
@@ -387,3 +469,15 @@ def test_gpu_copy_is_refreshed_after_changes(monkeypatch, small):
     cpu = VectorIndex.build(ids, xb, IndexConfig(kind="flat", use_gpu=False))
     cpu.search(xq, K)
     assert len(copies) == 2
+
+
+def test_ivfpq_searches_on_cpu_even_with_a_gpu(monkeypatch, small):
+    ids, xb, xq = small
+    copies = []
+    monkeypatch.setattr(faiss, "StandardGpuResources", _FakeGpu, raising=False)
+    monkeypatch.setattr(faiss, "get_num_gpus", lambda: 1)
+    monkeypatch.setattr(faiss, "index_cpu_to_gpu", lambda *a: copies.append(a), raising=False)
+    index = VectorIndex.build(ids, xb, IndexConfig(kind="ivfpq", refine_factor=16, use_gpu=True))
+    _, I = index.search(xq, K)
+    assert copies == []  # faiss-gpu cannot clone fast-scan PQ or IndexRefine: no GPU copy attempted
+    assert recall_at_k(I, exact_search(xb, ids, xq, K)[1], K) >= 0.95
