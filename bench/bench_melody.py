@@ -1,21 +1,31 @@
-"""Melody vectors on the demo catalog: TCAE variants against chroma baselines, plus speed.
+"""Melody vectors on the demo catalog: chroma profiles and TCAE variants against chroma baselines, plus speed.
 
     .venv/bin/python bench/bench_melody.py [--threads 2] [--epochs 30] [--variants mel pitch-ki ...]
-        [--singers 24] [--songs 8] [--seconds 30] [--markdown docs/melody_table.md]
+        [--singers 24] [--songs 8] [--seconds 30] [--cache DIR] [--markdown docs/melody_table.md]
 
 The catalog is recsys.corpus.generate_corpus (the demo catalog: 24 singers x 8 songs
 x 30 s, about half the songs on melodies shared by 2-4 singers, each singer in their
 own key and at +-6 % tempo). Query sets "+2" / "-2": every shared-melody song sung
 again (a new take) 2 semitones up / down. The TCAE is unsupervised, so each variant
 is trained on the catalog it serves, as the product does; labels are only used to
-score.
+score. `--variants` with no names skips training and scores only the profiles.
+`--cache DIR` keeps the synthesised catalog (DIR/data.pt) so that later runs skip synthesis.
+
+Profile rows (no learning):
+  chroma-stats            mean and std of the chroma (key-dependent baseline)
+  interval-lag            recsys.pitch.interval_lag_profile of the 48-band harmonic-sum chroma
+  voiced-interval-lag     recsys.pitch.voiced_interval_lag_profile from the log-mel (1/3-semitone
+                          harmonic sum, strongest pitch class, loud frames weighted)
+  ... waveform pitch      the same descriptor over recsys.pitch.stft_pitch_salience (needs the waveform)
+  ... oracle              the same descriptors over the corpus's note schedule (the notes the
+                          synthesiser was asked to sing): the ceiling a perfect pitch track gives
 
 Figures:
   P@1        nearest other song is the same melody by another singer (shared-melody songs)
   P@1 +-2    the same for the transposed takes (their own original left out), mean of +2 and -2
   valid      held-out reconstruction MSE at the best epoch (not comparable across inputs)
   train s    wall time of train_melody
-  embed ms   per 30 s song, and for a 3-minute song after warm-up (best variant)
+  embed ms   per song, and for a 3-minute song after warm-up
 """
 
 from __future__ import annotations
@@ -24,17 +34,20 @@ import argparse
 import csv
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
 import soundfile as sf
 import torch
+import torch.nn.functional as F
 
-from recsys import corpus
+from recsys import corpus, pitch
 from recsys.config import FeatureConfig, MelodyConfig
 from recsys.features import log_mel
+from recsys.models.tcae import TCAE, TCAEConfig
 from recsys.training.data import SongFeatures
-from recsys.training.tcae import compare_melody_variants
+from recsys.training.tcae import compare_melody_variants, melody_precision_at_1
 
 SR = 16000
 FEAT = FeatureConfig()
@@ -45,10 +58,11 @@ VARIANTS = {
     "pitch-ki": {"input": "pitch", "key_invariant": True},
     "mel+pitch-ki": {"input": "mel+pitch", "key_invariant": True},
 }
+Song = dict  # mel, wave, singer, melody, sched [(onset s, offset s, midi)], source (queries)
 
 
-def demo_catalog(out: Path, n_singers: int, songs: int, seconds: float) -> tuple[list[SongFeatures], dict]:
-    """Generate the demo catalog, return its songs and the +-2 semitone query sets."""
+def demo_catalog(out: Path, n_singers: int, songs: int, seconds: float) -> dict:
+    """Generate the demo catalog and the +-2 semitone query sets: {"cat": [Song], "q": {"+2": [Song], "-2": ...}}."""
     manifest = corpus.generate_corpus(out, n_singers, songs, seconds, seed=0, sample_rate=SR, workers=2)
     with open(manifest, encoding="utf-8") as f:
         rows = list(csv.DictReader(f))
@@ -58,23 +72,95 @@ def demo_catalog(out: Path, n_singers: int, songs: int, seconds: float) -> tuple
     sung_by: dict[str, set] = {}
     for r in rows:
         sung_by.setdefault(r["melody_id"], set()).add(r["singer"])
-    songs_out, queries = [], {"+2": [], "-2": []}
+
+    def song(wave, voice, melody, transpose: int, **extra) -> Song:
+        notes = corpus.note_schedule(voice, melody, seconds, transpose)
+        wave = torch.from_numpy(wave)
+        return {"mel": log_mel(wave, FEAT, SR), "wave": wave, "singer": voice.name, "melody": melody.melody_id,
+                "sched": [(n.onset_s, n.offset_s, n.midi) for n in notes], **extra}
+
+    data: dict = {"cat": [], "q": {"+2": [], "-2": []}}
     for i, r in enumerate(rows):
         wave, sr = sf.read(out / r["path"], dtype="float32")
         assert sr == SR
-        songs_out.append(SongFeatures(i, log_mel(torch.from_numpy(wave), FEAT, SR), r["singer"], r["song_id"],
-                                      {"melody": r["melody_id"]}))
+        voice = voices[r["singer"]]
+        melody = replace(melodies[r["melody_id"]], tempo_bpm=float(r["tempo_bpm"]))  # as performed
+        transpose = int(r["key_shift"]) - corpus.key_for(voice, melody) + melody.tonic_midi
+        data["cat"].append(song(wave, voice, melody, transpose))
         if len(sung_by[r["melody_id"]]) < 2:
             continue
-        voice = voices[r["singer"]]
-        melody = melodies[r["melody_id"]]
-        transpose = int(r["key_shift"]) - corpus.key_for(voice, melody) + melody.tonic_midi
-        performed = replace(melody, tempo_bpm=float(r["tempo_bpm"]))
         for name, shift in (("+2", 2), ("-2", -2)):
-            take = corpus.sing(voice, performed, seconds, SR, seed=10_000 + i, transpose=transpose + shift)
-            queries[name].append(SongFeatures(100_000 + i, log_mel(torch.from_numpy(take), FEAT, SR), r["singer"],
-                                              "", {"melody": r["melody_id"], "source": i}))
-    return songs_out, queries
+            take = corpus.sing(voice, melody, seconds, SR, seed=10_000 + i, transpose=transpose + shift)
+            data["q"][name].append(song(take, voice, melody, transpose + shift, source=i))
+    return data
+
+
+def oracle_chroma(s: Song) -> torch.Tensor:
+    """(12, T) log chroma of the scheduled notes: one-hot while a note is written, flat in rests."""
+    n = s["mel"].shape[-1]
+    t = torch.arange(n) * FEAT.hop_length / SR
+    out = torch.zeros(pitch.N_CHROMA, n)
+    for onset, offset, midi in s["sched"]:
+        row = torch.full((pitch.N_CHROMA,), -10.0)
+        row[round(midi) % pitch.N_CHROMA] = 0.0
+        out[:, (t >= onset) & (t < offset)] = row[:, None]
+    return out
+
+
+def score_profiles(data: dict, lags: list[int]) -> list[dict]:
+    """Rows for the descriptors that need no training (module docstring)."""
+    semitone = pitch.harmonic_matrix(FEAT, SR)
+    fine = pitch.harmonic_matrix(FEAT, SR, bins_per_semitone=pitch.FINE_BINS)
+
+    def voiced(sal: torch.Tensor, mel: torch.Tensor) -> torch.Tensor:
+        return pitch.voiced_interval_lag_profile(pitch.voiced_chroma(sal), pitch.voicing_weight(mel), lags)
+
+    def oracle_voiced(s: Song) -> torch.Tensor:
+        chroma = oracle_chroma(s)
+        written = (chroma.max(0).values > chroma.min(0).values).float()
+        return pitch.voiced_interval_lag_profile(pitch.chroma_distribution(chroma), written, lags)
+
+    descriptors: dict[str, Callable[[Song], torch.Tensor]] = {
+        "chroma-stats (baseline)": lambda s: pitch.chroma_stats(s["mel"], semitone),
+        "interval-lag (previous default)": lambda s: pitch.interval_lag_profile(
+            pitch.fold_chroma(pitch.pitch_salience(s["mel"], semitone)), lags),
+        "voiced-interval-lag (log-mel)": lambda s: voiced(pitch.fine_semitone_salience(s["mel"], fine), s["mel"]),
+        "voiced-interval-lag, waveform pitch (STFT 1024)": lambda s: voiced(
+            pitch.semitone_salience(pitch.stft_pitch_salience(s["wave"], SR, FEAT.hop_length), pitch.FINE_BINS),
+            s["mel"]),
+        "interval-lag, oracle notes": lambda s: pitch.interval_lag_profile(oracle_chroma(s), lags),
+        "voiced-interval-lag, oracle notes": oracle_voiced,
+    }
+    melody = [s["melody"] for s in data["cat"]]
+    singer = [s["singer"] for s in data["cat"]]
+    rows = []
+    for name, fn in descriptors.items():
+        began = time.perf_counter()
+        xb = torch.stack([fn(s) for s in data["cat"]])
+        row = {"name": name, "embed_ms": 1000 * (time.perf_counter() - began) / len(data["cat"]),
+               "p_at_1": melody_precision_at_1(xb, melody, singer)}
+        for q, songs in data["q"].items():
+            xq = torch.stack([fn(s) for s in songs])
+            row[f"p_at_1_{q}"] = melody_precision_at_1(xb, melody, singer, xq, [s["source"] for s in songs])
+        row["p_at_1_transposed"] = sum(row[f"p_at_1_{q}"] for q in data["q"]) / len(data["q"])
+        rows.append(row)
+        print(row, flush=True)
+    return rows
+
+
+def time_3min(data: dict, pool: str) -> float:
+    """ms for TCAE.embed_song with `pool` on a 3-minute song (catalog songs joined), after warm-up; median of 3."""
+    model = TCAE(TCAEConfig.from_settings(MelodyConfig(pool=pool), FEAT, SR)).eval()
+    frames = round(180 * SR / FEAT.hop_length)
+    mel = torch.cat([s["mel"] for s in data["cat"][:64]], dim=-1)
+    mel = mel.repeat(1, 1 + frames // mel.shape[-1])[:, :frames]
+    model.embed_song(mel)
+    times = []
+    for _ in range(3):
+        began = time.perf_counter()
+        model.embed_song(mel)
+        times.append(time.perf_counter() - began)
+    return 1000 * sorted(times)[1]
 
 
 def _cell(row: dict, key: str, fmt: str = "{:.3f}") -> str:
@@ -94,6 +180,14 @@ def markdown(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def _song_features(data: dict) -> tuple[list[SongFeatures], dict[str, list[SongFeatures]]]:
+    songs = [SongFeatures(i, s["mel"], s["singer"], f"song_{i}", {"melody": s["melody"]})
+             for i, s in enumerate(data["cat"])]
+    queries = {q: [SongFeatures(100_000 + j, s["mel"], s["singer"], "", {"melody": s["melody"], "source": s["source"]})
+                   for j, s in enumerate(qs)] for q, qs in data["q"].items()}
+    return songs, queries
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--threads", type=int, default=2)
@@ -103,19 +197,34 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=30)
     ap.add_argument("--channels", type=int, default=MelodyConfig().channels)
     ap.add_argument("--variants", nargs="*", default=list(VARIANTS), choices=list(VARIANTS))
+    ap.add_argument("--cache", type=Path, default=None, help="directory to keep / reuse the synthesised catalog in")
     ap.add_argument("--markdown", type=Path, default=None, help="also write the table to this file")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
     with tempfile.TemporaryDirectory() as tmp:
         began = time.perf_counter()
-        songs, queries = demo_catalog(Path(tmp) / "corpus", args.singers, args.songs, args.seconds)
-        print(f"catalog: {len(songs)} songs, {len(queries['+2'])} queries per transposition "
-              f"({time.perf_counter() - began:.0f} s to synthesise)", flush=True)
-        variants = {name: MelodyConfig(**VARIANTS[name], epochs=args.epochs, channels=args.channels)
-                    for name in args.variants}
-        rows = compare_melody_variants(songs, songs, queries, variants, FEAT, SR, Path(tmp) / "ws",
-                                       device="cpu", log=lambda name, rec: print(name, rec, flush=True))
+        cached = args.cache / "data.pt" if args.cache is not None else None
+        if cached is not None and cached.exists():
+            data = torch.load(cached, weights_only=False)
+        else:
+            data = demo_catalog(Path(tmp) / "corpus", args.singers, args.songs, args.seconds)
+            if cached is not None:
+                cached.parent.mkdir(parents=True, exist_ok=True)
+                torch.save(data, cached)
+        print(f"catalog: {len(data['cat'])} songs, {len(data['q']['+2'])} queries per transposition "
+              f"({time.perf_counter() - began:.0f} s to synthesise or load)", flush=True)
+        lags = TCAEConfig.from_settings(MelodyConfig(), FEAT, SR).lags
+        rows = score_profiles(data, lags)
+        for row, pool in ((rows[1], "interval-lag"), (rows[2], "voiced-interval-lag")):
+            row["embed_3min_ms"] = time_3min(data, pool)
+        if args.variants:
+            songs, queries = _song_features(data)
+            variants = {name: MelodyConfig(**VARIANTS[name], epochs=args.epochs, channels=args.channels)
+                        for name in args.variants}
+            trained = compare_melody_variants(songs, songs, queries, variants, FEAT, SR, Path(tmp) / "ws",
+                                              device="cpu", log=lambda name, rec: print(name, rec, flush=True))
+            rows += [r for r in trained if r["name"].startswith("tcae")]  # its baselines are rows above
     table = markdown(rows)
     print(table)
     if args.markdown is not None:

@@ -123,11 +123,14 @@ class MelodyConfig(_Section):
     """TCAE melody autoencoder (recsys.models.tcae, recsys.training.tcae)."""
 
     # Defaults chosen by bench/bench_melody.py (docs/melody.md): pitch input with key invariance
-    # was the best TCAE variant, and the interval-lag song vector beat pooled latents.
+    # was the best TCAE variant, the interval-lag song vector beat pooled latents, and its voiced
+    # variant (finer pitch, strongest class, loud frames weighted) beat interval-lag.
     input: Literal["mel", "pitch", "mel+pitch"] = "pitch"
     key_invariant: bool = True
-    pool: Literal["stats", "stats+lag", "interval-lag"] = Field(
-        "interval-lag", description="Song vector: latent statistics, + their lag profile, or the interval-lag profile."
+    pool: Literal["stats", "stats+lag", "interval-lag", "voiced-interval-lag"] = Field(
+        "voiced-interval-lag",
+        description="Song vector: latent statistics, + their lag profile, the interval-lag profile, or that profile "
+        "over near-hard pitch classes of a 1/3-semitone harmonic sum with loud frames weighted up.",
     )
     channels: int = Field(32, gt=0)
     latent_dim: int = Field(16, gt=0)

@@ -257,9 +257,10 @@ def _melody_wins(vec: dict[tuple[int, int], torch.Tensor]) -> list[bool]:
     return wins
 
 
-def test_same_melody_by_two_voices_is_closer_than_two_melodies_by_one_voice(sung):
-    """Key-invariant pitch features (interval-lag pooling), across the singers' own keys."""
-    model = tiny(input="pitch", key_invariant=True, pool="interval-lag", n_lags=24, max_lag_frames=256)
+@pytest.mark.parametrize("pool", ["interval-lag", "voiced-interval-lag"])
+def test_same_melody_by_two_voices_is_closer_than_two_melodies_by_one_voice(sung, pool):
+    """Key-invariant pitch features (interval-lag poolings), across the singers' own keys."""
+    model = tiny(input="pitch", key_invariant=True, pool=pool, n_lags=24, max_lag_frames=256)
     vec = {k: model.embed_song(mel) for k, mel in sung.items()}
     wins = _melody_wins(vec)
     assert sum(wins) >= 0.8 * len(wins), f"{sum(wins)}/{len(wins)}"
@@ -268,8 +269,9 @@ def test_same_melody_by_two_voices_is_closer_than_two_melodies_by_one_voice(sung
     assert sum(_melody_wins({k: stats.embed_song(mel) for k, mel in sung.items()})) < sum(wins)
 
 
-def test_interval_lag_embed_masks_padding(sung):
-    model = tiny(input="pitch", key_invariant=True, pool="interval-lag")
+@pytest.mark.parametrize("pool", ["interval-lag", "voiced-interval-lag"])
+def test_interval_lag_embed_masks_padding(sung, pool):
+    model = tiny(input="pitch", key_invariant=True, pool=pool)
     mels = [sung[0, 0], sung[1, 2][:, :300]]
     batch, mask = pad_batch(mels)
     out = model.embed(batch, mask)
@@ -320,3 +322,21 @@ def test_melody_precision_at_1_against_plain_loop():
         best = max((j for j in range(12) if j != q), key=lambda j: float(xb[q] @ xb[j]))
         hits += melody[best] == melody[q] and singer[best] != singer[q]
     assert melody_precision_at_1(xb, melody, singer) == hits / 12
+
+
+def test_voiced_interval_lag_ignores_a_transposed_take_and_any_length():
+    """The same singer and take sung 2 semitones up or down keeps its vector; short and long songs embed."""
+    model = tiny(input="pitch", key_invariant=True, pool="voiced-interval-lag", n_lags=24, max_lag_frames=256)
+    voice, other = corpus.make_singers(2, seed=5)
+    tune, other_tune = corpus.make_melodies(2, seed=5)
+    vec = lambda v, m, tr=0: model.embed_song(log_mel(torch.from_numpy(corpus.sing(v, m, 10.0, SR, seed=1, transpose=tr)), FEAT, SR))
+    base = vec(voice, tune)
+    different = vec(voice, other_tune)
+    for shift in (-2, 2):
+        moved = vec(voice, tune, shift)
+        assert torch.dot(base, moved) > torch.dot(base, different)
+    assert model.dim == 12 * len(model.cfg.lags)
+    for frames in (3, 40, 20_000):
+        out = model.embed_song(torch.randn(FEAT.n_mels, frames) - 4)
+        assert out.shape == (model.dim,) and torch.isfinite(out).all()
+    assert "front.fine_harmonics" not in model.state_dict()  # rebuilt from the config: old checkpoints load

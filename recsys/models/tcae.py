@@ -28,7 +28,8 @@ from recsys.config import FeatureConfig, MelodyConfig
 from recsys.modules.conv import GatedResidualBlock, receptive_field
 
 INPUTS = ("mel", "pitch", "mel+pitch")
-POOLS = ("stats", "stats+lag", "interval-lag")
+POOLS = ("stats", "stats+lag", "interval-lag", "voiced-interval-lag")
+PROFILE_POOLS = ("interval-lag", "voiced-interval-lag")  # chroma profiles, no latents
 EPS = 1e-5
 
 
@@ -56,8 +57,10 @@ class TCAEConfig:
     # Song vector: 'stats' = mean and std of latents; 'stats+lag' adds their autocorrelation at
     # n_lags lags spaced geometrically up to max_lag_frames (rhythm and phrase structure);
     # 'interval-lag' = recsys.pitch.interval_lag_profile of the front end's chroma at those lags
-    # (key- and timbre-invariant, no latents: the best melody vector measured, docs/melody.md).
-    pool: str = "interval-lag"
+    # (key- and timbre-invariant, no latents); 'voiced-interval-lag' = the same over near-hard pitch
+    # classes of a 1/3-semitone harmonic sum, loud (voiced) frames weighted up
+    # (recsys.pitch.voiced_interval_lag_profile: the best melody vector measured, docs/melody.md).
+    pool: str = "voiced-interval-lag"
     n_lags: int = 24
     max_lag_frames: int = 256  # 256 x 16 ms = 4.1 s
 
@@ -141,6 +144,12 @@ class FrontEnd(nn.Module):
         self.use_mel = cfg.input in ("mel", "mel+pitch")
         self.use_pitch = cfg.input in ("pitch", "mel+pitch")
         self.register_buffer("harmonics", pitch.harmonic_matrix(cfg.feature_config(), cfg.sample_rate))
+        # Not persistent: rebuilt from the config, so checkpoints saved before it existed still load.
+        self.register_buffer(
+            "fine_harmonics",
+            pitch.harmonic_matrix(cfg.feature_config(), cfg.sample_rate, bins_per_semitone=pitch.FINE_BINS),
+            persistent=False,
+        )
         self.context_pad = cfg.context_frames - 1  # frames of chroma history carried between chunks
 
     @property
@@ -257,7 +266,7 @@ class TCAE(nn.Module):
     @property
     def dim(self) -> int:
         """Size of the song-level melody vector."""
-        if self.cfg.pool == "interval-lag":
+        if self.cfg.pool in PROFILE_POOLS:
             return pitch.N_CHROMA * len(self.cfg.lags)
         n = 2 + (len(self.cfg.lags) if self.cfg.pool == "stats+lag" else 0)
         return n * self.cfg.latent_dim
@@ -349,21 +358,24 @@ class TCAE(nn.Module):
             if mask is None
             else _check_mask(mask, (mel.shape[0], mel.shape[-1]))
         ).to(mel.device)
-        if self.cfg.pool == "interval-lag":
+        if self.cfg.pool in PROFILE_POOLS:
             lengths = mask.sum(1).tolist()
-            return torch.stack([self._interval_lag(m[:, :n]) for m, n in zip(mel, lengths)])
+            return torch.stack([self._profile(m[:, :n]) for m, n in zip(mel, lengths)])
         x, _ = self.front(mel)
         return masked_pool(self.encoder(x), mask, self._lags)
 
-    def _interval_lag(self, mel: torch.Tensor) -> torch.Tensor:
-        """(n_mels, T) -> (12 * n_lags,) interval x lag profile of the harmonic-sum chroma."""
+    def _profile(self, mel: torch.Tensor) -> torch.Tensor:
+        """(n_mels, T) -> (12 * n_lags,) interval x lag profile of the harmonic-sum chroma (PROFILE_POOLS)."""
+        if self.cfg.pool == "voiced-interval-lag":
+            chroma = pitch.voiced_chroma(pitch.fine_semitone_salience(mel, self.front.fine_harmonics))
+            return pitch.voiced_interval_lag_profile(chroma, pitch.voicing_weight(mel), self.cfg.lags)
         chroma = pitch.fold_chroma(pitch.pitch_salience(mel, self.front.harmonics))
         return pitch.interval_lag_profile(chroma, self.cfg.lags)
 
     @torch.no_grad()
     def embed_song(self, mel: torch.Tensor, chunk_frames: int | None = 4096) -> torch.Tensor:
         """(n_mels, T) log-mel of one song, any length -> (dim,) unit melody vector."""
-        if self.cfg.pool == "interval-lag":
-            return self._interval_lag(self._check_mel(mel, batched=False))
+        if self.cfg.pool in PROFILE_POOLS:
+            return self._profile(self._check_mel(mel, batched=False))
         z = self.encode_frames(mel, chunk_frames).T.unsqueeze(0)  # (1, L, T)
         return masked_pool(z, torch.ones(1, z.shape[-1], dtype=torch.bool, device=z.device), self._lags)[0]

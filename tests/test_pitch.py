@@ -1,0 +1,140 @@
+"""Pitch front ends and the voiced-interval-lag melody descriptor (recsys.pitch)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from recsys import corpus, pitch
+from recsys.config import FeatureConfig
+from recsys.features import log_mel
+
+SR = 16000
+FEAT = FeatureConfig()
+LAGS = [1, 2, 4, 8, 16, 32, 64, 128, 250]
+FINE = pitch.harmonic_matrix(FEAT, SR, bins_per_semitone=pitch.FINE_BINS)
+
+
+def tone(midis: list[float], note_s: float = 0.3, seed: int = 0, rest_s: float = 0.0) -> np.ndarray:
+    """A harmonic-tone melody with a random spectral envelope, one note per note_s (+ optional rests)."""
+    rng = np.random.default_rng(seed)
+    amps = rng.uniform(0.2, 1.0, 12) * 0.8 ** np.arange(12)
+    t = np.arange(int(note_s * SR)) / SR
+    out = []
+    for m in midis:
+        f0 = 440 * 2 ** ((m - 69) / 12)
+        out.append(sum(a * np.sin(2 * np.pi * f0 * (h + 1) * t) for h, a in enumerate(amps) if f0 * (h + 1) < 7800))
+        out.append(np.zeros(int(rest_s * SR)))
+    wave = np.concatenate(out)
+    return (0.1 * wave + 1e-4 * rng.standard_normal(len(wave))).astype(np.float32)
+
+
+def mel_vector(wave: np.ndarray) -> torch.Tensor:
+    mel = log_mel(torch.from_numpy(wave), FEAT, SR)
+    chroma = pitch.voiced_chroma(pitch.fine_semitone_salience(mel, FINE))
+    return pitch.voiced_interval_lag_profile(chroma, pitch.voicing_weight(mel), LAGS)
+
+
+def tune(seed: int, n: int = 40) -> list[int]:
+    rng = np.random.default_rng(seed)
+    return list(60 + np.cumsum(rng.choice([-2, -1, 1, 2, 3, -3], n)).clip(-9, 9))
+
+
+def test_voiced_profile_equals_its_definition_per_lag():
+    gen = torch.Generator().manual_seed(0)
+    p = torch.softmax(3 * torch.randn(12, 200, generator=gen), 0)
+    w = torch.rand(200, generator=gen)
+    lags = [1, 3, 50, 199, 200, 400]
+    rows = []
+    for lag in lags:
+        if lag >= 200:
+            rows.append(torch.zeros(12))
+            continue
+        num = torch.zeros(12)
+        for d in range(12):
+            for t in range(lag, 200):
+                num[d] += w[t] * w[t - lag] * sum(p[(c + d) % 12, t] * p[c, t - lag] for c in range(12))
+        rows.append(num / (w[lag:] * w[:-lag]).sum())
+    prof = torch.stack(rows)
+    ref = torch.nn.functional.normalize((prof - prof.mean(0)).flatten(), dim=0)
+    torch.testing.assert_close(pitch.voiced_interval_lag_profile(p, w, lags), ref, atol=1e-5, rtol=1e-4)
+
+
+def test_voiced_profile_ignores_rotating_the_pitch_classes():
+    gen = torch.Generator().manual_seed(1)
+    p = torch.softmax(3 * torch.randn(12, 300, generator=gen), 0)
+    w = torch.rand(300, generator=gen)
+    ref = pitch.voiced_interval_lag_profile(p, w, LAGS)
+    for k in (1, 5, 11):
+        torch.testing.assert_close(pitch.voiced_interval_lag_profile(p.roll(k, 0), w, LAGS), ref)
+
+
+def _class_accuracy(log_salience: torch.Tensor, midi: float) -> float:
+    frames = pitch.fold_chroma_max(log_salience)[:, 5:-5].argmax(0)
+    return float((frames == round(midi) % 12).float().mean())
+
+
+def test_stft_salience_finds_the_pitch_class_of_slightly_sharp_notes_over_the_sung_range():
+    for midi in np.arange(pitch.MIDI_LOW, pitch.MIDI_HIGH) + 0.3:
+        wave = torch.from_numpy(tone([midi] * 2, note_s=0.5, seed=int(midi)))
+        sal = pitch.semitone_salience(pitch.stft_pitch_salience(wave, SR, FEAT.hop_length), pitch.FINE_BINS)
+        assert sal.shape[-1] == log_mel(wave, FEAT, SR).shape[-1]
+        assert _class_accuracy(sal, midi) > 0.9, midi
+
+
+def test_mel_salience_finds_the_pitch_class_of_most_sung_notes():
+    """The 48-band mel cannot resolve low voices' harmonics (docs/melody.md): most notes, not all."""
+    right = []
+    for midi in np.arange(pitch.MIDI_LOW, pitch.MIDI_HIGH) + 0.3:
+        mel = log_mel(torch.from_numpy(tone([midi] * 2, note_s=0.5, seed=int(midi))), FEAT, SR)
+        right.append(_class_accuracy(pitch.fine_semitone_salience(mel, FINE), midi) > 0.9)
+    assert np.mean(right) > 0.55
+    assert np.mean(right[len(right) // 2 :]) > 0.75  # the upper half of the range, where harmonics are resolved
+
+
+def test_fine_semitone_salience_equals_max_over_sub_bins():
+    mel = log_mel(torch.from_numpy(tone([60, 64, 67])), FEAT, SR)
+    ref = pitch.semitone_salience(pitch.pitch_salience(mel, FINE), pitch.FINE_BINS)
+    torch.testing.assert_close(pitch.fine_semitone_salience(mel, FINE), ref)
+
+
+def test_voicing_weight_is_low_in_rests_and_ignores_the_recording_level():
+    wave = tone([60, 62, 64, 65], note_s=0.4, rest_s=0.4)
+    mel = log_mel(torch.from_numpy(wave), FEAT, SR)
+    w = pitch.voicing_weight(mel)
+    hop_s = FEAT.hop_length / SR
+    note = torch.tensor([int((0.8 * k + 0.2) / hop_s) for k in range(4)])
+    rest = torch.tensor([int((0.8 * k + 0.6) / hop_s) for k in range(4)])
+    assert (w[note] > 0.9).all() and (w[rest] < 0.1).all()
+    torch.testing.assert_close(pitch.voicing_weight(mel + 3.0), w)
+
+
+def test_transposing_a_melody_keeps_its_vector_and_other_melodies_stay_further():
+    a = tune(0)
+    base = mel_vector(tone(a, seed=1))
+    other = mel_vector(tone(tune(1), seed=1))
+    for shift in (-2, 2, 5):
+        moved = mel_vector(tone([m + shift for m in a], seed=2))
+        # Same rhythm for both tunes, so every vector is alike; only the intervals tell them apart.
+        assert torch.dot(base, moved) > 0.95
+        assert torch.dot(base, moved) > torch.dot(base, other)
+
+
+@pytest.mark.parametrize("seconds", [0.05, 1.0, 37.3])
+def test_any_length_gives_a_finite_unit_vector(seconds):
+    wave = tone(tune(2, n=max(1, int(seconds / 0.3))), note_s=min(0.3, seconds))
+    vec = mel_vector(wave)
+    assert vec.shape == (12 * len(LAGS),) and torch.isfinite(vec).all()
+    assert torch.isclose(vec.norm(), torch.tensor(1.0))
+
+
+def test_same_sung_melody_by_two_voices_is_closer_than_two_melodies_by_one_voice():
+    """corpus.sing: each singer in their own key, with vibrato, glides and intonation error."""
+    singers = corpus.make_singers(2, seed=3)
+    melodies = corpus.make_melodies(2, seed=3)
+    vec = {(i, j): mel_vector(corpus.sing(v, m, 10.0, SR, seed=i + 2 * j))
+           for i, v in enumerate(singers) for j, m in enumerate(melodies)}
+    for i in range(2):
+        for j in range(2):
+            assert torch.dot(vec[i, j], vec[1 - i, j]) > torch.dot(vec[i, j], vec[i, 1 - j])
