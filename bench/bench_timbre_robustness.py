@@ -50,6 +50,7 @@ from recsys.training.data import SongFeatures
 
 VARIANTS = {
     "default": None,  # the configured extra_positives
+    "gain+noise": ("gain", "noise"),  # the default before the key-change augmentation
     "key": ("gain", "noise", "key"),
     "key+room": ("gain", "noise", "eq", "reverb", "key"),
     "none": (),
@@ -85,7 +86,7 @@ def main() -> None:
     ap.add_argument("--train-songs", type=int, default=4)
     ap.add_argument("--epochs", type=int, default=6)
     ap.add_argument("--steps", type=int, default=20, help="steps per epoch")
-    ap.add_argument("--variants", default="default,key", help=f"comma list of {', '.join(VARIANTS)}")
+    ap.add_argument("--variants", default="gain+noise,default", help=f"comma list of {', '.join(VARIANTS)}")
     ap.add_argument("--baselines", default="mfcc_stats,resemblyzer")
     ap.add_argument("--seed", type=int, default=0, help="evaluation catalog seed (training: seed + 1000)")
     ap.add_argument("--out", type=Path, default=Path("bench-timbre-robustness"))

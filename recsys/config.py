@@ -103,7 +103,11 @@ class TimbreConfig(_Section):
     policy: str = Field("ps_neg_ts_neg", description="Named pair policy; see recsys.augment.PAIR_POLICIES.")
     pitch_shift: AugmentPolicy | None = Field(None, description="Overrides the named policy's pitch shift.")
     time_stretch: AugmentPolicy | None = Field(None, description="Overrides the named policy's time stretch.")
-    extra_positives: tuple[str, ...] = Field(("gain", "noise"), description="Augmentations always used as positives.")
+    # gain + noise + room (eq, reverb) + key change: robust to the recordings the product meets (unseen
+    # singers sung in another key, noisy, other rooms); bench/bench_timbre_robustness.py, docs/evaluation.md.
+    extra_positives: tuple[str, ...] = Field(
+        ("gain", "noise", "eq", "reverb", "key"), description="Augmentations always used as positives."
+    )
     supervised: bool = Field(False, description="Use singer labels: all songs of a singer are positives.")
     embedding_dim: int = Field(128, gt=0)
     projection_dim: int = Field(64, gt=0)
