@@ -22,7 +22,7 @@ from recsys.api import Recommender
 from recsys.audio import AudioError
 from recsys.config import AUDIO_EXTENSIONS
 from recsys.embedding import Vectors, Weights
-from recsys.projection import CatalogMap, cluster_labels, load_or_fit, map_rows, projection_path
+from recsys.projection import CatalogMap, cluster_labels, map_rows
 from recsys.search import SingerHit, SongHit, singer_key
 
 MAX_UPLOAD_MB = 50  # the explorer's default; `recsys app` passes the same to streamlit's server.maxUploadSize
@@ -295,17 +295,8 @@ class MapData:
 
 def catalog_map(rec: Recommender, what: str, weighting: str) -> MapData:
     """The saved map of singers (profiles) or songs under `weighting`; fitted and saved if stale."""
-    sr = rec.searcher
-    if what == "singers":
-        keys, vectors = list(sr.singers), sr.profiles
-    elif what == "songs":
-        keys, vectors = [int(i) for i in sr.ids], sr.vectors
-    else:
-        raise ValueError(f"unknown map {what!r}; valid: singers, songs")
-    weights = rec.default_weights()
-    x = map_rows(vectors, weighting, weights)
-    path = projection_path(rec.settings.workspace, rec.model_version, what, weighting)
-    return MapData(what, weighting, load_or_fit(path, keys, x, rec.model_version), cluster_labels(x), weights)
+    cmap, x = rec.catalog_map(what, weighting)
+    return MapData(what, weighting, cmap, cluster_labels(x), rec.default_weights())
 
 
 def place_query(m: MapData, q: Query) -> np.ndarray:

@@ -268,6 +268,23 @@ class Recommender:
     def default_weights(self) -> Weights:
         return Weights(self.settings.fusion.w_timbre, self.settings.fusion.w_melody)
 
+    def catalog_map(self, what: Literal["singers", "songs"], weighting: str = "fused"):
+        """The 2-D UMAP map of singer profiles or songs under `weighting` (timbre, melody, fused):
+        loaded from <workspace>/projections/<model version>/ when fitted on these rows, else fitted
+        and saved there (recsys.projection.load_or_fit). Returns (CatalogMap, the rows it maps)."""
+        from recsys.projection import load_or_fit, map_rows, projection_path
+
+        sr = self.searcher
+        if what == "singers":
+            keys, vectors = list(sr.singers), sr.profiles
+        elif what == "songs":
+            keys, vectors = [int(i) for i in sr.ids], sr.vectors
+        else:
+            raise ValueError(f"unknown map {what!r}; valid: singers, songs")
+        x = map_rows(vectors, weighting, self.default_weights())
+        path = projection_path(self.settings.workspace, self.model_version, what, weighting)
+        return load_or_fit(path, keys, x, self.model_version), x
+
     def similar_singers(self, name: str, k: int = 10, weights: Weights | None = None) -> list:
         return self.searcher.similar_to_singer(name, k, weights or self.default_weights())
 

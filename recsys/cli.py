@@ -559,6 +559,9 @@ def demo(
         _print_result(SearchResult(f"singer:{name}", weights, rec.similar_singers(name, 5, weights), []), False)
     query = sorted(out.glob("*/*.wav"))[0]
     _print_result(rec.search(query, 5, weights), False)
+    # Fit the explorer's default maps now, so that its first page load does not wait for UMAP.
+    for what in ("singers", "songs"):
+        rec.catalog_map(what, "fused")
     typer.echo(f"\nexplore: recsys --workspace {c.settings.workspace} app")
 
 

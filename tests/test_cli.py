@@ -79,3 +79,6 @@ def test_demo_runs_end_to_end(tmp_path):
     assert "embedded 8 songs" in text
     assert text.count("query: singer:") == 3 and "singers:" in text and "songs:" in text
     assert "recsys --workspace" in text and " app" in text
+    # The explorer's default maps are fitted already, so its first page load does not wait for UMAP.
+    maps = sorted(p.name for p in (tmp_path / "ws" / "projections").glob("*/*.npz"))
+    assert maps == ["singers-fused.npz", "songs-fused.npz"]
