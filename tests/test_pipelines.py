@@ -332,8 +332,9 @@ def _publish_perturbed_timbre(ws: Path) -> str:
     """A new timbre version, published without being served (as for a reembed)."""
     meta, state = load_version(ws, "timbre")
     g = torch.Generator().manual_seed(0)
-    noisy = {k: v + 0.2 * v.std() * torch.randn(v.shape, generator=g) if v.is_floating_point() and v.numel() > 1
-             else v for k, v in state.items()}
+    # Weights only: noise on BatchNorm's running variance could make it negative (NaN vectors).
+    noisy = {k: v + 0.2 * v.std() * torch.randn(v.shape, generator=g)
+             if v.is_floating_point() and v.numel() > 1 and "running_" not in k else v for k, v in state.items()}
     new = save_version(ws, "timbre", noisy, meta.model_config, meta.fingerprint, version="timbre-v2")
     (ws / "models" / "timbre" / "LATEST").write_text(meta.version)  # still serving the old one
     return new.version
