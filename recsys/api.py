@@ -154,17 +154,30 @@ class Recommender:
         t_meta, m_meta = self.embedder.versions  # type: ignore[attr-defined]
         return f"{t_meta.version}+{m_meta.version}"
 
-    def _model_rows(self, s: Session) -> dict[str, catalog.ModelVersion]:
+    def _existing_model_rows(self, s: Session) -> dict[str, catalog.ModelVersion | None]:
+        """The catalog's rows of the current versions (None where not registered yet), read only;
+        refuses vectors made with another separation method than the workspace's."""
         t_meta, m_meta = self.embedder.versions  # type: ignore[attr-defined]
-        fusion = self.settings.fusion
-        method = self.separation.method
-        fused = s.scalar(select(catalog.ModelVersion).where(
-            catalog.ModelVersion.kind == "fused", catalog.ModelVersion.version == self.model_version))
+        found = {
+            kind: s.scalar(select(catalog.ModelVersion).where(
+                catalog.ModelVersion.kind == kind, catalog.ModelVersion.version == version))
+            for kind, version in (("timbre", t_meta.version), ("melody", m_meta.version),
+                                  ("fused", self.model_version))
+        }
+        fused, method = found["fused"], self.separation.method
         if fused is not None and fused.config.get("separation", "none") != method:
             raise ValueError(
                 f"the vectors of model version {self.model_version} were made with separation "
                 f"{fused.config.get('separation', 'none')!r}, but this workspace now uses {method!r}; "
                 "set separation.method (or `recsys ingest --separate`) back, or retrain with the new method")
+        return found
+
+    def _model_rows(self, s: Session) -> dict[str, catalog.ModelVersion]:
+        """The current versions' rows, registered if new (write paths only)."""
+        t_meta, m_meta = self.embedder.versions  # type: ignore[attr-defined]
+        fusion = self.settings.fusion
+        method = self.separation.method
+        self._existing_model_rows(s)
         return {
             "timbre": catalog.register_model_version(s, "timbre", t_meta.version, t_meta.model_config,
                                                      t_meta.fingerprint, t_meta.metrics),
@@ -210,11 +223,25 @@ class Recommender:
         self.__dict__.pop("searcher", None)
         return added
 
+    def _no_vectors_reason(self) -> str:
+        """Why there is nothing to search, and the command that fixes it."""
+        n_songs = len(self.songs())
+        if n_songs == 0:
+            return "the catalog has no songs: run `recsys ingest`, then `recsys train` and `recsys embed`"
+        return (
+            f"none of the catalog's {n_songs} songs has vectors of the current models ({self.model_version}), "
+            "e.g. because they were trained after the last embed: run `recsys embed` "
+            "(or `recsys reembed` to switch models while the previous index keeps answering)"
+        )
+
     def catalog_vectors(self) -> tuple[np.ndarray, Vectors]:
         """(ids, Vectors) of every embedded song under the current model versions, ordered by id."""
         with self.sessions() as s:
-            rows = self._model_rows(s)
-            s.rollback()  # reading only; registration happens on write paths
+            rows = self._existing_model_rows(s)  # reading only: registration happens on write paths
+            if rows["timbre"] is None or rows["melody"] is None:
+                dt, dm = self.embedder.dims  # type: ignore[attr-defined]
+                empty = np.zeros((0,), dtype=np.int64)
+                return empty, Vectors(np.zeros((0, dt), np.float32), np.zeros((0, dm), np.float32))
             ids_t, xt = catalog.get_embeddings(s, rows["timbre"], "timbre")
             ids_m, xm = catalog.get_embeddings(s, rows["melody"], "melody")
         common = np.intersect1d(ids_t, ids_m)
@@ -234,7 +261,7 @@ class Recommender:
 
         ids, vectors = self.catalog_vectors()
         if len(ids) == 0:
-            raise ValueError("no embedded songs: run `recsys embed` after training")
+            raise ValueError(self._no_vectors_reason())
         index = VectorIndex.build(ids, vectors.fused(INDEX_WEIGHTS), self.settings.index)
         index.save(self.index_dir, self.model_version, self._fingerprint(ids))
         self.__dict__.pop("searcher", None)
@@ -259,7 +286,7 @@ class Recommender:
 
         ids, vectors = self.catalog_vectors()
         if len(ids) == 0:
-            raise ValueError("no embedded songs: run `recsys train` and `recsys embed` first")
+            raise ValueError(self._no_vectors_reason())
         index, _ = self.load_index()
         meta = {row["id"]: row for row in self.songs()}
         return Searcher(ids, [meta[int(i)]["singer"] for i in ids], [meta[int(i)]["title"] for i in ids],

@@ -215,6 +215,9 @@ def test_registered_songs_without_vectors_get_embedded(models, corpus, tmp_path)
     plain = run_ingest(corpus, settings, embed=False, runner=LocalRunner(workers=1))  # register only
     assert (plain.ingested, plain.embedded, plain.model_version) == (N_GOOD, 0, None)
     assert not (settings.workspace / "index").exists()
+    # Songs and models but no vectors yet: searching says which command fixes it.
+    with pytest.raises(ValueError, match=rf"none of the catalog's {N_GOOD} songs has vectors.*`recsys embed`"):
+        Recommender(settings).search(_good_files(corpus)[0], k=3)
     summary = run_ingest(corpus, settings, embed=True, runner=LocalRunner(workers=1), batch_size=4)
     assert (summary.ingested, summary.skipped, summary.embedded) == (0, N_GOOD, N_GOOD)
     _assert_consistent(Recommender(settings), N_GOOD)
