@@ -9,6 +9,8 @@ in code: no alembic.ini is needed.
 from __future__ import annotations
 
 import json
+import sqlite3
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -56,10 +58,30 @@ def _sqlite_pragmas(dbapi_connection: Any, journal_wal: bool) -> None:
         cursor.execute(f"PRAGMA busy_timeout = {int(SQLITE_BUSY_TIMEOUT_S * 1000)}")
         cursor.execute("PRAGMA foreign_keys = ON")
         if journal_wal:
-            cursor.execute("PRAGMA journal_mode = WAL")
+            _enable_wal(cursor)
             cursor.execute("PRAGMA synchronous = NORMAL")  # durable across app crashes; safe with WAL
     finally:
         cursor.close()
+
+
+def _enable_wal(cursor: Any) -> None:
+    """Switch a database file to WAL (a persistent setting), waiting out other processes' locks.
+
+    Changing the journal mode fails at once with "database is locked" while another
+    process holds a lock, whatever busy_timeout says: two ingest jobs opening a new
+    catalog together hit this. Retry until the busy timeout; once one process has
+    switched the file, the others find it in WAL mode and change nothing.
+    """
+    deadline = time.monotonic() + SQLITE_BUSY_TIMEOUT_S
+    while True:
+        try:
+            if str(cursor.execute("PRAGMA journal_mode").fetchone()[0]).lower() != "wal":
+                cursor.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as e:
+            if "locked" not in str(e) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
 
 
 def _make_sqlite_engine(url: URL, *, serialise_writes: bool = False) -> Engine:
