@@ -528,7 +528,8 @@ def _plan(
             size = max(end, -(-n_samples_hint // frame), 2 * power.numel())
             power = _grown(power, size, torch.float64, block.device)
             peak = _grown(peak, size, torch.float32, block.device)
-            harmonicity = _grown(harmonicity, size, torch.float32, block.device)
+            if cfg.vocal_activity:
+                harmonicity = _grown(harmonicity, size, torch.float32, block.device)
         power[n_frames:end] = block_power
         peak[n_frames:end] = block_peak
         if cfg.vocal_activity:
