@@ -156,17 +156,22 @@ def throughput(files: list[Path], workdir: Path, workers: int, batch_size: int) 
         wall, _ = _timed(lambda: list(pool.map(_decode_only, map(str, files), [settings.audio] * len(files))))
         rows.append(("decode only (the floor)", audio_s, wall))
         entries = [ManifestEntry(path=f) for f in files]
+        n = len(files)
         wall, prepared = _timed(lambda: list(pool.map(
-            prepare_file, entries, [settings.audio] * len(files), [settings.features] * len(files))))
+            prepare_file, entries, [settings.audio] * n, [settings.features] * n)))
         rows.append(("decode + voiced audio + log-mel", audio_s, wall))
+        wall, prepared = _timed(lambda: list(pool.map(
+            prepare_file, entries, [settings.audio] * n, [settings.features] * n, [None] * n, [True] * n)))
+        rows.append(("... + waveform pitch (what the job runs)", audio_s, wall))
     import torch
 
     embedder = Recommender(settings).embedder
     threads = LocalRunner(workers).encoder_threads  # what the job's encoders use beside the workers
     torch.set_num_threads(threads)
-    embed_mels(embedder, [prepared[0].mel])  # warm up
-    mels = [p.mel for p in prepared]
-    wall, _ = _timed(lambda: [embed_mels(embedder, mels[i:i + batch_size]) for i in range(0, len(mels), batch_size)])
+    embed_mels(embedder, [prepared[0].mel], [prepared[0].pitch])  # warm up
+    mels, pitches = [p.mel for p in prepared], [p.pitch for p in prepared]
+    wall, _ = _timed(lambda: [embed_mels(embedder, mels[i:i + batch_size], pitches[i:i + batch_size])
+                              for i in range(0, len(mels), batch_size)])
     rows.append((f"encoders only (batched, {threads} thread{'s' if threads > 1 else ''})", audio_s, wall))
 
     manifest = workdir / "long.csv"

@@ -15,8 +15,9 @@ Profile rows (no learning):
   chroma-stats            mean and std of the chroma (key-dependent baseline)
   interval-lag            recsys.pitch.interval_lag_profile of the 48-band harmonic-sum chroma
   voiced-interval-lag     recsys.pitch.voiced_interval_lag_profile from the log-mel (1/3-semitone
-                          harmonic sum, strongest pitch class, loud frames weighted)
-  ... waveform pitch      the same descriptor over recsys.pitch.stft_pitch_salience (needs the waveform)
+                          harmonic sum, strongest pitch class, loud frames weighted): pitch_source 'mel'
+  ... waveform pitch      the same descriptor over recsys.pitch.wave_pitch (1024-point STFT of the
+                          waveform): pitch_source 'waveform', the product default
   ... oracle              the same descriptors over the corpus's note schedule (the notes the
                           synthesiser was asked to sing): the ceiling a perfect pitch track gives
 
@@ -124,10 +125,9 @@ def score_profiles(data: dict, lags: list[int]) -> list[dict]:
         "chroma-stats (baseline)": lambda s: pitch.chroma_stats(s["mel"], semitone),
         "interval-lag (previous default)": lambda s: pitch.interval_lag_profile(
             pitch.fold_chroma(pitch.pitch_salience(s["mel"], semitone)), lags),
-        "voiced-interval-lag (log-mel)": lambda s: voiced(pitch.fine_semitone_salience(s["mel"], fine), s["mel"]),
-        "voiced-interval-lag, waveform pitch (STFT 1024)": lambda s: voiced(
-            pitch.semitone_salience(pitch.stft_pitch_salience(s["wave"], SR, FEAT.hop_length), pitch.FINE_BINS),
-            s["mel"]),
+        "voiced-interval-lag, log-mel pitch": lambda s: voiced(pitch.fine_semitone_salience(s["mel"], fine), s["mel"]),
+        "voiced-interval-lag, waveform pitch (default)": lambda s: voiced(
+            pitch.wave_pitch(s["wave"], SR, FEAT.hop_length), s["mel"]),
         "interval-lag, oracle notes": lambda s: pitch.interval_lag_profile(oracle_chroma(s), lags),
         "voiced-interval-lag, oracle notes": oracle_voiced,
     }
@@ -148,17 +148,23 @@ def score_profiles(data: dict, lags: list[int]) -> list[dict]:
     return rows
 
 
-def time_3min(data: dict, pool: str) -> float:
-    """ms for TCAE.embed_song with `pool` on a 3-minute song (catalog songs joined), after warm-up; median of 3."""
-    model = TCAE(TCAEConfig.from_settings(MelodyConfig(pool=pool), FEAT, SR)).eval()
-    frames = round(180 * SR / FEAT.hop_length)
-    mel = torch.cat([s["mel"] for s in data["cat"][:64]], dim=-1)
-    mel = mel.repeat(1, 1 + frames // mel.shape[-1])[:, :frames]
-    model.embed_song(mel)
+def time_3min(data: dict, pool: str, pitch_source: str = "mel") -> float:
+    """ms for one 3-minute song (catalog songs joined) after warm-up, median of 3: TCAE.embed_song with
+    `pool`, and with pitch_source 'waveform' the recsys.pitch.wave_pitch it reads, from the waveform."""
+    model = TCAE(TCAEConfig.from_settings(MelodyConfig(pool=pool, pitch_source=pitch_source), FEAT, SR)).eval()
+    wave = torch.cat([s["wave"] for s in data["cat"][:64]])
+    wave = wave.repeat(1 + 180 * SR // wave.numel())[: 180 * SR]
+    mel = log_mel(wave, FEAT, SR)
+
+    def embed() -> torch.Tensor:
+        wave_pitch = pitch.wave_pitch(wave, SR, FEAT.hop_length) if model.needs_wave_pitch else None
+        return model.embed_song(mel, pitch=wave_pitch)
+
+    embed()
     times = []
     for _ in range(3):
         began = time.perf_counter()
-        model.embed_song(mel)
+        embed()
         times.append(time.perf_counter() - began)
     return 1000 * sorted(times)[1]
 
@@ -216,8 +222,9 @@ def main() -> None:
               f"({time.perf_counter() - began:.0f} s to synthesise or load)", flush=True)
         lags = TCAEConfig.from_settings(MelodyConfig(), FEAT, SR).lags
         rows = score_profiles(data, lags)
-        for row, pool in ((rows[1], "interval-lag"), (rows[2], "voiced-interval-lag")):
-            row["embed_3min_ms"] = time_3min(data, pool)
+        for row, pool, source in ((rows[1], "interval-lag", "mel"), (rows[2], "voiced-interval-lag", "mel"),
+                                  (rows[3], "voiced-interval-lag", "waveform")):
+            row["embed_3min_ms"] = time_3min(data, pool, source)
         if args.variants:
             songs, queries = _song_features(data)
             variants = {name: MelodyConfig(**VARIANTS[name], epochs=args.epochs, channels=args.channels)

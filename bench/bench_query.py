@@ -8,12 +8,14 @@
    (synthetic singing, recsys.corpus) going through the product's path:
      decode    recsys.audio.load_audio (soundfile, mono, resample)
      features  recsys.audio.voiced_audio (silence removal, loudness) + recsys.features.log_mel
-     timbre    TimbreEncoder.embed_song        melody  TCAE.embed_song
+     pitch     recsys.pitch.wave_pitch (the waveform pitch the default melody vector reads)
+     timbre    TimbreEncoder.embed_song        melody  TCAE.embed_song(mel, pitch=...)
      search    Searcher.similar_singers + similar_songs, k = 10
    Encoders have the default configuration's shape with seeded random weights: the
    cost does not depend on the weights. Catalog vectors are random unit vectors.
 2. Embedding one 3-minute song (target: 50 ms per encoder), on one thread: wall and
-   process CPU time, median of 5 after a warm-up, and CPU / target as a ratio. (With
+   process CPU time, median of 5 after a warm-up, and CPU / target as a ratio; the
+   melody row includes the waveform pitch (recsys.pitch.wave_pitch) it reads. (With
    two threads on a busy machine, OpenMP threads spinning while they wait doubled the
    CPU time.)
 3. Training time per epoch with the default model sizes, on --train-songs generated
@@ -47,6 +49,7 @@ from recsys.embedding import Vectors, Weights
 from recsys.evaluate import untrained_encoders
 from recsys.evaluation import format_table
 from recsys.features import log_mel
+from recsys.pitch import wave_pitch
 from recsys.search import Searcher
 from recsys.training.data import SongFeatures
 
@@ -87,24 +90,29 @@ def bench_queries(settings: Settings, clips: list[Path], n_catalog: int, n_queri
     searcher = Searcher(ids, [f"singer_{i // 8}" for i in ids], [f"song {i}" for i in ids], vectors,
                         settings.index)
     weights = Weights(settings.fusion.w_timbre, settings.fusion.w_melody)
-    stages: dict[str, list[float]] = {s: [] for s in ("decode", "features", "timbre", "melody", "search", "total")}
+    stages: dict[str, list[float]] = {
+        s: [] for s in ("decode", "features", "pitch", "timbre", "melody", "search", "total")
+    }
 
     def one(path: Path) -> tuple[dict[str, float], float]:
         c0 = time.process_time()
         t0 = time.perf_counter()
         wave = load_audio(path, settings.audio)
         t1 = time.perf_counter()
-        mel = log_mel(voiced_audio(wave, settings.audio), settings.features, SR)
+        voiced = voiced_audio(wave, settings.audio)
+        mel = log_mel(voiced, settings.features, SR)
         t2 = time.perf_counter()
+        pitch = wave_pitch(voiced, SR, settings.features.hop_length) if melody.needs_wave_pitch else None
+        tp = time.perf_counter()
         t = timbre.embed_song(mel).numpy()
         t3 = time.perf_counter()
-        m = melody.embed_song(mel).numpy()
+        m = melody.embed_song(mel, pitch=pitch).numpy()
         t4 = time.perf_counter()
         searcher.similar_singers(t, m, 10, weights)
         searcher.similar_songs(t, m, 10, weights)
         t5 = time.perf_counter()
-        walls = {"decode": t1 - t0, "features": t2 - t1, "timbre": t3 - t2, "melody": t4 - t3, "search": t5 - t4,
-                 "total": t5 - t0}
+        walls = {"decode": t1 - t0, "features": t2 - t1, "pitch": tp - t2, "timbre": t3 - tp, "melody": t4 - t3,
+                 "search": t5 - t4, "total": t5 - t0}
         return walls, time.process_time() - c0
 
     for path in clips[:3]:  # warm-up: first calls allocate and pick kernels
@@ -130,15 +138,22 @@ def bench_embed_3min(settings: Settings, clip: Path, repeats: int = 5) -> list[d
     timbre, melody = untrained_encoders(settings)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    mel30 = log_mel(load_audio(clip, settings.audio), settings.features, SR)
-    mel = mel30.repeat(1, 7)[:, : round(180 * SR / settings.features.hop_length)]  # (n_mels, T) of 3 minutes
+    wave30 = load_audio(clip, settings.audio)
+    wave = wave30.repeat(1 + 180 * SR // wave30.numel())[: 180 * SR]  # 3 minutes
+    mel = log_mel(wave, settings.features, SR)  # (n_mels, T)
+    hop = settings.features.hop_length
+
+    def melody_vector() -> torch.Tensor:
+        pitch = wave_pitch(wave, SR, hop) if melody.needs_wave_pitch else None
+        return melody.embed_song(mel, pitch=pitch)
+
     rows = []
-    for name, model in (("timbre", timbre), ("melody", melody)):
-        model.embed_song(mel)  # warm-up
+    for name, embed in (("timbre", lambda: timbre.embed_song(mel)), ("melody", melody_vector)):
+        embed()  # warm-up
         wall, cpu = [], []
         for _ in range(repeats):
             w0, c0 = time.perf_counter(), time.process_time()
-            model.embed_song(mel)
+            embed()
             wall.append(time.perf_counter() - w0)
             cpu.append(time.process_time() - c0)
         row = {"encoder": name, "frames": mel.shape[-1], "wall_ms": percentile_ms(wall, 50),

@@ -55,6 +55,11 @@ class Stages:
     batch_size: int = 32
     separation: SeparationConfig | None = None
 
+    @property
+    def pitch(self) -> bool:
+        """Whether the workers also compute the waveform pitch (the melody encoder reads it)."""
+        return self.embedder is not None and self.embedder.needs_pitch
+
     def __post_init__(self) -> None:
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
@@ -80,12 +85,16 @@ def finish_batch(items: list[PreparedSong | FileFailure], embedder: Embedder | N
 
 
 def prepare_or_fail(
-    entry: ManifestEntry, audio: AudioConfig, features: FeatureConfig | None, separation: SeparationConfig | None
+    entry: ManifestEntry,
+    audio: AudioConfig,
+    features: FeatureConfig | None,
+    separation: SeparationConfig | None,
+    pitch: bool = False,
 ) -> PreparedSong | FileFailure:
     """prepare_file, with an unexpected exception recorded as that file's failure (cause 'unexpected'),
     so one odd file cannot stop a job of thousands; bad audio is already a FileFailure."""
     try:
-        return prepare_file(entry, audio, features, separation)
+        return prepare_file(entry, audio, features, separation, pitch)
     except Exception as e:  # noqa: BLE001 - recorded with its type and message; the job goes on
         return FileFailure(str(entry.path), "unexpected", f"{entry.path}: {type(e).__name__}: {e}")
 
@@ -193,7 +202,7 @@ class LocalRunner:
         self, todo: Iterable[ManifestEntry], stages: Stages
     ) -> Iterator[tuple[PreparedSong | FileFailure, bool]]:
         """(result, whether the next result is ready already) in submission order."""
-        args = (stages.audio, stages.features, stages.separation)
+        args = (stages.audio, stages.features, stages.separation, stages.pitch)
         if self.workers <= 1:
             for entry in todo:
                 yield prepare_or_fail(entry, *args), True  # decoded here, on demand
@@ -244,12 +253,16 @@ def _ray_hash(batch: dict[str, Any]) -> dict[str, Any]:
 
 
 def _ray_prepare(
-    batch: dict[str, Any], audio: AudioConfig, features: FeatureConfig | None, separation: SeparationConfig | None
+    batch: dict[str, Any],
+    audio: AudioConfig,
+    features: FeatureConfig | None,
+    separation: SeparationConfig | None,
+    pitch: bool = False,
 ) -> dict[str, Any]:
     import torch
 
     torch.set_num_threads(1)  # one CPU per task, as scheduled
-    return _rows([prepare_or_fail(e, audio, features, separation) for e in _items(batch)])
+    return _rows([prepare_or_fail(e, audio, features, separation, pitch) for e in _items(batch)])
 
 
 class _RayEmbed:
@@ -342,7 +355,8 @@ class RayRunner:
             batch_size=self.files_per_task,
             batch_format="numpy",
             num_cpus=1,
-            fn_kwargs={"audio": stages.audio, "features": stages.features, "separation": stages.separation},
+            fn_kwargs={"audio": stages.audio, "features": stages.features, "separation": stages.separation,
+                       "pitch": stages.pitch},
         )
         if stages.embedder is not None:
             gpus = int(ray.cluster_resources().get("GPU", 0))

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from recsys.config import AudioConfig, FeatureConfig
-from recsys.features import song_mel
+from recsys.features import song_features
 
 if TYPE_CHECKING:
     from recsys.separation import Separator
@@ -128,11 +128,28 @@ class Embedder:
     def dims(self) -> tuple[int, int]:
         return self.timbre.dim, self.melody.dim
 
+    @property
+    def needs_pitch(self) -> bool:
+        """Whether the melody encoder reads the waveform pitch (recsys.pitch.wave_pitch) beside the mel."""
+        return bool(getattr(self.melody, "needs_wave_pitch", False))
+
     @torch.no_grad()
-    def embed_mel(self, mel: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
-        """(n_mels, T) -> (timbre (Dt,), melody (Dm,))."""
+    def embed_melody(self, mel: torch.Tensor, pitch: torch.Tensor | np.ndarray | None = None) -> torch.Tensor:
+        """(n_mels, T) log-mel and, when needs_pitch, (N_PITCH, T) waveform pitch -> (Dm,) melody vector."""
+        if not self.needs_pitch:
+            return self.melody.embed_song(mel)
+        if pitch is None:
+            raise ValueError("this melody encoder reads the waveform pitch: pass the song's pitch "
+                             "(recsys.features.song_features(..., pitch=True))")
+        return self.melody.embed_song(mel, pitch=torch.as_tensor(pitch))  # type: ignore[call-arg]
+
+    @torch.no_grad()
+    def embed_mel(
+        self, mel: torch.Tensor, pitch: torch.Tensor | np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(n_mels, T) [and (N_PITCH, T) waveform pitch] -> (timbre (Dt,), melody (Dm,))."""
         t = self.timbre.embed_song(mel).detach().cpu().numpy().astype(np.float32)
-        m = self.melody.embed_song(mel).detach().cpu().numpy().astype(np.float32)
+        m = self.embed_melody(mel, pitch).detach().cpu().numpy().astype(np.float32)
         return t, m
 
     def embed(self, source: str | Path | torch.Tensor) -> Vectors:
@@ -140,7 +157,8 @@ class Embedder:
 
         Raises recsys.audio.AudioError for unreadable, silent or non-audio input.
         """
-        t, m = self.embed_mel(song_mel(source, self.audio_cfg, self.feature_cfg, self.separator))
+        mel, pitch = song_features(source, self.audio_cfg, self.feature_cfg, self.separator, pitch=self.needs_pitch)
+        t, m = self.embed_mel(mel, pitch)
         return Vectors(t[None], m[None])
 
     def embed_many(self, sources: Iterable[str | Path]) -> Vectors:

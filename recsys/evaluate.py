@@ -262,9 +262,17 @@ SongEmbed = Callable[[torch.Tensor, torch.Tensor], np.ndarray]  # (wave (N,), me
 
 
 def _encoder_embed(model: torch.nn.Module) -> SongEmbed:
+    """The encoder as the product runs it: a melody model reading the waveform pitch gets it from `wave`."""
+    from recsys.pitch import wave_pitch
+
     def embed(wave: torch.Tensor, mel: torch.Tensor) -> np.ndarray:
         with torch.no_grad():
-            return model.embed_song(mel).detach().cpu().numpy().astype(np.float32)
+            if getattr(model, "needs_wave_pitch", False):
+                cfg = model.cfg  # type: ignore[attr-defined]
+                vec = model.embed_song(mel, pitch=wave_pitch(wave, cfg.sample_rate, cfg.hop_length))
+            else:
+                vec = model.embed_song(mel)
+            return vec.detach().cpu().numpy().astype(np.float32)
 
     return embed
 
@@ -551,16 +559,18 @@ def catalog_songs(
     """
     from recsys.audio import voiced_audio
     from recsys.features import log_mel
+    from recsys.pitch import wave_pitch
 
     songs, waves = [], []
+    sr = audio_cfg.sample_rate
     for row in rows:
         wave = voiced_audio(row["path"], audio_cfg, separator)
         meta = dict(row.get("metadata") or {})
         if "melody_id" in meta:
             meta["melody"] = meta["melody_id"]
         digest = (row.get("content_hash") or "") + ("" if separation == "none" else f"+{separation}")
-        songs.append(SongFeatures(row["id"], log_mel(wave, feat_cfg, audio_cfg.sample_rate), row["singer"],
-                                  digest, meta))
+        songs.append(SongFeatures(row["id"], log_mel(wave, feat_cfg, sr), row["singer"], digest, meta,
+                                  pitch=wave_pitch(wave, sr, feat_cfg.hop_length)))
         if need_waves:
             waves.append(wave)
     return songs, waves
@@ -631,7 +641,7 @@ def melody_variant_study(
     pitch-shifted on the waveform, their own original left out. `waves[i]` is song
     i's voiced audio. Songs need metadata['melody'] (catalog_songs maps melody_id).
     """
-    from recsys.features import song_mel
+    from recsys.features import song_features
     from recsys.training.tcae import compare_melody_variants
 
     unknown = [v for v in variants if v not in MELODY_VARIANTS]
@@ -647,11 +657,11 @@ def melody_variant_study(
     audio, feat, sr = settings.audio, settings.features, settings.audio.sample_rate
     queries: dict[str, list[SongFeatures]] = {}
     for name, semitones in (("+2", 2.0), ("-2", -2.0)):
-        queries[name] = [
-            SongFeatures(songs[i].song_id, song_mel(pitch_shift_wave(waves[i], sr, semitones), audio, feat),
-                         songs[i].singer, "", {**songs[i].metadata, "source": i})
-            for i in test_idx
-        ]
+        queries[name] = []
+        for i in test_idx:
+            mel, wave_pitch = song_features(pitch_shift_wave(waves[i], sr, semitones), audio, feat, pitch=True)
+            queries[name].append(SongFeatures(songs[i].song_id, mel, songs[i].singer, "",
+                                              {**songs[i].metadata, "source": i}, pitch=wave_pitch))
     configs = {name: settings.melody.model_copy(update=MELODY_VARIANTS[name]) for name in variants}
     return compare_melody_variants(
         [songs[i] for i in train_idx], songs, queries, configs, feat, sr, workspace, device=settings.device, log=log,

@@ -72,3 +72,19 @@ def song_mel(
     from recsys.audio import voiced_audio
 
     return log_mel(voiced_audio(source, audio_cfg, separator), cfg, audio_cfg.sample_rate)
+
+
+def song_features(
+    source, audio_cfg: AudioConfig, cfg: FeatureConfig, separator: Separator | None = None, pitch: bool = False
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """As song_mel, plus (with `pitch`) the (N_PITCH, T) waveform pitch salience on the same frames.
+
+    Both come from one decode of the voiced audio: the mel feeds the timbre encoder, the
+    pitch a melody model whose needs_wave_pitch is true (recsys.pitch.wave_pitch).
+    """
+    from recsys.audio import voiced_audio
+    from recsys.pitch import wave_pitch
+
+    wave = voiced_audio(source, audio_cfg, separator)
+    mel = log_mel(wave, cfg, audio_cfg.sample_rate)
+    return mel, (wave_pitch(wave, audio_cfg.sample_rate, cfg.hop_length) if pitch else None)

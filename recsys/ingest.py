@@ -66,6 +66,7 @@ class PreparedSong:
 
     song: AnalysedSong
     mel: np.ndarray | None  # (n_mels, T) float32 log-mel of the voiced audio; None without features
+    pitch: np.ndarray | None = None  # (N_PITCH, T) float32 waveform pitch (recsys.pitch.wave_pitch) when asked for
 
 
 @dataclass(frozen=True)
@@ -132,13 +133,15 @@ def prepare_file(
     cfg: AudioConfig,
     features: FeatureConfig | None = None,
     separation: SeparationConfig | None = None,
+    pitch: bool = False,
 ) -> PreparedSong | FileFailure:
     """Decode, validate and (with `features`) compute the log-mel of one file. Never raises for bad audio.
 
     Runs in a worker process. Without features the audio is streamed (flat memory for
     any length); with them the voiced audio is decoded once into memory (4 bytes per
     voiced sample) and gives both the chunk count and the (n_mels, T) log-mel, the same
-    as recsys.features.song_mel. With a `separation` other than 'none' both come from
+    as recsys.features.song_mel; with `pitch` also the waveform pitch on the same frames
+    (recsys.features.song_features). With a `separation` other than 'none' all come from
     the estimated voice.
     """
     separator = _separator(separation) if separation is not None and separation.method != "none" else None
@@ -150,7 +153,7 @@ def prepare_file(
                 "too_long",
                 f"{entry.path}: {info.duration:.0f} s is longer than audio.max_file_seconds={cfg.max_file_seconds}",
             )
-        mel = None
+        mel = wave_pitch = None
         if features is None:
             chunks = iter_voiced_chunks(entry.path, cfg, separator=separator)
             n_voiced = sum(batch.shape[0] for batch in chunks)  # flat memory
@@ -167,6 +170,10 @@ def prepare_file(
                     f"at least audio.min_chunk_seconds={cfg.min_chunk_seconds:g} s is needed",
                 )
             mel = log_mel(wave, features, cfg.sample_rate).numpy()  # (n_mels, T)
+            if pitch:
+                from recsys.pitch import wave_pitch as compute_pitch
+
+                wave_pitch = compute_pitch(wave, cfg.sample_rate, features.hop_length).numpy()  # (N_PITCH, T)
         digest = content_hash(entry.path)
     except AudioError as e:
         return FileFailure(str(entry.path), e.cause, str(e))
@@ -181,7 +188,7 @@ def prepare_file(
         format=info.format,
         n_voiced_chunks=n_voiced,
     )
-    return PreparedSong(song, mel)
+    return PreparedSong(song, mel, wave_pitch)
 
 
 def device_of(module: object) -> torch.device:
@@ -192,9 +199,13 @@ def device_of(module: object) -> torch.device:
 
 
 def embed_mels(
-    embedder: Embedder, mels: Sequence[torch.Tensor | np.ndarray]
+    embedder: Embedder,
+    mels: Sequence[torch.Tensor | np.ndarray],
+    pitches: Sequence[torch.Tensor | np.ndarray | None] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """B songs' (n_mels, T_i) log-mels -> (timbre (B, Dt), melody (B, Dm)) float32 unit vectors.
+
+    `pitches`: each song's waveform pitch, needed when embedder.needs_pitch.
 
     The timbre encoder sees the chunks of all B songs in few forward passes (what makes a
     GPU pay off); the melody encoder pools per song and runs song by song. Equal to
@@ -221,7 +232,9 @@ def embed_mels(
             t = torch.stack(rows)  # type: ignore[arg-type]  # (B, Dt)
         else:
             t = torch.stack([timbre.embed_song(torch.as_tensor(x).to(t_dev)) for x in mels])
-        m = torch.stack([melody.embed_song(torch.as_tensor(x).to(m_dev)).to(t.device) for x in mels])  # (B, Dm)
+        pitches = pitches if pitches is not None else [None] * len(mels)
+        m = torch.stack([embedder.embed_melody(torch.as_tensor(x).to(m_dev), p).to(t.device)
+                         for x, p in zip(mels, pitches)])  # (B, Dm)
     return t.cpu().numpy().astype(np.float32), m.cpu().numpy().astype(np.float32)
 
 
@@ -230,7 +243,9 @@ def embed_prepared(embedder: Embedder, prepared: Sequence[PreparedSong]) -> list
     missing = [p.song.entry.path for p in prepared if p.mel is None]
     if missing:
         raise ValueError(f"songs prepared without features cannot be embedded: {missing[:3]}")
-    t, m = embed_mels(embedder, [p.mel for p in prepared])  # type: ignore[misc]
+    if embedder.needs_pitch and any(p.pitch is None for p in prepared):
+        raise ValueError("the melody encoder reads the waveform pitch: prepare the songs with pitch=True")
+    t, m = embed_mels(embedder, [p.mel for p in prepared], [p.pitch for p in prepared])  # type: ignore[misc]
     return [EmbeddedSong(p.song, t[i], m[i]) for i, p in enumerate(prepared)]
 
 

@@ -1,13 +1,12 @@
-"""Pitch features for the melody encoder, computed cheaply from the log-mel.
+"""Pitch features for the melody encoder, from the log-mel or the waveform.
 
-The melody encoder receives only the log-mel (the encoder contract is
-``embed(mel)``), so pitch is estimated from it by harmonic summation: a voiced
+Pitch is estimated by harmonic summation: a voiced
 frame with fundamental f0 puts energy at f0, 2 f0, 3 f0, ...; the salience of a
 candidate pitch is a weighted sum of the energy the mel bands hold at its
-harmonics. One mel band is too wide to tell semitones apart near f0, but the
-upper harmonics land in different bands, so the sum resolves about a semitone.
-Everything here is a fixed linear map of the mel power plus a log, so it runs on
-any device inside the model.
+harmonics. From the log-mel, one band is too wide to tell semitones apart near
+f0, but the upper harmonics land in different bands, so the sum resolves about
+a semitone (not for low voices); from a 1024-point STFT of the waveform every
+harmonic is resolved. Both are fixed linear maps plus a log, on any device.
 
 - :func:`harmonic_matrix`  (n_pitch, n_mels): mel power -> pitch salience, one bin per semitone.
 - :func:`pitch_salience`   (..., n_mels, T) log-mel -> (..., n_pitch, T) log salience.
@@ -19,8 +18,9 @@ any device inside the model.
 - :func:`voiced_interval_lag_profile` the same over near-hard pitch classes of a finer
   (1/3 semitone) harmonic sum, frames weighted by how loud (voiced) they are: the default
   melody vector (docs/melody.md).
-- :func:`stft_pitch_salience` the same salience from a 1024-point STFT of the waveform, for
-  callers that have it (sharper pitch than the 48-band mel allows).
+- :func:`stft_pitch_salience` / :func:`wave_pitch` the same salience from a 1024-point STFT of
+  the waveform (sharper pitch than the 48-band mel allows): what the default melody vector
+  reads (``pitch_source='waveform'``, docs/melody.md).
 - :func:`chroma_stats`     the chroma-statistics baseline melody vector.
 - :func:`crepe_f0`         optional pretrained CREPE pitch track from the waveform
   (needs ``pip install singer-recsys[pitch]``).
@@ -272,14 +272,18 @@ def voiced_interval_lag_profile(chroma: torch.Tensor, weight: torch.Tensor, lags
     return F.normalize((profile - profile.mean(0, keepdim=True)).flatten(), dim=0)
 
 
+WAVE_N_FFT = 1024  # 15.6 Hz bins at 16 kHz: every harmonic of a sung note lands in its own bins
+WAVE_DECAY = 0.8
+
+
 def stft_pitch_salience(
     wave: torch.Tensor,
     sample_rate: int,
     hop_length: int,
-    n_fft: int = 1024,
+    n_fft: int = WAVE_N_FFT,
     bins_per_semitone: int = FINE_BINS,
     n_harmonics: int = N_HARMONICS,
-    decay: float = 0.8,
+    decay: float = WAVE_DECAY,
 ) -> torch.Tensor:
     """(N,) waveform -> (N_PITCH * b, T) log harmonic-sum salience from a linear-frequency STFT.
 
@@ -289,10 +293,33 @@ def stft_pitch_salience(
     match recsys.features.log_mel's (centred, same hop) when hop_length does.
     """
     wave = torch.as_tensor(wave, dtype=torch.float32).reshape(-1)
-    window = torch.hann_window(n_fft, device=wave.device)
-    mag = torch.stft(wave, n_fft, hop_length, window=window, return_complex=True).abs().sqrt()  # (n_fft/2+1, T)
-    comb = harmonic_comb(n_fft, sample_rate, bins_per_semitone, n_harmonics, decay).to(mag)
-    return torch.log(comb @ mag + 1e-5)
+    if wave.numel() < n_fft // 2 + 1:  # reflect padding needs half a window
+        wave = F.pad(wave, (0, n_fft // 2 + 1 - wave.numel()))
+    spec = torch.stft(wave, n_fft, hop_length, window=_hann(n_fft, wave.device), return_complex=True)
+    mag = (spec.real.square() + spec.imag.square()).sqrt_().sqrt_()  # sqrt |X|; 2x faster than abs().sqrt()
+    comb = harmonic_comb(n_fft, sample_rate, bins_per_semitone, n_harmonics, decay).to(mag.device)
+    return torch.log(comb @ mag + 1e-5)  # dense: a BLAS matmul beats torch's sparse kernels here
+
+
+PITCH_STRIDE = 2  # pitch every 2 log-mel frames (32 ms): notes last far longer, and it halves the STFT
+
+
+def wave_pitch(wave: torch.Tensor, sample_rate: int, hop_length: int, stride: int = PITCH_STRIDE) -> torch.Tensor:
+    """(N,) voiced waveform -> (N_PITCH, T) log salience of each semitone's best 1/3-semitone candidate.
+
+    What a melody model with ``pitch_source='waveform'`` reads beside the log-mel
+    (recsys.features.song_features computes both from the same voiced audio). T is
+    log_mel's frame count for hop_length; the salience is computed every `stride`
+    frames (frame k * stride, centred alike) and held for the frames between.
+    """
+    n_frames = torch.as_tensor(wave).numel() // hop_length + 1  # log_mel's frames (centred STFT)
+    coarse = semitone_salience(stft_pitch_salience(wave, sample_rate, hop_length * stride), FINE_BINS)
+    return coarse.repeat_interleave(stride, dim=-1)[:, :n_frames]
+
+
+@functools.lru_cache(maxsize=4)
+def _hann(n_fft: int, device: torch.device) -> torch.Tensor:
+    return torch.hann_window(n_fft, device=device)
 
 
 @functools.lru_cache(maxsize=4)

@@ -27,7 +27,7 @@ from recsys.api import Recommender
 from recsys.cli import app
 from recsys.config import load_settings
 from recsys.corpus import generate_corpus
-from recsys.features import song_mel
+from recsys.features import song_features, song_mel
 from recsys.ingest import analyse_file, embed_mels, prepare_file
 from recsys.manifest import ManifestEntry
 from recsys.training.checkpoint import load_version, save_version
@@ -112,16 +112,25 @@ def _assert_consistent(rec: Recommender, n_songs: int) -> None:
 
 def test_embed_mels_equals_the_per_song_reference(models, corpus, tmp_path):
     rec = Recommender(_settings(tmp_path / "ws", models))
+    assert rec.embedder.needs_pitch  # the default melody vector reads the waveform pitch
     files = _good_files(corpus)[:3]
-    mels = [song_mel(f, rec.settings.audio, rec.settings.features) for f in files]
+    feats = [song_features(f, rec.settings.audio, rec.settings.features, pitch=True) for f in files]
+    mels, pitches = [f[0] for f in feats], [f[1] for f in feats]
     mels.append(mels[0][:, :50])  # shorter than one timbre chunk: its own shape group
+    pitches.append(pitches[0][:, :50])
     mels.append(torch.cat([mels[1], mels[2]], dim=1))  # several chunks
-    t, m = embed_mels(rec.embedder, mels)
+    pitches.append(torch.cat([pitches[1], pitches[2]], dim=1))
+    t, m = embed_mels(rec.embedder, mels, pitches)
     assert t.shape == (5, rec.embedder.dims[0]) and m.shape == (5, rec.embedder.dims[1])
-    for i, mel in enumerate(mels):
-        t1, m1 = rec.embedder.embed_mel(mel)
+    for i, (mel, wave_pitch) in enumerate(zip(mels, pitches)):
+        t1, m1 = rec.embedder.embed_mel(mel, wave_pitch)
         np.testing.assert_allclose(t[i], t1, atol=1e-5)
         np.testing.assert_allclose(m[i], m1, atol=1e-5)
+    reference = rec.embedder.embed(files[0])  # the query path decodes the file itself
+    np.testing.assert_allclose(reference.timbre[0], t[0], atol=1e-5)
+    np.testing.assert_allclose(reference.melody[0], m[0], atol=1e-5)
+    with pytest.raises(ValueError, match="waveform pitch"):
+        embed_mels(rec.embedder, mels[:1])
 
 
 def test_prepare_file_agrees_with_analyse_file_and_song_mel(corpus, tmp_path):
@@ -130,7 +139,13 @@ def test_prepare_file_agrees_with_analyse_file_and_song_mel(corpus, tmp_path):
     prepared = prepare_file(entry, settings.audio, settings.features)
     assert prepared.song == analyse_file(entry, settings.audio)
     np.testing.assert_array_equal(prepared.mel, song_mel(entry.path, settings.audio, settings.features).numpy())
+    assert prepared.pitch is None
     assert prepare_file(entry, settings.audio).mel is None
+    with_pitch = prepare_file(entry, settings.audio, settings.features, pitch=True)
+    mel, wave_pitch = song_features(entry.path, settings.audio, settings.features, pitch=True)
+    np.testing.assert_array_equal(with_pitch.mel, mel.numpy())
+    np.testing.assert_array_equal(with_pitch.pitch, wave_pitch.numpy())
+    assert with_pitch.pitch.shape == (44, mel.shape[-1])
 
 
 # ---------------------------------------------------------------------------- the job, in process

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 
 import numpy as np
@@ -15,6 +16,7 @@ from recsys.models.tcae import TCAE, TCAEConfig, masked_pool
 from recsys.training.checkpoint import CheckpointMismatchError
 from recsys.training.data import SongFeatures
 from recsys.training.tcae import (
+    compare_melody_variants,
     load_melody,
     melody_precision_at_1,
     pad_batch,
@@ -49,20 +51,33 @@ def tone_mel(midis: list[int], note_s: float = 0.25, seed: int = 0) -> torch.Ten
 
 
 @pytest.fixture(scope="module")
-def sung() -> dict[tuple[int, int], torch.Tensor]:
-    """Log-mels of 3 synthetic singers x 3 melodies, 8 s each (singers sing in their own keys)."""
+def sung_waves() -> dict[tuple[int, int], torch.Tensor]:
+    """3 synthetic singers x 3 melodies, 8 s each (singers sing in their own keys)."""
     singers = corpus.make_singers(3, seed=7)
     melodies = corpus.make_melodies(3, seed=7)
     return {
-        (i, j): log_mel(torch.from_numpy(corpus.sing(v, m, 8.0, SR, seed=i + 3 * j)), FEAT, SR)
+        (i, j): torch.from_numpy(corpus.sing(v, m, 8.0, SR, seed=i + 3 * j))
         for i, v in enumerate(singers)
         for j, m in enumerate(melodies)
     }
 
 
-def songs_from(sung) -> list[SongFeatures]:
+@pytest.fixture(scope="module")
+def sung(sung_waves) -> dict[tuple[int, int], torch.Tensor]:
+    """Their log-mels."""
+    return {k: log_mel(w, FEAT, SR) for k, w in sung_waves.items()}
+
+
+@pytest.fixture(scope="module")
+def sung_pitch(sung_waves) -> dict[tuple[int, int], torch.Tensor]:
+    """Their waveform pitch (what pitch_source='waveform' reads)."""
+    return {k: pitch.wave_pitch(w, SR, FEAT.hop_length) for k, w in sung_waves.items()}
+
+
+def songs_from(sung, sung_pitch=None) -> list[SongFeatures]:
     return [
-        SongFeatures(k, mel, singer=f"s{i}", content_hash=f"h{k}", metadata={"melody": f"m{j}"})
+        SongFeatures(k, mel, singer=f"s{i}", content_hash=f"h{k}", metadata={"melody": f"m{j}"},
+                     pitch=None if sung_pitch is None else sung_pitch[i, j])
         for k, ((i, j), mel) in enumerate(sorted(sung.items()))
     ]
 
@@ -257,11 +272,12 @@ def _melody_wins(vec: dict[tuple[int, int], torch.Tensor]) -> list[bool]:
     return wins
 
 
-@pytest.mark.parametrize("pool", ["interval-lag", "voiced-interval-lag"])
-def test_same_melody_by_two_voices_is_closer_than_two_melodies_by_one_voice(sung, pool):
+@pytest.mark.parametrize("pool, source", [("interval-lag", "mel"), ("voiced-interval-lag", "mel"),
+                                          ("voiced-interval-lag", "waveform")])
+def test_same_melody_by_two_voices_is_closer_than_two_melodies_by_one_voice(sung, sung_pitch, pool, source):
     """Key-invariant pitch features (interval-lag poolings), across the singers' own keys."""
-    model = tiny(input="pitch", key_invariant=True, pool=pool, n_lags=24, max_lag_frames=256)
-    vec = {k: model.embed_song(mel) for k, mel in sung.items()}
+    model = tiny(input="pitch", key_invariant=True, pool=pool, n_lags=24, max_lag_frames=256, pitch_source=source)
+    vec = {k: model.embed_song(mel, pitch=sung_pitch[k]) for k, mel in sung.items()}
     wins = _melody_wins(vec)
     assert sum(wins) >= 0.8 * len(wins), f"{sum(wins)}/{len(wins)}"
     # The latent mean/std alone is dominated by the voice: the pooling is what makes it melodic.
@@ -269,18 +285,20 @@ def test_same_melody_by_two_voices_is_closer_than_two_melodies_by_one_voice(sung
     assert sum(_melody_wins({k: stats.embed_song(mel) for k, mel in sung.items()})) < sum(wins)
 
 
-@pytest.mark.parametrize("pool", ["interval-lag", "voiced-interval-lag"])
-def test_interval_lag_embed_masks_padding(sung, pool):
-    model = tiny(input="pitch", key_invariant=True, pool=pool)
+@pytest.mark.parametrize("pool, source", [("interval-lag", "mel"), ("voiced-interval-lag", "mel"),
+                                          ("voiced-interval-lag", "waveform")])
+def test_interval_lag_embed_masks_padding(sung, sung_pitch, pool, source):
+    model = tiny(input="pitch", key_invariant=True, pool=pool, pitch_source=source)
     mels = [sung[0, 0], sung[1, 2][:, :300]]
+    pitches = [sung_pitch[0, 0], sung_pitch[1, 2][:, :300]]
     batch, mask = pad_batch(mels)
-    out = model.embed(batch, mask)
+    out = model.embed(batch, mask, pitch=pad_batch(pitches)[0])
     assert out.shape == (2, model.dim)
-    for i, m in enumerate(mels):
-        torch.testing.assert_close(out[i], model.embed_song(m))
+    for i, (m, p) in enumerate(zip(mels, pitches)):
+        torch.testing.assert_close(out[i], model.embed_song(m, pitch=p))
 
 
-def test_checkpoint_reloads_bit_identically_and_refuses_other_config(sung, tmp_path):
+def test_checkpoint_reloads_bit_identically_and_refuses_other_config(sung, sung_pitch, tmp_path):
     songs = songs_from(sung)[:4]
     cfg = _melody_cfg(epochs=1)
     result = train_melody(songs, cfg, FEAT, SR, tmp_path, device="cpu")
@@ -288,8 +306,8 @@ def test_checkpoint_reloads_bit_identically_and_refuses_other_config(sung, tmp_p
     assert meta.version == result.version.version
     for (k, a), b in zip(result.model.state_dict().items(), model.state_dict().values()):
         assert torch.equal(a, b), k
-    mel = songs[0].mel
-    assert torch.equal(model.embed_song(mel), result.model.embed_song(mel))
+    mel, wave_pitch = songs[0].mel, sung_pitch[0, 0]
+    assert torch.equal(model.embed_song(mel, pitch=wave_pitch), result.model.embed_song(mel, pitch=wave_pitch))
     load_melody(tmp_path, expect=TCAEConfig.from_settings(cfg, FEAT, SR))
     with pytest.raises(CheckpointMismatchError, match="latent_dim"):
         load_melody(tmp_path, expect=TCAEConfig.from_settings(_melody_cfg(latent_dim=8), FEAT, SR))
@@ -324,19 +342,92 @@ def test_melody_precision_at_1_against_plain_loop():
     assert melody_precision_at_1(xb, melody, singer) == hits / 12
 
 
-def test_voiced_interval_lag_ignores_a_transposed_take_and_any_length():
+@pytest.mark.parametrize("source", ["waveform", "mel"])
+def test_voiced_interval_lag_ignores_a_transposed_take_and_any_length(source):
     """The same singer and take sung 2 semitones up or down keeps its vector; short and long songs embed."""
-    model = tiny(input="pitch", key_invariant=True, pool="voiced-interval-lag", n_lags=24, max_lag_frames=256)
+    model = tiny(input="pitch", key_invariant=True, pool="voiced-interval-lag", n_lags=24, max_lag_frames=256,
+                 pitch_source=source)
     voice, other = corpus.make_singers(2, seed=5)
     tune, other_tune = corpus.make_melodies(2, seed=5)
-    vec = lambda v, m, tr=0: model.embed_song(log_mel(torch.from_numpy(corpus.sing(v, m, 10.0, SR, seed=1, transpose=tr)), FEAT, SR))
+
+    def embed(wave: torch.Tensor) -> torch.Tensor:
+        return model.embed_song(log_mel(wave, FEAT, SR), pitch=pitch.wave_pitch(wave, SR, FEAT.hop_length))
+
+    vec = lambda v, m, tr=0: embed(torch.from_numpy(corpus.sing(v, m, 10.0, SR, seed=1, transpose=tr)))
     base = vec(voice, tune)
     different = vec(voice, other_tune)
     for shift in (-2, 2):
         moved = vec(voice, tune, shift)
         assert torch.dot(base, moved) > torch.dot(base, different)
     assert model.dim == 12 * len(model.cfg.lags)
-    for frames in (3, 40, 20_000):
-        out = model.embed_song(torch.randn(FEAT.n_mels, frames) - 4)
+    gen = torch.Generator().manual_seed(0)
+    for n_samples in (600, 10_000, 20_000 * FEAT.hop_length):
+        out = embed(0.1 * torch.randn(n_samples, generator=gen))
         assert out.shape == (model.dim,) and torch.isfinite(out).all()
     assert "front.fine_harmonics" not in model.state_dict()  # rebuilt from the config: old checkpoints load
+
+
+def test_waveform_pitch_source_needs_the_pitch_and_says_how_to_get_it(sung, sung_pitch):
+    model = tiny(pool="voiced-interval-lag", n_lags=24, max_lag_frames=256)
+    assert model.cfg.pitch_source == "waveform" and model.needs_wave_pitch
+    with pytest.raises(ValueError, match="pitch_source='waveform'.*wave_pitch"):
+        model.embed_song(sung[0, 0])
+    with pytest.raises(ValueError, match=r"expected waveform pitch \(44, 501\)"):
+        model.embed_song(sung[0, 0], pitch=sung_pitch[0, 0][:, :10])
+    assert not tiny(pool="voiced-interval-lag", pitch_source="mel").needs_wave_pitch
+    assert not tiny(pool="stats").needs_wave_pitch  # latent poolings read the mel only
+    with pytest.raises(ValueError, match="pitch_source 'crepe'"):
+        TCAEConfig(pitch_source="crepe")
+
+
+def test_waveform_pitch_separates_melodies_better_than_the_mel_for_low_voices():
+    """Why 'waveform' is the default: for a low voice the 48-band mel mistakes the notes (docs/melody.md)."""
+    low = [v for v in corpus.make_singers(12, seed=3) if v.range_midi[0] <= 45][:2]
+    assert len(low) == 2
+    tunes = corpus.make_melodies(4, seed=3)
+
+    def vectors(source: str) -> dict[tuple[int, int], torch.Tensor]:
+        model = tiny(input="pitch", key_invariant=True, pool="voiced-interval-lag", n_lags=24,
+                     max_lag_frames=256, pitch_source=source)
+        out = {}
+        for i, v in enumerate(low):
+            for j, m in enumerate(tunes):
+                wave = torch.from_numpy(corpus.sing(v, m, 12.0, SR, seed=10 * i + j))
+                out[i, j] = model.embed_song(log_mel(wave, FEAT, SR), pitch=pitch.wave_pitch(wave, SR, FEAT.hop_length))
+        return out
+
+    def margin(vec) -> float:
+        """Mean over melodies: similarity to the same melody by the other voice minus the best other melody."""
+        return float(np.mean([
+            torch.dot(vec[0, j], vec[1, j]) - max(torch.dot(vec[0, j], vec[1, o]) for o in range(4) if o != j)
+            for j in range(4)
+        ]))
+
+    wave_margin, mel_margin = margin(vectors("waveform")), margin(vectors("mel"))
+    assert wave_margin > 0 and wave_margin > mel_margin, (wave_margin, mel_margin)
+
+
+def test_checkpoints_saved_before_pitch_source_existed_read_the_mel():
+    data = TCAEConfig().to_dict()
+    del data["pitch_source"]
+    assert TCAEConfig.from_dict(data).pitch_source == "mel"
+
+
+def test_melody_variant_study_scores_the_default_vector_from_the_waveform(sung, sung_pitch, tmp_path):
+    """`recsys experiment melody-variants`: baselines, the default profile from both pitch sources, TCAE rows."""
+    songs = songs_from(sung, sung_pitch)
+    queries = {"again": [SongFeatures(100 + s.song_id, s.mel, s.singer, "", {**s.metadata, "source": i},
+                                      pitch=s.pitch) for i, s in enumerate(songs)]}
+    rows = compare_melody_variants(songs, songs, queries, {"tiny": _melody_cfg(epochs=1, input="mel", key_invariant=False)},
+                                   FEAT, SR, tmp_path)
+    by_name = {r["name"]: r for r in rows}
+    assert set(by_name) == {"chroma-stats (baseline)", "interval-lag (baseline)", "voiced-interval-lag (mel pitch)",
+                            "voiced-interval-lag (waveform pitch)", "tcae tiny (stats)", "tcae tiny (stats+lag)"}
+    wave = by_name["voiced-interval-lag (waveform pitch)"]
+    assert wave["p_at_1"] >= 0.8 > by_name["chroma-stats (baseline)"]["p_at_1"]
+    assert wave["p_at_1_again"] == wave["p_at_1"]  # the same songs as queries, their own copy left out
+    assert wave["embed_3min_ms"] > 0 and by_name["tcae tiny (stats)"]["epochs"] == 1
+    without_pitch = compare_melody_variants(songs[:6], [dataclasses.replace(s, pitch=None) for s in songs], {}, {},
+                                            FEAT, SR, tmp_path / "b")
+    assert [r["name"] for r in without_pitch] == ["chroma-stats (baseline)", "interval-lag (baseline)",
+                                                  "voiced-interval-lag (mel pitch)"]

@@ -29,6 +29,7 @@ from recsys.modules.conv import GatedResidualBlock, receptive_field
 
 INPUTS = ("mel", "pitch", "mel+pitch")
 POOLS = ("stats", "stats+lag", "interval-lag", "voiced-interval-lag")
+PITCH_SOURCES = ("waveform", "mel")
 PROFILE_POOLS = ("interval-lag", "voiced-interval-lag")  # chroma profiles, no latents
 EPS = 1e-5
 
@@ -63,6 +64,10 @@ class TCAEConfig:
     pool: str = "voiced-interval-lag"
     n_lags: int = 24
     max_lag_frames: int = 256  # 256 x 16 ms = 4.1 s
+    # Where 'voiced-interval-lag' reads pitch: 'waveform' = recsys.pitch.wave_pitch of the voiced audio,
+    # passed beside the mel (resolves every harmonic: melody P@1 0.56 -> 0.8, docs/melody.md);
+    # 'mel' = the harmonic sum of the log-mel itself (what checkpoints saved before the option used).
+    pitch_source: str = "waveform"
 
     def __post_init__(self) -> None:
         if self.input not in INPUTS:
@@ -77,6 +82,8 @@ class TCAEConfig:
                 raise ValueError(f"TCAEConfig.{name} must be >= 1, got {getattr(self, name)}")
         if self.pool not in POOLS:
             raise ValueError(f"melody pool {self.pool!r} is not one of {', '.join(POOLS)}")
+        if self.pitch_source not in PITCH_SOURCES:
+            raise ValueError(f"melody pitch_source {self.pitch_source!r} is not one of {', '.join(PITCH_SOURCES)}")
         if self.kernel_size < 2:
             raise ValueError(f"TCAEConfig.kernel_size must be >= 2, got {self.kernel_size}")
 
@@ -99,6 +106,7 @@ class TCAEConfig:
             n_blocks=melody.n_blocks,
             max_lag_frames=max(1, round(4.0 * sample_rate / features.hop_length)),
             pool=melody.pool,
+            pitch_source=melody.pitch_source,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -106,6 +114,7 @@ class TCAEConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TCAEConfig:
+        data = {"pitch_source": "mel", **data}  # saved before the option existed: they read the mel
         names = {f.name for f in fields(cls)}
         missing = names - set(data)
         if missing:
@@ -264,6 +273,11 @@ class TCAE(nn.Module):
 
     # --- shapes and sizes -------------------------------------------------------------
     @property
+    def needs_wave_pitch(self) -> bool:
+        """Whether embed_song needs `pitch` (recsys.pitch.wave_pitch of the voiced waveform) beside the mel."""
+        return self.cfg.pool == "voiced-interval-lag" and self.cfg.pitch_source == "waveform"
+
+    @property
     def dim(self) -> int:
         """Size of the song-level melody vector."""
         if self.cfg.pool in PROFILE_POOLS:
@@ -350,8 +364,13 @@ class TCAE(nn.Module):
         return torch.cat(out, dim=-1)[0].T
 
     @torch.no_grad()
-    def embed(self, mel: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        """(B, n_mels, T) right-padded log-mel, (B, T) bool mask of real frames -> (B, dim) unit vectors."""
+    def embed(
+        self, mel: torch.Tensor, mask: torch.Tensor | None = None, pitch: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """(B, n_mels, T) right-padded log-mel, (B, T) bool mask of real frames -> (B, dim) unit vectors.
+
+        `pitch` (B, N_PITCH, T), padded alike: the waveform pitch when needs_wave_pitch.
+        """
         mel = self._check_mel(mel, batched=True)
         mask = (
             torch.ones(mel.shape[0], mel.shape[-1], dtype=torch.bool)
@@ -360,22 +379,47 @@ class TCAE(nn.Module):
         ).to(mel.device)
         if self.cfg.pool in PROFILE_POOLS:
             lengths = mask.sum(1).tolist()
-            return torch.stack([self._profile(m[:, :n]) for m, n in zip(mel, lengths)])
+            pitches = [None] * len(mel) if pitch is None else [p[:, :n] for p, n in zip(pitch, lengths)]
+            return torch.stack([self._profile(m[:, :n], p) for m, n, p in zip(mel, lengths, pitches)])
         x, _ = self.front(mel)
         return masked_pool(self.encoder(x), mask, self._lags)
 
-    def _profile(self, mel: torch.Tensor) -> torch.Tensor:
+    def _profile(self, mel: torch.Tensor, wave_pitch: torch.Tensor | None = None) -> torch.Tensor:
         """(n_mels, T) -> (12 * n_lags,) interval x lag profile of the harmonic-sum chroma (PROFILE_POOLS)."""
         if self.cfg.pool == "voiced-interval-lag":
-            chroma = pitch.voiced_chroma(pitch.fine_semitone_salience(mel, self.front.fine_harmonics))
+            if self.needs_wave_pitch:
+                salience = self._check_pitch(wave_pitch, mel)
+            else:
+                salience = pitch.fine_semitone_salience(mel, self.front.fine_harmonics)
+            chroma = pitch.voiced_chroma(salience)
             return pitch.voiced_interval_lag_profile(chroma, pitch.voicing_weight(mel), self.cfg.lags)
         chroma = pitch.fold_chroma(pitch.pitch_salience(mel, self.front.harmonics))
         return pitch.interval_lag_profile(chroma, self.cfg.lags)
 
+    def _check_pitch(self, wave_pitch: torch.Tensor | None, mel: torch.Tensor) -> torch.Tensor:
+        if wave_pitch is None:
+            raise ValueError(
+                "this melody model reads pitch from the waveform (pitch_source='waveform'): pass "
+                "pitch=recsys.pitch.wave_pitch(voiced_wave, sample_rate, hop_length), e.g. from "
+                "recsys.features.song_features(..., pitch=True)"
+            )
+        if wave_pitch.shape != (pitch.N_PITCH, mel.shape[-1]):
+            raise ValueError(
+                f"expected waveform pitch ({pitch.N_PITCH}, {mel.shape[-1]}) on the mel's frames, "
+                f"got {tuple(wave_pitch.shape)}"
+            )
+        return wave_pitch.to(mel.device, torch.float32)
+
     @torch.no_grad()
-    def embed_song(self, mel: torch.Tensor, chunk_frames: int | None = 4096) -> torch.Tensor:
-        """(n_mels, T) log-mel of one song, any length -> (dim,) unit melody vector."""
+    def embed_song(
+        self, mel: torch.Tensor, chunk_frames: int | None = 4096, pitch: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """(n_mels, T) log-mel of one song, any length -> (dim,) unit melody vector.
+
+        `pitch` (N_PITCH, T): recsys.pitch.wave_pitch of the same voiced audio; needed
+        when needs_wave_pitch (the default), ignored otherwise.
+        """
         if self.cfg.pool in PROFILE_POOLS:
-            return self._profile(self._check_mel(mel, batched=False))
+            return self._profile(self._check_mel(mel, batched=False), pitch)
         z = self.encode_frames(mel, chunk_frames).T.unsqueeze(0)  # (1, L, T)
         return masked_pool(z, torch.ones(1, z.shape[-1], dtype=torch.bool, device=z.device), self._lags)[0]

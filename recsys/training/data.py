@@ -20,6 +20,7 @@ class SongFeatures:
     singer: str | None = None  # None: unlabelled
     content_hash: str = ""
     metadata: dict[str, Any] = field(default_factory=dict)
+    pitch: torch.Tensor | None = None  # (N_PITCH, T) waveform pitch (recsys.pitch.wave_pitch), when computed
 
     @property
     def n_frames(self) -> int:

@@ -298,13 +298,13 @@ def compare_melody_variants(
     singer = [s.singer for s in eval_songs]
     rows: list[dict[str, Any]] = []
 
-    def score(name: str, embed: Callable[[torch.Tensor], torch.Tensor], extra: dict[str, Any]) -> None:
+    def score(name: str, embed: Callable[[SongFeatures], torch.Tensor], extra: dict[str, Any]) -> None:
         began = time.perf_counter()
-        xb = torch.stack([embed(s.mel) for s in eval_songs])
+        xb = torch.stack([embed(s) for s in eval_songs])
         embed_ms = 1000 * (time.perf_counter() - began) / len(eval_songs)
         row: dict[str, Any] = {"name": name, "p_at_1": melody_precision_at_1(xb, melody, singer)}
         for qname, qsongs in queries.items():
-            xq = torch.stack([embed(s.mel) for s in qsongs])
+            xq = torch.stack([embed(s) for s in qsongs])
             row[f"p_at_1_{qname}"] = melody_precision_at_1(
                 xb, melody, singer, xq, [int(s.metadata["source"]) for s in qsongs]
             )
@@ -312,13 +312,17 @@ def compare_melody_variants(
             row["p_at_1_transposed"] = sum(row[f"p_at_1_{q}"] for q in queries) / len(queries)
         rows.append({**row, **extra, "embed_ms": embed_ms})
 
-    frames_3min = round(180 * sample_rate / feat_cfg.hop_length)
-    three_min = torch.cat([s.mel for s in eval_songs] * (1 + frames_3min // sum(s.n_frames for s in eval_songs)),
-                          dim=-1)[:, :frames_3min]
+    three_min = _three_minutes(eval_songs, round(180 * sample_rate / feat_cfg.hop_length))
     matrix = pitch.harmonic_matrix(feat_cfg, sample_rate)
     lags = TCAEConfig.from_settings(MelodyConfig(), feat_cfg, sample_rate).lags
-    score("chroma-stats (baseline)", lambda m: chroma_baseline(m, matrix), {})
-    score("interval-lag (baseline)", lambda m: interval_lag_baseline(m, matrix, lags), {})
+    score("chroma-stats (baseline)", lambda s: chroma_baseline(s.mel, matrix), {})
+    score("interval-lag (baseline)", lambda s: interval_lag_baseline(s.mel, matrix, lags), {})
+    # The learning-free default vector, reading pitch from the log-mel and, where the songs carry it, the waveform.
+    with_pitch = all(s.pitch is not None for s in [*eval_songs, *(q for qs in queries.values() for q in qs)])
+    for source in ("mel", "waveform") if with_pitch else ("mel",):
+        profile = TCAE(TCAEConfig.from_settings(MelodyConfig(pitch_source=source), feat_cfg, sample_rate)).eval()
+        embed = functools.partial(_embed_profile, profile)
+        score(f"voiced-interval-lag ({source} pitch)", embed, {"embed_3min_ms": _time_embed(embed, three_min)})
     for name, cfg in variants.items():
         began = time.perf_counter()
         result = train_melody(
@@ -329,24 +333,38 @@ def compare_melody_variants(
         train_s = time.perf_counter() - began
         best = result.history[result.best_epoch] if result.best_epoch >= 0 else result.history[-1]
         for pool in ("stats", "stats+lag"):  # the latent poolings; interval-lag is the baseline row
-            embed = functools.partial(_embed_latents, result.model, lags=result.model.cfg.lags if "lag" in pool else None)
+            embed = functools.partial(_embed_latents, result.model,
+                                      lags=result.model.cfg.lags if "lag" in pool else None)
             score(f"tcae {name} ({pool})", embed,
                   {"valid_loss": best["valid_loss"], "epochs": len(result.history), "train_s": train_s,
                    "embed_3min_ms": _time_embed(embed, three_min)})
     return rows
 
 
-def _embed_latents(model: TCAE, mel: torch.Tensor, lags: list[int] | None) -> torch.Tensor:
-    """(n_mels, T) -> song vector pooled from the model's latents, whatever its configured pool."""
-    z = model.encode_frames(mel).T.unsqueeze(0)  # (1, L, T)
+def _three_minutes(songs: list[SongFeatures], frames: int) -> SongFeatures:
+    """The songs joined (repeated as needed) and cut to `frames` frames: a 3-minute song for timing."""
+    reps = 1 + frames // sum(s.n_frames for s in songs)
+    mel = torch.cat([s.mel for s in songs] * reps, dim=-1)[:, :frames]
+    with_pitch = all(s.pitch is not None for s in songs)
+    wave_pitch = torch.cat([s.pitch for s in songs] * reps, dim=-1)[:, :frames] if with_pitch else None  # type: ignore[misc]
+    return SongFeatures(-1, mel, pitch=wave_pitch)
+
+
+def _embed_profile(model: TCAE, song: SongFeatures) -> torch.Tensor:
+    return model.embed_song(song.mel, pitch=song.pitch)
+
+
+def _embed_latents(model: TCAE, song: SongFeatures, lags: list[int] | None) -> torch.Tensor:
+    """A song -> vector pooled from the model's latents, whatever its configured pool."""
+    z = model.encode_frames(song.mel).T.unsqueeze(0)  # (1, L, T)
     return masked_pool(z, torch.ones(1, z.shape[-1], dtype=torch.bool), lags)[0]
 
 
-def _time_embed(embed: Callable[[torch.Tensor], torch.Tensor], mel: torch.Tensor, repeats: int = 3) -> float:
-    embed(mel)  # warm-up
+def _time_embed(embed: Callable[[SongFeatures], torch.Tensor], song: SongFeatures, repeats: int = 3) -> float:
+    embed(song)  # warm-up
     times = []
     for _ in range(repeats):
         began = time.perf_counter()
-        embed(mel)
+        embed(song)
         times.append(time.perf_counter() - began)
     return 1000 * sorted(times)[len(times) // 2]
