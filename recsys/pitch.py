@@ -249,10 +249,23 @@ def _lag_correlation(x: torch.Tensor, lags: list[int]) -> torch.Tensor:
     One 2-D FFT for all lags: circular over C (intervals), zero-padded over time
     so that the time lags do not wrap.
     """
-    n = x.shape[-1] + max(lags)
+    n = _fast_fft_length(x.shape[-1] + max(lags))  # any n >= T + max lag is exact; smooth sizes are fast
     spec = torch.fft.rfft2(x.double(), s=(x.shape[0], n))  # float64: the profile is a small difference of sums
     acf = torch.fft.irfft2(spec.abs().pow(2), s=(x.shape[0], n))  # (C, n): acf[d, L]
     return acf[:, lags].to(x.dtype)
+
+
+def _fast_fft_length(n: int) -> int:
+    """The smallest m >= n of the form 2^a 3^b 5^c (FFTs of such lengths are fastest)."""
+    m = n
+    while True:
+        k = m
+        for p in (2, 3, 5):
+            while k % p == 0:
+                k //= p
+        if k == 1:
+            return m
+        m += 1
 
 
 def voiced_interval_lag_profile(chroma: torch.Tensor, weight: torch.Tensor, lags: list[int]) -> torch.Tensor:
@@ -292,13 +305,21 @@ def stft_pitch_salience(
     decayed sum of the square-root magnitude interpolated at h * f0. Frames
     match recsys.features.log_mel's (centred, same hop) when hop_length does.
     """
+    return torch.log(_harmonic_sum(wave, sample_rate, hop_length, n_fft, bins_per_semitone, n_harmonics, decay) + 1e-5)
+
+
+def _harmonic_sum(
+    wave: torch.Tensor, sample_rate: int, hop_length: int, n_fft: int, bins_per_semitone: int, n_harmonics: int,
+    decay: float,
+) -> torch.Tensor:
+    """(N,) -> (N_PITCH * b, T) linear harmonic-sum salience (stft_pitch_salience before the log)."""
     wave = torch.as_tensor(wave, dtype=torch.float32).reshape(-1)
     if wave.numel() < n_fft // 2 + 1:  # reflect padding needs half a window
         wave = F.pad(wave, (0, n_fft // 2 + 1 - wave.numel()))
     spec = torch.stft(wave, n_fft, hop_length, window=_hann(n_fft, wave.device), return_complex=True)
     mag = (spec.real.square() + spec.imag.square()).sqrt_().sqrt_()  # sqrt |X|; 2x faster than abs().sqrt()
     comb = harmonic_comb(n_fft, sample_rate, bins_per_semitone, n_harmonics, decay).to(mag.device)
-    return torch.log(comb @ mag + 1e-5)  # dense: a BLAS matmul beats torch's sparse kernels here
+    return comb @ mag  # dense: a BLAS matmul beats torch's sparse kernels here
 
 
 PITCH_STRIDE = 2  # pitch every 2 log-mel frames (32 ms): notes last far longer, and it halves the STFT
@@ -313,8 +334,9 @@ def wave_pitch(wave: torch.Tensor, sample_rate: int, hop_length: int, stride: in
     frames (frame k * stride, centred alike) and held for the frames between.
     """
     n_frames = torch.as_tensor(wave).numel() // hop_length + 1  # log_mel's frames (centred STFT)
-    coarse = semitone_salience(stft_pitch_salience(wave, sample_rate, hop_length * stride), FINE_BINS)
-    return coarse.repeat_interleave(stride, dim=-1)[:, :n_frames]
+    power = _harmonic_sum(wave, sample_rate, hop_length * stride, WAVE_N_FFT, FINE_BINS, N_HARMONICS, WAVE_DECAY)
+    best = power.reshape(N_PITCH, FINE_BINS, -1).amax(1)  # the log after the max: the same, on a third of the rows
+    return torch.log(best + 1e-5).repeat_interleave(stride, dim=-1)[:, :n_frames]
 
 
 @functools.lru_cache(maxsize=4)
