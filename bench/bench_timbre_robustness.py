@@ -43,7 +43,7 @@ from recsys.augment import pitch_shift_wave, time_stretch_wave
 from recsys.baselines import make_baseline
 from recsys.config import load_settings
 from recsys.corpus import generate_corpus
-from recsys.evaluation import _ranking_metrics, format_table, rank_neighbours
+from recsys.evaluation import cross_retrieval_metrics, format_table
 from recsys.features import log_mel
 from recsys.training.contrastive import load_timbre, train_timbre
 from recsys.training.data import SongFeatures
@@ -71,10 +71,7 @@ def add_noise(wave: torch.Tensor, snr_db: float, seed: int) -> torch.Tensor:
 
 def retrieval(xq: np.ndarray, xb: np.ndarray, labels: np.ndarray) -> dict:
     """Query i against the gallery without its own clean song (row i)."""
-    n = len(labels)
-    _, inverse, counts = np.unique(labels, return_inverse=True, return_counts=True)
-    D, I = rank_neighbours(xq, xb, 10, exclude=np.arange(n))
-    return _ranking_metrics(D, I, labels, labels, counts[inverse] - 1, 10, 5)
+    return cross_retrieval_metrics(xq, labels, xb, labels, k=10, vote_k=5, exclude=np.arange(len(labels)))
 
 
 def main() -> None:

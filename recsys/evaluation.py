@@ -145,12 +145,20 @@ def _ranking_metrics(
 
 
 def cross_retrieval_metrics(
-    xq: np.ndarray, yq: np.ndarray, xb: np.ndarray, yb: np.ndarray, k: int = 10, vote_k: int = 5
+    xq: np.ndarray,
+    yq: np.ndarray,
+    xb: np.ndarray,
+    yb: np.ndarray,
+    k: int = 10,
+    vote_k: int = 5,
+    exclude: np.ndarray | None = None,
 ) -> dict[str, Any]:
     """Singer retrieval of queries against a separate gallery (e.g. augmented or held-out songs vs catalog).
 
     xq (nq, d), xb (nb, d) L2-normalised; yq (nq,), yb (nb,) singer labels. An item
-    of the gallery is relevant to a query when it has the query's singer label. See
+    of the gallery is relevant to a query when it has the query's singer label.
+    `exclude` (nq,): a gallery row each query must not retrieve nor count as relevant,
+    e.g. the clean original of a perturbed query (-1: none). See
     :func:`retrieval_metrics` for the metric definitions and the returned keys.
     """
     xq = _check_vectors(xq, "xq")
@@ -165,7 +173,14 @@ def cross_retrieval_metrics(
     labels, counts = np.unique(yb, return_counts=True)
     pos = np.searchsorted(labels, yq).clip(0, len(labels) - 1)
     n_relevant = np.where(labels[pos] == yq, counts[pos], 0)
-    D, I = rank_neighbours(xq, xb, max(k, vote_k))
+    if exclude is not None:
+        exclude = np.asarray(exclude, dtype=np.int64).reshape(-1)
+        if exclude.shape[0] != xq.shape[0] or exclude.max(initial=-1) >= xb.shape[0]:
+            raise ValueError(f"exclude needs one gallery row (or -1) per query: got {exclude.shape[0]} "
+                             f"for {xq.shape[0]} queries and a gallery of {xb.shape[0]}")
+        excluded_relevant = (exclude >= 0) & (yb[exclude.clip(0)] == yq)
+        n_relevant = n_relevant - excluded_relevant
+    D, I = rank_neighbours(xq, xb, max(k, vote_k), exclude=exclude)
     return _ranking_metrics(D, I, yq, yb, n_relevant, k, vote_k)
 
 

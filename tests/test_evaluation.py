@@ -296,3 +296,20 @@ def test_format_table():
     ]
     with pytest.raises(KeyError, match="'map' is in no row"):
         format_table(rows, ["method", "map"])
+
+
+def test_cross_retrieval_exclude_leaves_out_each_querys_own_original():
+    """A perturbed copy of gallery song i must not find song i itself, nor count it as relevant."""
+    rng = np.random.default_rng(0)
+    xb = rng.standard_normal((6, 8))
+    xb /= np.linalg.norm(xb, axis=1, keepdims=True)
+    yb = np.array(["a", "a", "b", "b", "c", "c"])
+    xq = xb + 0.01 * rng.standard_normal(xb.shape)  # each query is almost its own original
+    xq /= np.linalg.norm(xq, axis=1, keepdims=True)
+    plain = cross_retrieval_metrics(xq, yb, xb, yb, k=5, vote_k=1)
+    assert plain["p_at_1"] == 1.0  # trivially: the nearest is the original
+    held = cross_retrieval_metrics(xq, yb, xb, yb, k=5, vote_k=1, exclude=np.arange(6))
+    loo = retrieval_metrics(xb, yb, k=5, vote_k=1)  # the same as leave-one-out on the originals
+    assert held["p_at_1"] == loo["p_at_1"] and held["map_at_k"] == pytest.approx(loo["map_at_k"])
+    with pytest.raises(ValueError, match="one gallery row"):
+        cross_retrieval_metrics(xq, yb, xb, yb, exclude=np.arange(5))
