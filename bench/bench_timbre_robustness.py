@@ -2,11 +2,13 @@
 
     python bench/bench_timbre_robustness.py [--singers 12] [--songs 4] [--seconds 12]
         [--train-singers 16] [--train-songs 4] [--epochs 6] [--steps 20]
-        [--variants default,key] [--baselines mfcc_stats,resemblyzer] [--out DIR]
+        [--variants default,key] [--policies ps_neg_ts_neg,ps_pos_ts_pos]
+        [--baselines mfcc_stats,resemblyzer] [--out DIR]
 
 What the product meets in use: new recordings of singers in the catalog, sung in another
 key, at another tempo, with noise. One timbre encoder per variant (extra positive
-augmentations, recsys.augment.EXTRA_AUGMENTATIONS) is trained on a cappella songs of
+augmentations, recsys.augment.EXTRA_AUGMENTATIONS) and pair policy (--policies; default the
+configured one) is trained on a cappella songs of
 other singers (seed + 1000), so no evaluated voice was seen in training. The evaluation
 catalog (recsys.corpus.generate_corpus, --seed) is the gallery; every song queries it
 (its own clean version left out) in each condition:
@@ -26,6 +28,7 @@ Resemblyzer speaker encoder) are scored in the same run on the same audio.
 from __future__ import annotations
 
 import argparse
+import itertools
 import sys
 import time
 from pathlib import Path
@@ -83,7 +86,10 @@ def main() -> None:
     ap.add_argument("--train-songs", type=int, default=4)
     ap.add_argument("--epochs", type=int, default=6)
     ap.add_argument("--steps", type=int, default=20, help="steps per epoch")
+    ap.add_argument("--patience", type=int, default=None,
+                    help="early-stopping patience on the training singers' held-out songs (default: --epochs, none)")
     ap.add_argument("--variants", default="gain+noise,default", help=f"comma list of {', '.join(VARIANTS)}")
+    ap.add_argument("--policies", default="", help="comma list of pair policies (default: the configured one)")
     ap.add_argument("--baselines", default="mfcc_stats,resemblyzer")
     ap.add_argument("--seed", type=int, default=0, help="evaluation catalog seed (training: seed + 1000)")
     ap.add_argument("--out", type=Path, default=Path("bench-timbre-robustness"))
@@ -93,7 +99,7 @@ def main() -> None:
         manifest_file=None,
         workspace=args.out / "ws",
         device="auto",
-        timbre={"epochs": args.epochs, "steps_per_epoch": args.steps, "patience": args.epochs},
+        timbre={"epochs": args.epochs, "steps_per_epoch": args.steps, "patience": args.patience or args.epochs},
     )
     sr, audio, feats = settings.audio.sample_rate, settings.audio, settings.features
     gen = {"song_seconds": args.seconds, "workers": None}
@@ -135,17 +141,17 @@ def main() -> None:
     ]
 
     systems: dict[str, dict[str, np.ndarray]] = {}
-    for variant in [v.strip() for v in args.variants.split(",") if v.strip()]:
+    policies = [p.strip() for p in args.policies.split(",") if p.strip()] or [settings.timbre.policy]
+    variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    for variant, policy in itertools.product(variants, policies):  # one encoder each
         extras = VARIANTS[variant]
-        cfg = (
-            settings.timbre
-            if extras is None
-            else settings.timbre.model_copy(update={"extra_positives": extras})
-        )
+        update = {"policy": policy}
+        cfg = settings.timbre.model_copy(update=update if extras is None else {**update, "extra_positives": extras})
         t0 = time.perf_counter()
-        result = train_timbre(train_songs, cfg, feats, sr, args.out / "ws" / variant, device=settings.device)
-        model, _ = load_timbre(args.out / "ws" / variant, result.version.version)
-        name = f"timbre [{variant}: {', '.join(cfg.extra_positives) or '-'}]"
+        ws = args.out / "ws" / f"{variant}-{policy}"
+        result = train_timbre(train_songs, cfg, feats, sr, ws, device=settings.device)
+        model, _ = load_timbre(ws, result.version.version)
+        name = f"timbre {policy} [{variant}: {', '.join(cfg.extra_positives) or '-'}]"
         print(f"trained {name} in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
         with torch.no_grad():
             systems[name] = {c: np.stack([model.embed_song(m).numpy() for m in ms]) for c, ms in mels.items()}

@@ -177,7 +177,7 @@ class Recommender:
         t_meta, m_meta = self.embedder.versions  # type: ignore[attr-defined]
         fusion = self.settings.fusion
         method = self.separation.method
-        self._existing_model_rows(s)
+        self._existing_model_rows(s)  # refuses vectors of another separation method before registering
         return {
             "timbre": catalog.register_model_version(s, "timbre", t_meta.version, t_meta.model_config,
                                                      t_meta.fingerprint, t_meta.metrics),
@@ -195,9 +195,8 @@ class Recommender:
         from recsys.audio import AudioError
 
         with catalog.session_scope(self.sessions) as s:
-            self._model_rows(s)
-            todo = [(song.id, song.path) for song in
-                    catalog.songs_missing_embeddings(s, self._model_rows(s)["fused"], "fused")]
+            fused_row = self._model_rows(s)["fused"]
+            todo = [(song.id, song.path) for song in catalog.songs_missing_embeddings(s, fused_row, "fused")]
         weights = Weights(self.settings.fusion.w_timbre, self.settings.fusion.w_melody)
         added = 0
         for start in range(0, len(todo), batch_size):
