@@ -17,7 +17,8 @@ Profile rows (no learning):
   voiced-interval-lag     recsys.pitch.voiced_interval_lag_profile from the log-mel (1/3-semitone
                           harmonic sum, strongest pitch class, loud frames weighted): pitch_source 'mel'
   ... waveform pitch      the same descriptor over recsys.pitch.wave_pitch (1024-point STFT of the
-                          waveform): pitch_source 'waveform', the product default
+                          waveform): pitch_source 'waveform', the product default (without the
+                          unison interval, unison=False; the "with unison" row keeps it)
   ... oracle              the same descriptors over the corpus's note schedule (the notes the
                           synthesiser was asked to sing): the ceiling a perfect pitch track gives
 
@@ -113,8 +114,8 @@ def score_profiles(data: dict, lags: list[int]) -> list[dict]:
     semitone = pitch.harmonic_matrix(FEAT, SR)
     fine = pitch.harmonic_matrix(FEAT, SR, bins_per_semitone=pitch.FINE_BINS)
 
-    def voiced(sal: torch.Tensor, mel: torch.Tensor) -> torch.Tensor:
-        return pitch.voiced_interval_lag_profile(pitch.voiced_chroma(sal), pitch.voicing_weight(mel), lags)
+    def voiced(sal: torch.Tensor, mel: torch.Tensor, unison: bool = False) -> torch.Tensor:
+        return pitch.voiced_interval_lag_profile(pitch.voiced_chroma(sal), pitch.voicing_weight(mel), lags, unison)
 
     def oracle_voiced(s: Song) -> torch.Tensor:
         chroma = oracle_chroma(s)
@@ -126,6 +127,8 @@ def score_profiles(data: dict, lags: list[int]) -> list[dict]:
         "interval-lag (previous default)": lambda s: pitch.interval_lag_profile(
             pitch.fold_chroma(pitch.pitch_salience(s["mel"], semitone)), lags),
         "voiced-interval-lag, log-mel pitch": lambda s: voiced(pitch.fine_semitone_salience(s["mel"], fine), s["mel"]),
+        "voiced-interval-lag, waveform pitch, with unison": lambda s: voiced(
+            pitch.wave_pitch(s["wave"], SR, FEAT.hop_length), s["mel"], unison=True),
         "voiced-interval-lag, waveform pitch (default)": lambda s: voiced(
             pitch.wave_pitch(s["wave"], SR, FEAT.hop_length), s["mel"]),
         "interval-lag, oracle notes": lambda s: pitch.interval_lag_profile(oracle_chroma(s), lags),
@@ -223,7 +226,7 @@ def main() -> None:
         lags = TCAEConfig.from_settings(MelodyConfig(), FEAT, SR).lags
         rows = score_profiles(data, lags)
         for row, pool, source in ((rows[1], "interval-lag", "mel"), (rows[2], "voiced-interval-lag", "mel"),
-                                  (rows[3], "voiced-interval-lag", "waveform")):
+                                  (rows[4], "voiced-interval-lag", "waveform")):
             row["embed_3min_ms"] = time_3min(data, pool, source)
         if args.variants:
             songs, queries = _song_features(data)

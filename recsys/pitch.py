@@ -268,13 +268,18 @@ def _fast_fft_length(n: int) -> int:
         m += 1
 
 
-def voiced_interval_lag_profile(chroma: torch.Tensor, weight: torch.Tensor, lags: list[int]) -> torch.Tensor:
-    """(12, T) pitch-class distributions, (T,) frame weights -> (len(lags) * 12,) L2-normalised melody descriptor.
+def voiced_interval_lag_profile(
+    chroma: torch.Tensor, weight: torch.Tensor, lags: list[int], unison: bool = False
+) -> torch.Tensor:
+    """(12, T) pitch-class distributions, (T,) frame weights -> (len(lags) * (11 or 12),) L2-normalised melody descriptor.
 
     As :func:`interval_lag_profile`, but each pair of frames counts by the
     product of their weights (voiced frames), and the distributions are near
     one-hot, so the profile is a histogram of the intervals actually sung.
-    Lags at or beyond the song's length give zeros.
+    Lags at or beyond the song's length give zeros. Without `unison` the
+    same-pitch-class interval is left out: how long notes are held dominates it
+    in every song alike (and with the singer's phrasing), so it says little about
+    which melody is sung (docs/melody.md).
     """
     n = chroma.shape[-1]
     inside = [lag for lag in lags if lag < n]
@@ -282,6 +287,8 @@ def voiced_interval_lag_profile(chroma: torch.Tensor, weight: torch.Tensor, lags
     if inside:
         pairs = _lag_correlation(weight.unsqueeze(0), inside)[0].clamp_min(EPS_WEIGHT)  # (k,) sum_t w(t) w(t - lag)
         profile[: len(inside)] = (_lag_correlation(chroma * weight, inside) / pairs).T
+    if not unison:
+        profile = profile[:, 1:]
     return F.normalize((profile - profile.mean(0, keepdim=True)).flatten(), dim=0)
 
 

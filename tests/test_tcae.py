@@ -359,7 +359,9 @@ def test_voiced_interval_lag_ignores_a_transposed_take_and_any_length(source):
     for shift in (-2, 2):
         moved = vec(voice, tune, shift)
         assert torch.dot(base, moved) > torch.dot(base, different)
-    assert model.dim == 12 * len(model.cfg.lags)
+    assert model.dim == 11 * len(model.cfg.lags)  # the unison interval is left out
+    with_unison = tiny(pool="voiced-interval-lag", unison=True)
+    assert with_unison.dim == 12 * len(with_unison.cfg.lags)
     gen = torch.Generator().manual_seed(0)
     for n_samples in (600, 10_000, 20_000 * FEAT.hop_length):
         out = embed(0.1 * torch.randn(n_samples, generator=gen))
@@ -407,10 +409,23 @@ def test_waveform_pitch_separates_melodies_better_than_the_mel_for_low_voices():
     assert wave_margin > 0 and wave_margin > mel_margin, (wave_margin, mel_margin)
 
 
-def test_checkpoints_saved_before_pitch_source_existed_read_the_mel():
+def test_checkpoints_saved_before_pitch_source_and_unison_existed_compute_what_they_did():
     data = TCAEConfig().to_dict()
-    del data["pitch_source"]
-    assert TCAEConfig.from_dict(data).pitch_source == "mel"
+    del data["pitch_source"], data["unison"]
+    cfg = TCAEConfig.from_dict(data)
+    assert cfg.pitch_source == "mel" and cfg.unison
+
+
+def test_leaving_out_the_unison_interval_lowers_the_similarity_of_unrelated_melodies(sung, sung_pitch):
+    """Held notes look alike in every song: without interval 0 two different melodies share less of their vector."""
+    kw = {"input": "pitch", "key_invariant": True, "pool": "voiced-interval-lag", "n_lags": 24, "max_lag_frames": 256}
+    moving, full = tiny(**kw), tiny(**kw, unison=True)
+
+    def mean_cross_melody_cosine(model) -> float:
+        vec = {k: model.embed_song(mel, pitch=sung_pitch[k]) for k, mel in sung.items()}
+        return float(np.mean([torch.dot(vec[a], vec[b]) for a in vec for b in vec if a[1] != b[1]]))
+
+    assert mean_cross_melody_cosine(moving) < mean_cross_melody_cosine(full) - 0.2  # measured 0.28 vs 0.72
 
 
 def test_melody_variant_study_scores_the_default_vector_from_the_waveform(sung, sung_pitch, tmp_path):

@@ -68,6 +68,9 @@ class TCAEConfig:
     # passed beside the mel (resolves every harmonic: melody P@1 0.56 -> 0.8, docs/melody.md);
     # 'mel' = the harmonic sum of the log-mel itself (what checkpoints saved before the option used).
     pitch_source: str = "waveform"
+    # Whether 'voiced-interval-lag' keeps the same-pitch-class interval (held notes; checkpoints
+    # saved before the option did). Leaving it out: melody P@1 0.84 -> 0.94 (docs/melody.md).
+    unison: bool = False
 
     def __post_init__(self) -> None:
         if self.input not in INPUTS:
@@ -104,7 +107,8 @@ class TCAEConfig:
             kernel_size=melody.kernel_size,
             n_layers=melody.n_layers,
             n_blocks=melody.n_blocks,
-            max_lag_frames=max(1, round(4.0 * sample_rate / features.hop_length)),
+            n_lags=30,  # 26 distinct lags
+            max_lag_frames=max(1, round(8.0 * sample_rate / features.hop_length)),  # 8 s: phrases, not notes
             pool=melody.pool,
             pitch_source=melody.pitch_source,
         )
@@ -114,7 +118,7 @@ class TCAEConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TCAEConfig:
-        data = {"pitch_source": "mel", **data}  # saved before the option existed: they read the mel
+        data = {"pitch_source": "mel", "unison": True, **data}  # saved before these options: what they computed
         names = {f.name for f in fields(cls)}
         missing = names - set(data)
         if missing:
@@ -280,6 +284,8 @@ class TCAE(nn.Module):
     @property
     def dim(self) -> int:
         """Size of the song-level melody vector."""
+        if self.cfg.pool == "voiced-interval-lag" and not self.cfg.unison:
+            return (pitch.N_CHROMA - 1) * len(self.cfg.lags)
         if self.cfg.pool in PROFILE_POOLS:
             return pitch.N_CHROMA * len(self.cfg.lags)
         n = 2 + (len(self.cfg.lags) if self.cfg.pool == "stats+lag" else 0)
@@ -385,14 +391,14 @@ class TCAE(nn.Module):
         return masked_pool(self.encoder(x), mask, self._lags)
 
     def _profile(self, mel: torch.Tensor, wave_pitch: torch.Tensor | None = None) -> torch.Tensor:
-        """(n_mels, T) -> (12 * n_lags,) interval x lag profile of the harmonic-sum chroma (PROFILE_POOLS)."""
+        """(n_mels, T) -> ((11 or 12) * n_lags,) interval x lag profile of the harmonic-sum chroma (PROFILE_POOLS)."""
         if self.cfg.pool == "voiced-interval-lag":
             if self.needs_wave_pitch:
                 salience = self._check_pitch(wave_pitch, mel)
             else:
                 salience = pitch.fine_semitone_salience(mel, self.front.fine_harmonics)
             chroma = pitch.voiced_chroma(salience)
-            return pitch.voiced_interval_lag_profile(chroma, pitch.voicing_weight(mel), self.cfg.lags)
+            return pitch.voiced_interval_lag_profile(chroma, pitch.voicing_weight(mel), self.cfg.lags, self.cfg.unison)
         chroma = pitch.fold_chroma(pitch.pitch_salience(mel, self.front.harmonics))
         return pitch.interval_lag_profile(chroma, self.cfg.lags)
 
