@@ -147,6 +147,7 @@ def bench_embed_3min(settings: Settings, clip: Path, repeats: int = 5) -> list[d
     work = {
         "timbre": lambda: timbre.embed_song(mel),
         "melody": lambda: melody.embed_song(mel, pitch=pitch),
+        "TCAE frame latents (encode_frames; not in the default vector)": lambda: melody.encode_frames(mel),
         "melody + its waveform pitch": lambda: melody.embed_song(
             mel, pitch=wave_pitch(wave, SR, hop) if melody.needs_wave_pitch else None),
         "feature: log-mel (for comparison)": lambda: log_mel(wave, settings.features, SR),
