@@ -6,7 +6,8 @@
 The catalog is recsys.corpus.generate_corpus (the demo catalog: 24 singers x 8 songs
 x 30 s, about half the songs on melodies shared by 2-4 singers, each singer in their
 own key and at +-6 % tempo). Query sets "+2" / "-2": every shared-melody song sung
-again (a new take) 2 semitones up / down. The TCAE is unsupervised, so each variant
+again (a new take) 2 semitones up / down; "ts0.9" / "ts1.1": those songs time-stretched
+10 % slower / faster (recsys.augment.time_stretch_wave). The TCAE is unsupervised, so each variant
 is trained on the catalog it serves, as the product does; labels are only used to
 score. `--variants` with no names skips training and scores only the profiles.
 `--cache DIR` keeps the synthesised catalog (DIR/data.pt) so that later runs skip synthesis.
@@ -97,6 +98,25 @@ def demo_catalog(out: Path, n_singers: int, songs: int, seconds: float) -> dict:
     return data
 
 
+TEMPO_RATES = (0.9, 1.1)
+
+
+def add_tempo_queries(data: dict) -> None:
+    """Query sets "ts0.9" / "ts1.1": each shared-melody catalog song time-stretched (pitch kept)."""
+    from recsys.augment import time_stretch_wave
+
+    sources = sorted({s["source"] for s in data["q"]["+2"]})
+    data["tempo"] = {}
+    for rate in TEMPO_RATES:
+        songs = []
+        for i in sources:
+            s = data["cat"][i]
+            wave = time_stretch_wave(s["wave"], rate)
+            songs.append({**s, "wave": wave, "mel": log_mel(wave, FEAT, SR), "source": i,
+                          "sched": [(a / rate, b / rate, m) for a, b, m in s["sched"]]})
+        data["tempo"][f"ts{rate:g}"] = songs
+
+
 def oracle_chroma(s: Song) -> torch.Tensor:
     """(12, T) log chroma of the scheduled notes: one-hot while a note is written, flat in rests."""
     n = s["mel"].shape[-1]
@@ -114,8 +134,9 @@ def score_profiles(data: dict, lags: list[int]) -> list[dict]:
     semitone = pitch.harmonic_matrix(FEAT, SR)
     fine = pitch.harmonic_matrix(FEAT, SR, bins_per_semitone=pitch.FINE_BINS)
 
-    def voiced(sal: torch.Tensor, mel: torch.Tensor, unison: bool = False) -> torch.Tensor:
-        return pitch.voiced_interval_lag_profile(pitch.voiced_chroma(sal), pitch.voicing_weight(mel), lags, unison)
+    def voiced(sal: torch.Tensor, mel: torch.Tensor, unison: bool = False, bands: bool = True) -> torch.Tensor:
+        return pitch.voiced_interval_lag_profile(
+            pitch.voiced_chroma(sal), pitch.voicing_weight(mel), lags, unison, bands)
 
     def oracle_voiced(s: Song) -> torch.Tensor:
         chroma = oracle_chroma(s)
@@ -127,8 +148,10 @@ def score_profiles(data: dict, lags: list[int]) -> list[dict]:
         "interval-lag (previous default)": lambda s: pitch.interval_lag_profile(
             pitch.fold_chroma(pitch.pitch_salience(s["mel"], semitone)), lags),
         "voiced-interval-lag, log-mel pitch": lambda s: voiced(pitch.fine_semitone_salience(s["mel"], fine), s["mel"]),
-        "voiced-interval-lag, waveform pitch, with unison": lambda s: voiced(
-            pitch.wave_pitch(s["wave"], SR, FEAT.hop_length), s["mel"], unison=True),
+        "voiced-interval-lag, waveform pitch, with unison, single lags": lambda s: voiced(
+            pitch.wave_pitch(s["wave"], SR, FEAT.hop_length), s["mel"], unison=True, bands=False),
+        "voiced-interval-lag, waveform pitch, single lags": lambda s: voiced(
+            pitch.wave_pitch(s["wave"], SR, FEAT.hop_length), s["mel"], bands=False),
         "voiced-interval-lag, waveform pitch (default)": lambda s: voiced(
             pitch.wave_pitch(s["wave"], SR, FEAT.hop_length), s["mel"]),
         "interval-lag, oracle notes": lambda s: pitch.interval_lag_profile(oracle_chroma(s), lags),
@@ -142,7 +165,7 @@ def score_profiles(data: dict, lags: list[int]) -> list[dict]:
         xb = torch.stack([fn(s) for s in data["cat"]])
         row = {"name": name, "embed_ms": 1000 * (time.perf_counter() - began) / len(data["cat"]),
                "p_at_1": melody_precision_at_1(xb, melody, singer)}
-        for q, songs in data["q"].items():
+        for q, songs in {**data["q"], **data.get("tempo", {})}.items():
             xq = torch.stack([fn(s) for s in songs])
             row[f"p_at_1_{q}"] = melody_precision_at_1(xb, melody, singer, xq, [s["source"] for s in songs])
         row["p_at_1_transposed"] = sum(row[f"p_at_1_{q}"] for q in data["q"]) / len(data["q"])
@@ -178,12 +201,14 @@ def _cell(row: dict, key: str, fmt: str = "{:.3f}") -> str:
 
 def markdown(rows: list[dict]) -> str:
     lines = [
-        "| variant | P@1 | P@1 +2 | P@1 -2 | P@1 +-2 mean | valid | epochs | train s | embed ms/song | embed ms/3 min |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| variant | P@1 | P@1 +2 | P@1 -2 | P@1 +-2 mean | P@1 tempo 0.9 | P@1 tempo 1.1 | valid | epochs | "
+        "train s | embed ms/song | embed ms/3 min |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         cells = [r["name"], _cell(r, "p_at_1"), _cell(r, "p_at_1_+2"), _cell(r, "p_at_1_-2"),
-                 _cell(r, "p_at_1_transposed"), _cell(r, "valid_loss", "{:.4f}"), _cell(r, "epochs", "{}"),
+                 _cell(r, "p_at_1_transposed"), _cell(r, "p_at_1_ts0.9"), _cell(r, "p_at_1_ts1.1"),
+                 _cell(r, "valid_loss", "{:.4f}"), _cell(r, "epochs", "{}"),
                  _cell(r, "train_s", "{:.0f}"), _cell(r, "embed_ms", "{:.1f}"), _cell(r, "embed_3min_ms", "{:.0f}")]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -224,9 +249,10 @@ def main() -> None:
         print(f"catalog: {len(data['cat'])} songs, {len(data['q']['+2'])} queries per transposition "
               f"({time.perf_counter() - began:.0f} s to synthesise or load)", flush=True)
         lags = TCAEConfig.from_settings(MelodyConfig(), FEAT, SR).lags
+        add_tempo_queries(data)
         rows = score_profiles(data, lags)
         for row, pool, source in ((rows[1], "interval-lag", "mel"), (rows[2], "voiced-interval-lag", "mel"),
-                                  (rows[4], "voiced-interval-lag", "waveform")):
+                                  (rows[5], "voiced-interval-lag", "waveform")):
             row["embed_3min_ms"] = time_3min(data, pool, source)
         if args.variants:
             songs, queries = _song_features(data)

@@ -28,7 +28,9 @@ harmonic is resolved. Both are fixed linear maps plus a log, on any device.
 
 from __future__ import annotations
 
+import bisect
 import functools
+import math
 
 import torch
 import torch.nn.functional as F
@@ -268,8 +270,25 @@ def _fast_fft_length(n: int) -> int:
         m += 1
 
 
+def lag_bands(lags: list[int]) -> list[list[int]]:
+    """For each of the sorted distinct `lags`, the whole-frame lags nearer to it than to its neighbours on a log axis.
+
+    Geometric lags with ratio r then each stand for [L / sqrt(r), L * sqrt(r)]
+    (about +-11 % for the default 26 lags to 8 s), and the bands tile the lag
+    axis: a tempo change within that factor moves a note-to-note distance
+    inside its band instead of past the lag that samples it (docs/melody.md).
+    """
+    logs = [math.log(lag) for lag in lags]
+    edges = [(a + b) / 2 for a, b in zip(logs, logs[1:])]
+    top = logs[-1] + (logs[-1] - logs[-2]) / 2 if len(logs) > 1 else logs[-1]
+    bands: list[list[int]] = [[] for _ in lags]
+    for m in range(1, int(math.floor(math.exp(top) + 1e-9)) + 1):
+        bands[bisect.bisect_left(edges, math.log(m))].append(m)
+    return bands
+
+
 def voiced_interval_lag_profile(
-    chroma: torch.Tensor, weight: torch.Tensor, lags: list[int], unison: bool = False
+    chroma: torch.Tensor, weight: torch.Tensor, lags: list[int], unison: bool = False, bands: bool = False
 ) -> torch.Tensor:
     """(12, T) pitch-class distributions, (T,) frame weights -> (len(lags) * (11 or 12),) L2-normalised melody descriptor.
 
@@ -279,14 +298,21 @@ def voiced_interval_lag_profile(
     Lags at or beyond the song's length give zeros. Without `unison` the
     same-pitch-class interval is left out: how long notes are held dominates it
     in every song alike (and with the singer's phrasing), so it says little about
-    which melody is sung (docs/melody.md).
+    which melody is sung. With `bands` each lag pools every frame lag of its
+    :func:`lag_bands` band (tolerance to tempo changes; docs/melody.md).
     """
     n = chroma.shape[-1]
-    inside = [lag for lag in lags if lag < n]
+    groups = lag_bands(lags) if bands else [[lag] for lag in lags]
+    inside = sorted({m for group in groups for m in group if m < n})
     profile = chroma.new_zeros(len(lags), N_CHROMA)
     if inside:
-        pairs = _lag_correlation(weight.unsqueeze(0), inside)[0].clamp_min(EPS_WEIGHT)  # (k,) sum_t w(t) w(t - lag)
-        profile[: len(inside)] = (_lag_correlation(chroma * weight, inside) / pairs).T
+        pairs = _lag_correlation(weight.unsqueeze(0), inside)[0]  # (k,) sum_t w(t) w(t - lag)
+        sums = _lag_correlation(chroma * weight, inside)  # (12, k)
+        column = {m: j for j, m in enumerate(inside)}
+        for i, group in enumerate(groups):
+            cols = [column[m] for m in group if m < n]
+            if cols:
+                profile[i] = sums[:, cols].sum(1) / pairs[cols].sum().clamp_min(EPS_WEIGHT)
     if not unison:
         profile = profile[:, 1:]
     return F.normalize((profile - profile.mean(0, keepdim=True)).flatten(), dim=0)

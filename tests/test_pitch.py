@@ -64,6 +64,36 @@ def test_voiced_profile_equals_its_definition_per_lag():
     torch.testing.assert_close(pitch.voiced_interval_lag_profile(p, w, lags), ref, atol=1e-5, rtol=1e-4)
 
 
+def test_banded_voiced_profile_pools_every_frame_lag_of_each_band():
+    gen = torch.Generator().manual_seed(2)
+    p = torch.softmax(3 * torch.randn(12, 120, generator=gen), 0)
+    w = torch.rand(120, generator=gen)
+    lags = [1, 4, 16, 64]
+    rows = []
+    for band in pitch.lag_bands(lags):
+        num, den = torch.zeros(12), torch.tensor(0.0)
+        for lag in (m for m in band if m < 120):
+            for d in range(12):
+                num[d] += sum(w[t] * w[t - lag] * sum(p[(c + d) % 12, t] * p[c, t - lag] for c in range(12))
+                              for t in range(lag, 120))
+            den += (w[lag:] * w[:-lag]).sum()
+        rows.append(num / den if den > 0 else torch.zeros(12))
+    prof = torch.stack(rows)[:, 1:]
+    ref = torch.nn.functional.normalize((prof - prof.mean(0)).flatten(), dim=0)
+    torch.testing.assert_close(pitch.voiced_interval_lag_profile(p, w, lags, bands=True), ref, atol=1e-5, rtol=1e-4)
+
+
+def test_lag_bands_tile_the_lag_axis_around_each_lag():
+    lags = [1, 2, 3, 5, 8, 13, 21, 34]
+    bands = pitch.lag_bands(lags)
+    flat = [m for band in bands for m in band]
+    assert flat == list(range(1, flat[-1] + 1))  # contiguous, no lag twice
+    for lag, band in zip(lags, bands):
+        assert lag in band
+        assert all(abs(np.log(m / lag)) <= min(abs(np.log(m / other)) for other in lags) for m in band)
+    assert pitch.lag_bands([7]) == [[1, 2, 3, 4, 5, 6, 7]]
+
+
 def test_voiced_profile_ignores_rotating_the_pitch_classes():
     gen = torch.Generator().manual_seed(1)
     p = torch.softmax(3 * torch.randn(12, 300, generator=gen), 0)

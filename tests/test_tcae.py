@@ -446,3 +446,31 @@ def test_melody_variant_study_scores_the_default_vector_from_the_waveform(sung, 
                                             FEAT, SR, tmp_path / "b")
     assert [r["name"] for r in without_pitch] == ["chroma-stats (baseline)", "interval-lag (baseline)",
                                                   "voiced-interval-lag (mel pitch)"]
+
+
+def test_lag_bands_keep_a_melody_recognisable_at_another_tempo():
+    """The same tune sung 10 % faster or slower stays closer to itself with lag bands than without."""
+    voices = corpus.make_singers(2, seed=11)
+    tune, other = corpus.make_melodies(2, seed=11)
+    kw = {"input": "pitch", "key_invariant": True, "pool": "voiced-interval-lag", "n_lags": 30, "max_lag_frames": 500}
+
+    def song(model, voice, melody, rate=1.0) -> torch.Tensor:
+        melody = dataclasses.replace(melody, tempo_bpm=melody.tempo_bpm * rate)
+        wave = torch.from_numpy(corpus.sing(voice, melody, 16.0, SR, seed=3))
+        return model.embed_song(log_mel(wave, FEAT, SR), pitch=pitch.wave_pitch(wave, SR, FEAT.hop_length))
+
+    def margins(model) -> list[float]:
+        out = []
+        for v in voices:
+            base, different = song(model, v, tune), song(model, v, other)
+            out += [float(torch.dot(base, song(model, v, tune, r)) - torch.dot(base, different)) for r in (0.9, 1.1)]
+        return out
+
+    banded, plain = margins(tiny(**kw)), margins(tiny(**kw, lag_bands=False))
+    assert min(banded) > 0 and np.mean(banded) > np.mean(plain)
+
+
+def test_old_checkpoints_keep_single_lags():
+    data = TCAEConfig().to_dict()
+    del data["lag_bands"]
+    assert not TCAEConfig.from_dict(data).lag_bands and TCAEConfig().lag_bands
