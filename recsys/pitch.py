@@ -287,6 +287,16 @@ def lag_bands(lags: list[int]) -> list[list[int]]:
     return bands
 
 
+@functools.lru_cache(maxsize=8)
+def _band_membership(lags: tuple[int, ...], bands: bool) -> tuple[list[int], torch.Tensor]:
+    """Sorted frame lags and their (n_frame_lags, len(lags)) 0/1 band membership (one band each)."""
+    groups = lag_bands(list(lags)) if bands else [[lag] for lag in lags]
+    frame_lags = [m for group in groups for m in group]  # bands are contiguous and in order
+    member = torch.zeros(len(frame_lags), len(lags))
+    member[torch.arange(len(frame_lags)), torch.tensor([i for i, g in enumerate(groups) for _ in g])] = 1.0
+    return frame_lags, member
+
+
 def voiced_interval_lag_profile(
     chroma: torch.Tensor, weight: torch.Tensor, lags: list[int], unison: bool = False, bands: bool = False
 ) -> torch.Tensor:
@@ -301,18 +311,14 @@ def voiced_interval_lag_profile(
     which melody is sung. With `bands` each lag pools every frame lag of its
     :func:`lag_bands` band (tolerance to tempo changes; docs/melody.md).
     """
-    n = chroma.shape[-1]
-    groups = lag_bands(lags) if bands else [[lag] for lag in lags]
-    inside = sorted({m for group in groups for m in group if m < n})
+    frame_lags, member = _band_membership(tuple(lags), bands)
+    k = bisect.bisect_left(frame_lags, chroma.shape[-1])  # frame lags shorter than the song
     profile = chroma.new_zeros(len(lags), N_CHROMA)
-    if inside:
-        pairs = _lag_correlation(weight.unsqueeze(0), inside)[0]  # (k,) sum_t w(t) w(t - lag)
-        sums = _lag_correlation(chroma * weight, inside)  # (12, k)
-        column = {m: j for j, m in enumerate(inside)}
-        for i, group in enumerate(groups):
-            cols = [column[m] for m in group if m < n]
-            if cols:
-                profile[i] = sums[:, cols].sum(1) / pairs[cols].sum().clamp_min(EPS_WEIGHT)
+    if k:
+        member = member[:k].to(chroma)  # (k, n_lags): which band each frame lag counts in
+        pairs = _lag_correlation(weight.unsqueeze(0), frame_lags[:k])[0] @ member  # sum_t w(t) w(t - lag)
+        sums = _lag_correlation(chroma * weight, frame_lags[:k]) @ member  # (12, n_lags)
+        profile = (sums / pairs.clamp_min(EPS_WEIGHT)).T
     if not unison:
         profile = profile[:, 1:]
     return F.normalize((profile - profile.mean(0, keepdim=True)).flatten(), dim=0)
