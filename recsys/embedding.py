@@ -138,10 +138,8 @@ class Embedder:
         """(n_mels, T) log-mel and, when needs_pitch, (N_PITCH, T) waveform pitch -> (Dm,) melody vector."""
         if not self.needs_pitch:
             return self.melody.embed_song(mel)
-        if pitch is None:
-            raise ValueError("this melody encoder reads the waveform pitch: pass the song's pitch "
-                             "(recsys.features.song_features(..., pitch=True))")
-        return self.melody.embed_song(mel, pitch=torch.as_tensor(pitch))  # type: ignore[call-arg]
+        pitch = None if pitch is None else torch.as_tensor(pitch)  # the encoder says how to compute a missing one
+        return self.melody.embed_song(mel, pitch=pitch)  # type: ignore[call-arg]
 
     @torch.no_grad()
     def embed_mel(

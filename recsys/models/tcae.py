@@ -410,7 +410,7 @@ class TCAE(nn.Module):
     def _check_pitch(self, wave_pitch: torch.Tensor | None, mel: torch.Tensor) -> torch.Tensor:
         if wave_pitch is None:
             raise ValueError(
-                "this melody model reads pitch from the waveform (pitch_source='waveform'): pass "
+                "this melody model reads the waveform pitch (pitch_source='waveform'): pass "
                 "pitch=recsys.pitch.wave_pitch(voiced_wave, sample_rate, hop_length), e.g. from "
                 "recsys.features.song_features(..., pitch=True)"
             )
