@@ -19,7 +19,8 @@ machine an OpenMP team waiting for a descheduled thread inflates the latency.
 
 Flat single-query latency past 100k vectors is measured on 100 queries (it is
 slow by design); all other rows use --nq queries. The default sizes (10k, 100k)
-run in about 3 minutes on 2 cores; 1M adds 5 to 10 minutes (HNSW at 1M: longer).
+take minutes on 2 cores; 1M takes several times longer, HNSW's build the longest.
+The data set and the recall reference are the index tests' (tests/index_helpers.py).
 """
 
 from __future__ import annotations
@@ -34,16 +35,14 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))  # the references the index tests use: exact recall, the data set
+
+from index_helpers import recall_at_k, synthetic_dataset
 
 from recsys.config import IndexConfig
-from recsys.index import (
-    IVFPQ_LISTS_PER_SQRT_N,
-    VectorIndex,
-    default_nlist,
-    recall_at_k,
-    synthetic_dataset,
-)
+from recsys.index import IVFPQ_LISTS_PER_SQRT_N, VectorIndex, default_nlist
 
 K = 10
 FLAT_LATENCY_QUERIES_LARGE = 100  # flat at > 100k vectors: fewer timed queries
@@ -56,10 +55,11 @@ def fused_dim() -> int:
     timbre embedding_dim + the melody vector's size (recsys.embedding concatenates them).
     """
     from recsys.config import Settings
+    from recsys.encoders import melody_encoder
     from recsys.models.tcae import TCAE, TCAEConfig
 
     s = Settings()
-    melody = TCAE(TCAEConfig.from_settings(s.melody, s.features, s.audio.sample_rate))
+    melody = melody_encoder(TCAE(TCAEConfig.from_settings(s.melody, s.features, s.audio.sample_rate)))
     return s.timbre.embedding_dim + melody.dim
 
 

@@ -16,9 +16,9 @@ Every separator has a ``name``, ``separate(wave (N,), sample_rate) -> (N,)`` and
 windows, separates each and cross-fades them (:class:`OverlapBlocks`), so memory does
 not grow with the file's length.
 
-Vocal activity (:func:`vocal_activity`) then keeps only frames where singing remains:
-loud enough and periodic (a normalised autocorrelation peak at a lag of 1-12.5 ms,
-i.e. f0 between 80 and 1000 Hz).
+The `Separator` protocol is defined by recsys.audio, whose voiced stream calls it before
+silence detection (and whose `audio.vocal_activity` then keeps the frames where singing
+remains); it is importable from here too.
 """
 
 from __future__ import annotations
@@ -27,13 +27,13 @@ import inspect
 import math
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Protocol
 
 import torch
 import torch.nn.functional as F
 import torchaudio
 from torch import nn
 
+from recsys.audio import Separator
 from recsys.config import SeparationConfig
 
 SEPARATION_METHODS = ("none", "classical", "neural")  # recsys.config.SeparationConfig.method
@@ -48,17 +48,6 @@ NO_WEIGHTS_MESSAGE = (
     "--separation-weights flag) to {kinds}; for a state dict also set separation.architecture "
     "(one of: {archs}). Or use separation.method=classical (--separate classical), which needs no weights."
 )
-POWER_FLOOR = 1e-12  # mean frame power of digital silence (-120 dBFS): keeps dB finite
-
-
-class Separator(Protocol):
-    """A vocal estimator: (N,) mix -> (N,) voice, same rate and length."""
-
-    name: str
-
-    def separate(self, wave: torch.Tensor, sample_rate: int) -> torch.Tensor: ...
-
-    def separate_stream(self, blocks: Iterable[torch.Tensor], sample_rate: int) -> Iterator[torch.Tensor]: ...
 
 
 # ---------------------------------------------------------------------------- streaming
@@ -514,84 +503,3 @@ def separator_from_config(cfg: SeparationConfig) -> Separator:
             model_sample_rate=cfg.model_sample_rate,
         )
     return make_separator(cfg.method)
-
-
-# ---------------------------------------------------------------------------- vocal activity
-
-
-def frame_harmonicity(
-    wave: torch.Tensor, frame: int, sample_rate: int, f0_min_hz: float = 80.0, f0_max_hz: float = 1000.0
-) -> torch.Tensor:
-    """(N,) -> (ceil(N / frame),) periodicity in [0, 1] of consecutive frames.
-
-    The highest local peak of the normalised autocorrelation
-    r(l) = sum x[n] x[n+l] / sqrt(sum x[n]^2 * sum x[n+l]^2) over lags l of periods
-    1/f0_max .. 1/f0_min: near 1 for a sung (periodic) tone, small for noise and 0
-    for silence. A first difference before it whitens the spectrum so that low-passed
-    noise does not look periodic at short lags.
-    """
-    lag_min = max(1, math.floor(sample_rate / f0_max_hz))
-    lag_max = math.ceil(sample_rate / f0_min_hz)
-    if lag_max + 2 > frame // 2 + 1 or lag_min >= lag_max:
-        raise ValueError(
-            f"a frame of {frame} samples at {sample_rate} Hz is too short for f0 down to {f0_min_hz} Hz "
-            f"(needs >= {2 * lag_max + 2} samples)"
-        )
-    n = wave.numel()
-    n_frames = -(-n // frame)
-    x = torch.diff(wave.float(), prepend=wave[:1].float())
-    x = F.pad(x, (0, n_frames * frame - n)).view(n_frames, frame)  # (T, W)
-    spectrum = torch.fft.rfft(x, n=2 * frame)
-    r = torch.fft.irfft(spectrum.abs().square(), n=2 * frame)[:, : lag_max + 2]  # (T, L) sum x[n]x[n+l]
-    energy = torch.cumsum(F.pad(x.square(), (1, 0)), dim=1)  # (T, W+1): energy[:, i] = sum x[:i]
-    lags = torch.arange(lag_max + 2, device=x.device)
-    head = energy[:, frame - lags]  # sum x[0 : W-l]
-    tail = energy[:, -1:] - energy[:, lags]  # sum x[l : W]
-    norm = (head * tail).sqrt()
-    usable = (
-        norm > 1e-6 * energy[:, -1:]
-    )  # an overlap holding (almost) no energy, e.g. zero padding, says nothing
-    r = torch.where(usable, r / norm.clamp_min(1e-30), torch.zeros_like(r))  # (T, L)
-    inner = r[:, 1:-1]
-    peak = (inner > r[:, :-2]) & (inner >= r[:, 2:])  # local maxima at lags 1 .. lag_max
-    in_range = (lags[1:-1] >= lag_min) & (lags[1:-1] <= lag_max)
-    candidates = torch.where(peak & in_range, inner, torch.zeros_like(inner))
-    return candidates.amax(dim=1).clamp(0.0, 1.0)
-
-
-def vocal_activity(
-    wave: torch.Tensor,
-    sample_rate: int,
-    frame_seconds: float = 0.032,
-    threshold_db: float = -35.0,
-    floor_db: float = -60.0,
-    min_harmonicity: float = 0.5,
-    f0_min_hz: float = 80.0,
-    f0_max_hz: float = 1000.0,
-) -> torch.Tensor:
-    """(N,) -> (ceil(N / frame),) bool: True where singing is likely present.
-
-    A frame of `frame_seconds` is active when its RMS level is within `threshold_db` of
-    the loudest frame and above the absolute `floor_db` (dBFS), and it is periodic:
-    :func:`frame_harmonicity` >= `min_harmonicity`. Frames are consecutive, as in
-    recsys.audio's silence removal.
-    """
-    wave = _check_wave(wave)
-    frame = max(1, round(frame_seconds * sample_rate))
-    n_frames = -(-wave.numel() // frame)
-    if n_frames == 0:
-        return torch.zeros(0, dtype=torch.bool, device=wave.device)
-    padded = F.pad(wave.double(), (0, n_frames * frame - wave.numel())).view(n_frames, frame)
-    db = 10.0 * torch.log10(padded.square().mean(dim=1).clamp_min(POWER_FLOOR))
-    loud = db >= max(float(db.max()) + threshold_db, floor_db)
-    periodic = frame_harmonicity(wave, frame, sample_rate, f0_min_hz, f0_max_hz) >= min_harmonicity
-    return loud & periodic
-
-
-def keep_vocal_frames(
-    wave: torch.Tensor, sample_rate: int, frame_seconds: float = 0.032, **options: float
-) -> torch.Tensor:
-    """(N,) -> (M,) the samples of the frames :func:`vocal_activity` marks active, concatenated."""
-    mask = vocal_activity(wave, sample_rate, frame_seconds=frame_seconds, **options)
-    frame = max(1, round(frame_seconds * sample_rate))
-    return wave[mask.repeat_interleave(frame)[: wave.numel()]]

@@ -1,4 +1,4 @@
-"""recsys.index against exact search, through changes, and through save/load failures."""
+"""recsys.index against exact search, kind by kind, through changes and through save/load failures."""
 
 from __future__ import annotations
 
@@ -8,31 +8,32 @@ import json
 import faiss
 import numpy as np
 import pytest
+from index_helpers import exact_search, recall_at_k, song_ids, synthetic_dataset
 
 from recsys.config import IndexConfig
 from recsys.index import (
     INDEX_FILE,
+    KINDS,
     META_FILE,
     CorruptIndexError,
+    FlatIndex,
+    HNSWIndex,
     IndexMissingError,
     IndexUnavailableError,
+    IVFIndex,
+    IVFPQIndex,
     StaleIndexError,
     VectorIndex,
+    build_backend,
     choose_kind,
     default_nlist,
-    exact_search,
+    from_faiss,
     load_or_rebuild,
-    recall_at_k,
-    synthetic_dataset,
+    new_index,
 )
 
 D_DIM = 192
 K = 10
-
-
-def song_ids(n: int, seed: int = 1) -> np.ndarray:
-    """Sparse, shuffled song ids: never equal to row positions, so a position/id mix-up shows."""
-    return np.random.default_rng(seed).choice(10 * n, n, replace=False).astype(np.int64) + 1000
 
 
 @pytest.fixture(scope="module")
@@ -80,6 +81,84 @@ def test_synthetic_dataset_is_seeded_normalised_and_clustered():
     top1 = (xq @ xb.T).max(axis=1)
     mean = (xq @ xb.T).mean(axis=1)
     assert (top1 > mean + 0.3).all()  # neighbours much closer than the average song
+
+
+# ---------------------------------------------------------------- the kinds behind one contract
+
+KIND_CLASSES = {"flat": FlatIndex, "ivf": IVFIndex, "ivfpq": IVFPQIndex, "hnsw": HNSWIndex}
+
+
+def test_builder_picks_one_class_per_kind_from_config_and_size(small):
+    _, xb, _ = small
+    assert set(KINDS) == set(KIND_CLASSES)
+    for kind, cls in KIND_CLASSES.items():
+        backend = build_backend(xb, IndexConfig(kind=kind, use_gpu=False))
+        assert type(backend) is cls and backend.name == kind and len(backend) == 0
+    auto = IndexConfig(exact_max=500, ivfpq_min=1000, use_gpu=False)
+    assert type(build_backend(xb[:500], auto)) is FlatIndex
+    assert type(build_backend(xb[:1000], auto)) is IVFIndex
+    assert type(build_backend(xb, auto)) is IVFPQIndex
+    with pytest.raises(ValueError, match="unknown index kind 'auto'"):
+        new_index("auto", xb, auto)
+
+
+@pytest.mark.parametrize("kind", ["flat", "ivf", "ivfpq", "hnsw"])
+def test_each_kind_keeps_the_contract_on_its_own(small, kind):
+    """add / search / ids / len / remove straight on the kind class, without VectorIndex around it."""
+    ids, xb, xq = small
+    backend = new_index(kind, xb, IndexConfig(kind=kind, nprobe=64, pq_nprobe=64, refine_factor=16))
+    backend.add(ids, xb)
+    assert len(backend) == len(ids) and backend.d == xb.shape[1]
+    np.testing.assert_array_equal(np.sort(backend.ids()), np.sort(ids))
+    _, I = backend.search(xq, K)
+    assert recall_at_k(I, exact_search(xb, ids, xq, K)[1], K) >= 0.95
+    assert backend.remove(ids[:100]) == 100 and len(backend) == len(ids) - 100
+    assert not np.isin(backend.search(xb[:100], K)[1], ids[:100]).any()
+    assert backend.problem() is None
+
+
+@pytest.mark.parametrize("kind", ["flat", "ivf", "ivfpq", "hnsw"])
+def test_from_faiss_recognises_each_kind(small, kind):
+    _, xb, _ = small
+    raw = new_index(kind, xb, IndexConfig(kind=kind)).index
+    assert type(from_faiss(raw)) is KIND_CLASSES[kind]
+
+
+@pytest.mark.parametrize(
+    "raw, match",
+    [
+        (faiss.IndexLSH(8, 16), "unsupported faiss index IndexLSH"),
+        (faiss.IndexIDMap2(faiss.IndexHNSWFlat(8, 4)), "inner product"),
+    ],
+    ids=["other-structure", "l2-metric"],
+)
+def test_from_faiss_rejects_other_indexes(raw, match):
+    with pytest.raises(ValueError, match=match):
+        from_faiss(raw)
+
+
+def test_search_parameters_belong_to_their_kinds(small):
+    ids, xb, _ = small
+    hnsw = VectorIndex.build(ids, xb, IndexConfig(kind="hnsw", use_gpu=False))
+    assert hnsw.nprobe is None and hnsw.nlist is None and hnsw.refine_factor is None
+    hnsw.ef_search = 100
+    assert hnsw.ef_search == 100
+    hnsw.remove(ids[:3])  # the graph is rebuilt: its search parameter stays
+    assert hnsw.ef_search == 100
+    with pytest.raises(ValueError, match="ef_search must be > 0"):
+        hnsw.ef_search = 0
+    with pytest.raises(ValueError, match="kind='ivf' or 'ivfpq', this index is 'hnsw'"):
+        hnsw.nprobe = 4
+    ivf = VectorIndex.build(ids, xb, IndexConfig(kind="ivf", nlist=16, use_gpu=False))
+    assert ivf.nlist == 16 and ivf.ef_search is None and ivf.refine_factor is None
+    with pytest.raises(ValueError, match="nprobe must be > 0"):
+        ivf.nprobe = 0
+    with pytest.raises(ValueError, match="kind='hnsw', this index is 'ivf'"):
+        ivf.ef_search = 8
+    pq = VectorIndex.build(ids, xb, IndexConfig(kind="ivfpq", nlist=16, use_gpu=False))
+    assert pq.nlist == 16
+    with pytest.raises(ValueError, match="refine_factor must be >= 1"):
+        pq.refine_factor = 0
 
 
 # ---------------------------------------------------------------- search
@@ -438,46 +517,3 @@ def test_load_or_rebuild_rebuilds_and_saves(saved, small, damage):
     again, rebuilt = load_or_rebuild(saved, version, "fp1", rebuild, flat_cfg())
     assert not rebuilt and calls == [1]
     np.testing.assert_array_equal(again.search(xq, K)[1], index.search(xq, K)[1])
-
-
-# ---------------------------------------------------------------- GPU mirror
-
-
-class _FakeGpu:
-    """Stands in for faiss.StandardGpuResources; the 'GPU' copy is a CPU clone."""
-
-
-def test_gpu_copy_is_refreshed_after_changes(monkeypatch, small):
-    ids, xb, xq = small
-    copies = []
-
-    def to_gpu(res, device, index):
-        assert isinstance(res, _FakeGpu) and device == 0
-        copies.append(index.ntotal)
-        return faiss.clone_index(index)
-
-    monkeypatch.setattr(faiss, "StandardGpuResources", _FakeGpu, raising=False)
-    monkeypatch.setattr(faiss, "get_num_gpus", lambda: 1)
-    monkeypatch.setattr(faiss, "index_cpu_to_gpu", to_gpu, raising=False)
-    index = VectorIndex.build(ids, xb, IndexConfig(kind="flat", use_gpu=True))
-    index.search(xq, K)
-    index.search(xq, K)
-    assert copies == [len(ids)]  # copied once, reused
-    index.remove(ids[:5])
-    _, I = index.search(xb[:5], 1)
-    assert copies == [len(ids), len(ids) - 5] and not np.isin(I, ids[:5]).any()
-    cpu = VectorIndex.build(ids, xb, IndexConfig(kind="flat", use_gpu=False))
-    cpu.search(xq, K)
-    assert len(copies) == 2
-
-
-def test_ivfpq_searches_on_cpu_even_with_a_gpu(monkeypatch, small):
-    ids, xb, xq = small
-    copies = []
-    monkeypatch.setattr(faiss, "StandardGpuResources", _FakeGpu, raising=False)
-    monkeypatch.setattr(faiss, "get_num_gpus", lambda: 1)
-    monkeypatch.setattr(faiss, "index_cpu_to_gpu", lambda *a: copies.append(a), raising=False)
-    index = VectorIndex.build(ids, xb, IndexConfig(kind="ivfpq", refine_factor=16, use_gpu=True))
-    _, I = index.search(xq, K)
-    assert copies == []  # faiss-gpu cannot clone fast-scan PQ or IndexRefine: no GPU copy attempted
-    assert recall_at_k(I, exact_search(xb, ids, xq, K)[1], K) >= 0.95

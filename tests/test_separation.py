@@ -21,12 +21,9 @@ from recsys.separation import (
     RepetSimSeparator,
     SeparationConfig,
     crossfade,
-    frame_harmonicity,
-    keep_vocal_frames,
     make_separator,
     repet_sim,
     separator_from_config,
-    vocal_activity,
 )
 
 SR = 16000
@@ -377,60 +374,3 @@ def test_separator_from_config_picks_the_method():
     )
     assert isinstance(classical, RepetSimSeparator)
     assert classical.options["similar_frames"] == 7 and classical.window_seconds == 10.0
-
-
-# ---------------------------------------------------------------------------- vocal activity
-
-
-def _tone(seconds: float, f0: float = 220.0) -> torch.Tensor:
-    """A sung-like tone: 12 harmonics, 5.5 Hz vibrato of +-0.5 semitone."""
-    t = torch.arange(int(seconds * SR), dtype=torch.float64) / SR
-    f = f0 * 2 ** (0.5 / 12 * torch.sin(2 * math.pi * 5.5 * t))
-    phase = 2 * math.pi * torch.cumsum(f, 0) / SR
-    wave = sum(torch.sin(k * phase) / k for k in range(1, 13))
-    return (0.3 * wave / wave.abs().max()).float()
-
-
-def test_frame_harmonicity_matches_a_plain_loop():
-    frame, lag_min, lag_max = 512, 16, 200
-    x = torch.cat([_tone(0.1), torch.randn(1600) * 0.1])
-    h = frame_harmonicity(x, frame, SR)
-    d = torch.diff(x.double(), prepend=x[:1].double())
-    d = torch.nn.functional.pad(d, (0, (-len(d)) % frame)).view(-1, frame)
-    for t in range(len(h)):
-        r = []
-        for lag in range(lag_max + 2):
-            a, b = d[t, : frame - lag], d[t, lag:]
-            r.append(float((a * b).sum() / max(math.sqrt(float((a * a).sum() * (b * b).sum())), 1e-12)))
-        peaks = [
-            r[lag]
-            for lag in range(max(lag_min, 1), lag_max + 1)
-            if r[lag] > r[lag - 1] and r[lag] >= r[lag + 1]
-        ]
-        assert float(h[t]) == pytest.approx(max(peaks + [0.0]), abs=1e-4)
-
-
-def test_vocal_activity_marks_voice_active_and_noise_and_silence_inactive():
-    torch.manual_seed(0)
-    second = SR
-    white = 0.3 * torch.randn(second)
-    kernel = torch.ones(16) / 16  # low-passed noise: correlated at short lags
-    low = 4.0 * torch.nn.functional.conv1d(torch.randn(1, 1, second + 15), kernel[None, None])[0, 0]
-    segments = [_tone(1.0), torch.zeros(second), white, _tone(1.0, f0=110.0), low, _tone(1.0, f0=700.0)]
-    wave = torch.cat(segments)
-    mask = vocal_activity(wave, SR)
-    frame = round(0.032 * SR)
-    assert mask.shape == (-(-wave.numel() // frame),)
-    per_segment = [
-        mask[i * second // frame + 1 : (i + 1) * second // frame - 1].float().mean() for i in range(6)
-    ]
-    tone, silence, noise, low_tone, low_noise, high_tone = (float(p) for p in per_segment)
-    assert tone > 0.95 and low_tone > 0.95 and high_tone > 0.95
-    assert silence == 0.0 and noise < 0.05 and low_noise < 0.05
-
-
-def test_keep_vocal_frames_keeps_the_sung_part():
-    wave = torch.cat([torch.zeros(SR), _tone(2.0), 0.3 * torch.randn(SR)])
-    kept = keep_vocal_frames(wave, SR)
-    assert abs(kept.numel() - 2 * SR) < 0.05 * SR
-    assert float(kept.abs().max()) <= float(_tone(2.0).abs().max()) + 1e-6
