@@ -43,14 +43,14 @@ from pathlib import Path
 
 import soundfile as sf
 import torch
-import torch.nn.functional as F
 
 from recsys import corpus, pitch
-from recsys.config import FeatureConfig, MelodyConfig
-from recsys.features import log_mel
-from recsys.models.tcae import TCAE, TCAEConfig
-from recsys.training.data import SongFeatures
-from recsys.training.tcae import compare_melody_variants, melody_precision_at_1
+from recsys.config import FeatureConfig, MelodyConfig, Settings
+from recsys.encoders import IntervalLagConfig, IntervalLagMelody
+from recsys.features import SongFeatures, log_mel
+from recsys.models.tcae import TCAEConfig
+from recsys.studies.melody_variants import compare_melody_variants, melody_precision_at_1
+from recsys.training.data import TrainingSong
 
 SR = 16000
 FEAT = FeatureConfig()
@@ -175,16 +175,18 @@ def score_profiles(data: dict, lags: list[int]) -> list[dict]:
 
 
 def time_3min(data: dict, pool: str, pitch_source: str = "mel") -> float:
-    """ms for one 3-minute song (catalog songs joined) after warm-up, median of 3: TCAE.embed_song with
-    `pool`, and with pitch_source 'waveform' the recsys.pitch.wave_pitch it reads, from the waveform."""
-    model = TCAE(TCAEConfig.from_settings(MelodyConfig(pool=pool, pitch_source=pitch_source), FEAT, SR)).eval()
+    """ms for one 3-minute song (catalog songs joined) after warm-up, median of 3: the interval-lag
+    descriptor of `pool` (recsys.encoders.IntervalLagMelody), and with pitch_source 'waveform' the
+    recsys.pitch.wave_pitch it reads, from the waveform."""
+    melody = MelodyConfig(pool=pool, pitch_source=pitch_source)
+    encoder = IntervalLagMelody(IntervalLagConfig.from_settings(melody, FEAT, SR))
     wave = torch.cat([s["wave"] for s in data["cat"][:64]])
     wave = wave.repeat(1 + 180 * SR // wave.numel())[: 180 * SR]
     mel = log_mel(wave, FEAT, SR)
 
     def embed() -> torch.Tensor:
-        wave_pitch = pitch.wave_pitch(wave, SR, FEAT.hop_length) if model.needs_wave_pitch else None
-        return model.embed_song(mel, pitch=wave_pitch)
+        wave_pitch = pitch.wave_pitch(wave, SR, FEAT.hop_length) if "pitch" in encoder.needs else None
+        return encoder.embed_songs([SongFeatures(mel, wave_pitch)])[0]
 
     embed()
     times = []
@@ -201,8 +203,8 @@ def _cell(row: dict, key: str, fmt: str = "{:.3f}") -> str:
 
 def markdown(rows: list[dict]) -> str:
     lines = [
-        "| variant | P@1 | P@1 +2 | P@1 -2 | P@1 +-2 mean | P@1 tempo 0.9 | P@1 tempo 1.1 | valid | epochs | "
-        "train s | embed ms/song | embed ms/3 min |",
+        ("| variant | P@1 | P@1 +2 | P@1 -2 | P@1 +-2 mean | P@1 tempo 0.9 | P@1 tempo 1.1 | valid | epochs | "
+         "train s | embed ms/song | embed ms/3 min |"),
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
@@ -214,10 +216,11 @@ def markdown(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def _song_features(data: dict) -> tuple[list[SongFeatures], dict[str, list[SongFeatures]]]:
-    songs = [SongFeatures(i, s["mel"], s["singer"], f"song_{i}", {"melody": s["melody"]})
+def _training_songs(data: dict) -> tuple[list[TrainingSong], dict[str, list[TrainingSong]]]:
+    songs = [TrainingSong(i, SongFeatures(s["mel"]), s["singer"], f"song_{i}", {"melody": s["melody"]})
              for i, s in enumerate(data["cat"])]
-    queries = {q: [SongFeatures(100_000 + j, s["mel"], s["singer"], "", {"melody": s["melody"], "source": s["source"]})
+    queries = {q: [TrainingSong(100_000 + j, SongFeatures(s["mel"]), s["singer"], "",
+                                {"melody": s["melody"], "source": s["source"]})
                    for j, s in enumerate(qs)] for q, qs in data["q"].items()}
     return songs, queries
 
@@ -255,11 +258,12 @@ def main() -> None:
                                   (rows[5], "voiced-interval-lag", "waveform")):
             row["embed_3min_ms"] = time_3min(data, pool, source)
         if args.variants:
-            songs, queries = _song_features(data)
+            songs, queries = _training_songs(data)
             variants = {name: MelodyConfig(**VARIANTS[name], epochs=args.epochs, channels=args.channels)
                         for name in args.variants}
-            trained = compare_melody_variants(songs, songs, queries, variants, FEAT, SR, Path(tmp) / "ws",
-                                              device="cpu", log=lambda name, rec: print(name, rec, flush=True))
+            settings = Settings(device="cpu", features=FEAT, audio={"sample_rate": SR})
+            trained = compare_melody_variants(songs, songs, queries, variants, settings, Path(tmp) / "ws",
+                                              log=lambda name, rec: print(name, rec, flush=True))
             rows += [r for r in trained if r["name"].startswith("tcae")]  # its baselines are rows above
     table = markdown(rows)
     print(table)

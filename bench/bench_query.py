@@ -8,10 +8,11 @@
    (synthetic singing, recsys.corpus) going through the product's path:
      decode    recsys.audio.load_audio (soundfile, mono, resample)
      features  recsys.audio.voiced_audio (silence removal, loudness) + recsys.features.log_mel
-     pitch     recsys.pitch.wave_pitch (the waveform pitch the default melody vector reads)
-     timbre    TimbreEncoder.embed_song        melody  TCAE.embed_song(mel, pitch=...)
+     pitch     recsys.pitch.wave_pitch (the waveform pitch the default melody vector reads;
+               computed only when the melody encoder's `needs` name it)
+     timbre, melody   SongEncoder.embed_songs (recsys.encoders: timbre_encoder, melody_encoder)
      search    Searcher.similar_singers + similar_songs, k = 10
-   Encoders have the default configuration's shape with seeded random weights: the
+   Models have the default configuration's shape with seeded random weights: the
    cost does not depend on the weights. Catalog vectors are random unit vectors.
 2. Embedding one 3-minute song (target: 50 ms per encoder), on one thread: wall and
    process CPU time, median of 5 after a warm-up, and CPU / target as a ratio; the
@@ -46,12 +47,15 @@ from recsys.audio import load_audio, voiced_audio
 from recsys.config import Settings
 from recsys.corpus import make_melodies, make_singers, sing
 from recsys.embedding import Vectors, Weights
-from recsys.evaluate import untrained_encoders
+from recsys.encoders import SongEncoder, melody_encoder, timbre_encoder
 from recsys.evaluation import format_table
-from recsys.features import log_mel
+from recsys.features import SongFeatures, log_mel
+from recsys.models.tcae import TCAE, TCAEConfig
+from recsys.models.timbre import TimbreEncoder
 from recsys.pitch import wave_pitch
 from recsys.search import Searcher
-from recsys.training.data import SongFeatures
+from recsys.training.contrastive import model_config_for
+from recsys.training.data import TrainingSong
 
 SR = 16000
 QUERY_TARGET_MS = 200.0
@@ -81,8 +85,23 @@ def percentile_ms(values: list[float], q: float) -> float:
     return 1000 * float(np.percentile(values, q))
 
 
+def untrained_models(settings: Settings, seed: int = 0) -> tuple[TimbreEncoder, TCAE]:
+    """The two models of the configured shape with seeded random weights, eval mode, on CPU."""
+    feat = settings.features
+    torch.manual_seed(seed)
+    timbre = TimbreEncoder(model_config_for(settings.timbre, feat)).eval()
+    torch.manual_seed(seed + 1)
+    return timbre, TCAE(TCAEConfig.from_settings(settings.melody, feat, settings.audio.sample_rate)).eval()
+
+
+def untrained_encoders(settings: Settings) -> tuple[SongEncoder, SongEncoder]:
+    timbre, tcae = untrained_models(settings)
+    return timbre_encoder(timbre), melody_encoder(tcae)
+
+
 def bench_queries(settings: Settings, clips: list[Path], n_catalog: int, n_queries: int) -> list[dict]:
     timbre, melody = untrained_encoders(settings)
+    needs = timbre.needs | melody.needs
     rng = np.random.default_rng(0)
     vectors = Vectors(unit(rng.standard_normal((n_catalog, timbre.dim))),
                       unit(rng.standard_normal((n_catalog, melody.dim))))
@@ -102,11 +121,12 @@ def bench_queries(settings: Settings, clips: list[Path], n_catalog: int, n_queri
         voiced = voiced_audio(wave, settings.audio)
         mel = log_mel(voiced, settings.features, SR)
         t2 = time.perf_counter()
-        pitch = wave_pitch(voiced, SR, settings.features.hop_length) if melody.needs_wave_pitch else None
+        pitch = wave_pitch(voiced, SR, settings.features.hop_length) if "pitch" in needs else None
+        song = [SongFeatures(mel, pitch)]
         tp = time.perf_counter()
-        t = timbre.embed_song(mel).numpy()
+        t = timbre.embed_songs(song)[0].numpy()
         t3 = time.perf_counter()
-        m = melody.embed_song(mel, pitch=pitch).numpy()
+        m = melody.embed_songs(song)[0].numpy()
         t4 = time.perf_counter()
         searcher.similar_singers(t, m, 10, weights)
         searcher.similar_songs(t, m, 10, weights)
@@ -135,7 +155,8 @@ def bench_queries(settings: Settings, clips: list[Path], n_catalog: int, n_queri
 
 def bench_embed_3min(settings: Settings, clip: Path, repeats: int = 5) -> list[dict]:
     """One thread: the CPU cost of a song, without OpenMP threads spinning on a busy machine."""
-    timbre, melody = untrained_encoders(settings)
+    timbre_model, tcae = untrained_models(settings)
+    timbre, melody = timbre_encoder(timbre_model), melody_encoder(tcae)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     wave30 = load_audio(clip, settings.audio)
@@ -143,13 +164,15 @@ def bench_embed_3min(settings: Settings, clip: Path, repeats: int = 5) -> list[d
     mel = log_mel(wave, settings.features, SR)  # (n_mels, T)
     hop = settings.features.hop_length
 
-    pitch = wave_pitch(wave, SR, hop) if melody.needs_wave_pitch else None
+    def features() -> list[SongFeatures]:
+        return [SongFeatures(mel, wave_pitch(wave, SR, hop) if "pitch" in melody.needs else None)]
+
+    song = features()
     work = {
-        "timbre": lambda: timbre.embed_song(mel),
-        "melody": lambda: melody.embed_song(mel, pitch=pitch),
-        "TCAE frame latents (encode_frames; not in the default vector)": lambda: melody.encode_frames(mel),
-        "melody + its waveform pitch": lambda: melody.embed_song(
-            mel, pitch=wave_pitch(wave, SR, hop) if melody.needs_wave_pitch else None),
+        "timbre": lambda: timbre.embed_songs(song),
+        "melody": lambda: melody.embed_songs(song),
+        "TCAE frame latents (encode_frames; not in the default vector)": lambda: tcae.encode_frames(mel),
+        "melody + its waveform pitch": lambda: melody.embed_songs(features()),
         "feature: log-mel (for comparison)": lambda: log_mel(wave, settings.features, SR),
     }
     rows = []
@@ -178,7 +201,7 @@ def bench_training(settings: Settings, n_songs: int, steps: int, workspace: Path
     songs = []
     for i in range(n_songs):
         wave = torch.from_numpy(sing(singers[i // 3], melodies[i % 3], 10.0, SR, seed=i))
-        songs.append(SongFeatures(i, log_mel(wave, settings.features, SR), singers[i // 3].name, f"h{i}"))
+        songs.append(TrainingSong(i, SongFeatures(log_mel(wave, settings.features, SR)), singers[i // 3].name, f"h{i}"))
     minutes = n_songs * 10.0 / 60
     rows = []
     tcfg = settings.timbre.model_copy(update={"epochs": 1, "steps_per_epoch": steps})

@@ -1,21 +1,100 @@
-"""Log-mel features through torchaudio, with the original study's parameters as defaults.
+"""Per-song features on shared frames: the log-mel, and the waveform pitch where an encoder reads it.
 
-Defaults (recsys.config.FeatureConfig): 16 kHz, window and FFT 512, hop 256,
-48 mel bands, so one frame is 16 ms and 30 s of audio is 1876 frames.
+Log-mel defaults (recsys.config.FeatureConfig): 16 kHz, window and FFT 512, hop
+256, 48 mel bands, so one frame is 16 ms and 30 s of audio is 1876 frames.
+
+Every encoder (recsys.encoders) reads one :class:`SongFeatures` value and declares
+the names of the features it needs (:data:`FEATURES`); :func:`song_features`
+decodes a file once and computes only those, block by block from the voiced
+stream (:func:`stream_features`): an hour-long file holds its features (n_mels +
+N_PITCH floats a frame) but never its waveform or a spectrogram of all of it.
 """
 
 from __future__ import annotations
 
 import functools
+import itertools
+from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
 import torchaudio
 
 from recsys.config import AudioConfig, FeatureConfig
+from recsys.pitch import N_PITCH, PITCH_STRIDE, WAVE_N_FFT, wave_pitch, wave_pitch_frames
 
 if TYPE_CHECKING:
+    from recsys.audio import VoicedStream
     from recsys.separation import Separator
+
+
+FEATURES = ("mel", "pitch")  # what a SongFeatures can carry; an encoder's `needs` names some of them
+_HOW = {
+    "mel": "recsys.features.log_mel of the voiced audio",
+    "pitch": "recsys.pitch.wave_pitch(voiced_wave, sample_rate, hop_length), e.g. "
+    "recsys.features.song_features(..., needs=frozenset({'mel', 'pitch'}))",
+}
+_WHAT = {"mel": "the log-mel", "pitch": "the waveform pitch"}
+
+
+def check_needs(needs: Iterable[str]) -> frozenset[str]:
+    """`needs` as a frozenset, after checking every name is one of FEATURES."""
+    needs = frozenset(needs)
+    unknown = sorted(needs - set(FEATURES))
+    if unknown:
+        raise ValueError(f"unknown features {unknown}; valid: {', '.join(FEATURES)}")
+    return needs
+
+
+@dataclass(frozen=True, eq=False)
+class SongFeatures:
+    """One song's features on the log-mel's frames; what every encoder reads.
+
+    mel: (n_mels, T) float32 natural-log mel power of the voiced audio.
+    pitch: (N_PITCH, T) waveform pitch salience (recsys.pitch.wave_pitch) of the same
+    audio, or None when no encoder asked for it. Arrays are turned into tensors.
+    """
+
+    mel: torch.Tensor
+    pitch: torch.Tensor | None = None
+
+    def __post_init__(self) -> None:
+        mel = torch.as_tensor(self.mel)
+        if mel.dim() != 2:
+            raise ValueError(f"expected one song's log-mel (n_mels, T), got shape {tuple(mel.shape)}")
+        object.__setattr__(self, "mel", mel)
+        if self.pitch is not None:
+            pitch = torch.as_tensor(self.pitch)
+            if pitch.shape != (N_PITCH, mel.shape[-1]):
+                raise ValueError(
+                    f"expected waveform pitch ({N_PITCH}, {mel.shape[-1]}) on the mel's frames, "
+                    f"got {tuple(pitch.shape)}"
+                )
+            object.__setattr__(self, "pitch", pitch)
+
+    @property
+    def n_frames(self) -> int:
+        return int(self.mel.shape[-1])
+
+    @property
+    def available(self) -> frozenset[str]:
+        """The names of the features this value carries."""
+        return frozenset({"mel"} | ({"pitch"} if self.pitch is not None else set()))
+
+    def require(self, needs: Iterable[str]) -> None:
+        """Raise ValueError naming each feature of `needs` this value lacks, and how to compute it."""
+        missing = [name for name in FEATURES if name in check_needs(needs) - self.available]
+        if missing:
+            raise ValueError(
+                "the encoder reads "
+                + "; ".join(f"{_WHAT[name]} ({name!r}), which these song features lack: compute it with "
+                            f"{_HOW[name]}" for name in missing)
+            )
+
+    def to(self, device: torch.device | str) -> SongFeatures:
+        """The same features on `device`."""
+        return SongFeatures(self.mel.to(device), None if self.pitch is None else self.pitch.to(device))
 
 
 def frames_for(n_samples: int, cfg: FeatureConfig) -> int:
@@ -28,7 +107,9 @@ def seconds_per_frame(cfg: FeatureConfig, sample_rate: int) -> float:
 
 
 @functools.lru_cache(maxsize=8)
-def _mel_transform(cfg: FeatureConfig, sample_rate: int) -> torchaudio.transforms.MelSpectrogram:
+def _mel_transform(
+    cfg: FeatureConfig, sample_rate: int, center: bool = True
+) -> torchaudio.transforms.MelSpectrogram:
     return torchaudio.transforms.MelSpectrogram(
         sample_rate=sample_rate,
         n_fft=cfg.n_fft,
@@ -38,7 +119,7 @@ def _mel_transform(cfg: FeatureConfig, sample_rate: int) -> torchaudio.transform
         f_max=cfg.f_max,
         n_mels=cfg.n_mels,
         power=2.0,
-        center=True,
+        center=center,
         pad_mode="reflect",
         norm="slaney",
         mel_scale="slaney",
@@ -74,17 +155,91 @@ def song_mel(
     return log_mel(voiced_audio(source, audio_cfg, separator), cfg, audio_cfg.sample_rate)
 
 
-def song_features(
-    source, audio_cfg: AudioConfig, cfg: FeatureConfig, separator: Separator | None = None, pitch: bool = False
-) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """As song_mel, plus (with `pitch`) the (N_PITCH, T) waveform pitch salience on the same frames.
+def wave_features(
+    wave: torch.Tensor, needs: Iterable[str], audio_cfg: AudioConfig, feature_cfg: FeatureConfig
+) -> SongFeatures:
+    """(N,) voiced waveform at audio_cfg.sample_rate -> SongFeatures: the log-mel, plus what `needs` names.
 
-    Both come from one decode of the voiced audio: the mel feeds the timbre encoder, the
-    pitch a melody model whose needs_wave_pitch is true (recsys.pitch.wave_pitch).
+    The waveform pitch (needs 'pitch') lands on the log-mel's frames (same hop, centred).
     """
-    from recsys.audio import voiced_audio
-    from recsys.pitch import wave_pitch
+    needs = check_needs(needs)
+    wave = torch.as_tensor(wave)
+    if wave.dim() != 1:
+        raise ValueError(f"expected one song's (N,) waveform, got shape {tuple(wave.shape)}")
+    mel = log_mel(wave, feature_cfg, audio_cfg.sample_rate)
+    pitch = wave_pitch(wave, audio_cfg.sample_rate, feature_cfg.hop_length) if "pitch" in needs else None
+    return SongFeatures(mel, pitch)
 
-    wave = voiced_audio(source, audio_cfg, separator)
-    mel = log_mel(wave, cfg, audio_cfg.sample_rate)
-    return mel, (wave_pitch(wave, audio_cfg.sample_rate, cfg.hop_length) if pitch else None)
+
+def song_features(
+    source,
+    audio_cfg: AudioConfig,
+    feature_cfg: FeatureConfig,
+    separator: Separator | None = None,
+    needs: Iterable[str] = frozenset({"mel"}),
+) -> SongFeatures:
+    """A file path or (N,) wave at audio_cfg.sample_rate -> the SongFeatures of its voiced audio.
+
+    One decode (recsys.audio.voiced_stream: with `separator` the accompaniment is
+    suppressed first, then silence removed and loudness normalised), then only the
+    features `needs` names (an encoder's or recsys.registry.Models' `needs`), computed
+    block by block (:func:`stream_features`), so memory holds the features but never
+    the whole waveform or its spectrogram. Raises recsys.audio.AudioError when the
+    source has no voiced audio.
+    """
+    from recsys.audio import voiced_stream
+
+    needs = check_needs(needs)
+    return stream_features(voiced_stream(source, audio_cfg, separator), needs, audio_cfg, feature_cfg)
+
+
+def stream_features(
+    stream: VoicedStream, needs: Iterable[str], audio_cfg: AudioConfig, feature_cfg: FeatureConfig
+) -> SongFeatures:
+    """The features of a voiced stream, equal to wave_features of its concatenated blocks (to float rounding).
+
+    The frames are cut in blocks of about audio_cfg.block_seconds (recsys.audio.framing),
+    with the centred STFTs' edge padding at the stream's true ends only, and written
+    into (n_mels, T) and (N_PITCH, T) outputs allocated once. A stream no longer than
+    one block is simply concatenated.
+    """
+    from recsys.audio.framing import CentredFrames
+
+    needs = check_needs(needs)
+    block = max(1, round(audio_cfg.block_seconds * audio_cfg.sample_rate))
+    n, sr, hop = stream.n_samples, audio_cfg.sample_rate, feature_cfg.hop_length
+    if n <= max(block, WAVE_N_FFT, feature_cfg.n_fft):
+        return wave_features(torch.cat(list(stream.blocks)), needs, audio_cfg, feature_cfg)
+    blocks = iter(stream.blocks)
+    head = next(blocks)
+    device = head.device
+    n_frames = frames_for(n, feature_cfg)
+    mel = torch.empty(feature_cfg.n_mels, n_frames, device=device)
+    mel_frames = CentredFrames(n, feature_cfg.n_fft, hop, max(1, block // hop))
+    transform = _mel_transform(feature_cfg, sr, center=False).to(device)
+
+    def put_mel(segments) -> None:
+        for seg in segments:
+            mel[:, seg.first : seg.first + seg.n_frames] = torch.log(transform(seg.samples) + feature_cfg.log_floor)
+
+    parts = [(mel_frames, put_mel)]
+    pitch = None
+    if "pitch" in needs:
+        pitch = torch.empty(N_PITCH, n_frames, device=device)
+        pitch_hop = hop * PITCH_STRIDE
+        pitch_frames = CentredFrames(n, WAVE_N_FFT, pitch_hop, max(1, block // pitch_hop))
+
+        def put_pitch(segments) -> None:
+            for seg in segments:
+                lo, hi = seg.first * PITCH_STRIDE, min((seg.first + seg.n_frames) * PITCH_STRIDE, n_frames)
+                held = wave_pitch_frames(seg.samples, sr, hop, PITCH_STRIDE).repeat_interleave(PITCH_STRIDE, dim=-1)
+                pitch[:, lo:hi] = held[:, : hi - lo]
+
+        parts.append((pitch_frames, put_pitch))
+    for wave in itertools.chain([head], blocks):
+        for piece in wave.split(block):
+            for frames, put in parts:
+                put(frames.push(piece))
+    for frames, put in parts:
+        put(frames.finish())
+    return SongFeatures(mel, pitch)

@@ -30,7 +30,9 @@ from __future__ import annotations
 
 import bisect
 import functools
+import itertools
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -46,6 +48,7 @@ N_PITCH = MIDI_HIGH - MIDI_LOW + 1
 N_CHROMA = 12
 N_HARMONICS = 8
 HARMONIC_DECAY = 0.85  # weight of harmonic h is HARMONIC_DECAY ** (h - 1)
+FRAME_BLOCK = 1 << 16  # frames per block in the per-frame steps and lag sums: bounds long songs' temporaries
 
 
 def midi_to_hz(midi: torch.Tensor | float) -> torch.Tensor:
@@ -192,12 +195,23 @@ def interval_lag_profile(log_chroma: torch.Tensor, lags: list[int]) -> torch.Ten
     changes with the lag.
     """
     p = chroma_distribution(log_chroma)
-    rows = [
-        circular_correlation(p[:, lag:], p[:, :-lag]).mean(-1) if lag < p.shape[-1] else p.new_zeros(N_CHROMA)
-        for lag in lags
-    ]
-    profile = torch.stack(rows)  # (n_lags, 12)
+    profile = torch.stack([_mean_lag_correlation(p, lag) for lag in lags])  # (n_lags, 12)
     return F.normalize((profile - profile.mean(0, keepdim=True)).flatten(), dim=0)
+
+
+def _mean_lag_correlation(p: torch.Tensor, lag: int, block: int | None = None) -> torch.Tensor:
+    """(12, T) -> (12,) mean over t >= lag of circular_correlation(p[:, t], p[:, t - lag]), in blocks of frames."""
+    block = FRAME_BLOCK if block is None else block
+    n = p.shape[-1] - lag
+    if n <= 0:
+        return p.new_zeros(N_CHROMA)
+    if n <= block:
+        return circular_correlation(p[:, lag:], p[:, :-lag]).mean(-1)
+    total = torch.zeros(N_CHROMA, dtype=torch.float64, device=p.device)
+    for start in range(lag, p.shape[-1], block):
+        stop = min(start + block, p.shape[-1])
+        total += circular_correlation(p[:, start:stop], p[:, start - lag : stop - lag]).sum(-1, dtype=torch.float64)
+    return (total / n).to(p.dtype)
 
 
 # voiced-interval-lag front end and descriptor (docs/melody.md). Fixed by reasoning about sung
@@ -211,6 +225,24 @@ LOUD_QUANTILE = 0.95
 EPS_WEIGHT = 1e-6
 
 
+def map_frames(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, block: int | None = None) -> torch.Tensor:
+    """fn(x) for a per-frame `fn` of (..., T) -> (..., T), computed on blocks of `block` (FRAME_BLOCK) frames.
+
+    The same result (each frame is computed alike), with temporaries the size of one
+    block instead of the song's: what keeps hour-long songs in bounded memory.
+    """
+    block = FRAME_BLOCK if block is None else block
+    n = x.shape[-1]
+    if n <= block:
+        return fn(x)
+    first = fn(x[..., :block])
+    out = first.new_empty(*first.shape[:-1], n)
+    out[..., :block] = first
+    for start in range(block, n, block):
+        out[..., start : start + block] = fn(x[..., start : start + block])
+    return out
+
+
 def voicing_weight(log_mel: torch.Tensor) -> torch.Tensor:
     """(n_mels, T) natural-log mel power -> (T,) weight in (0, 1): how loud each frame is next to the song's loud frames.
 
@@ -218,7 +250,7 @@ def voicing_weight(log_mel: torch.Tensor) -> torch.Tensor:
     frame: rests, breaths and reverb tails carry no note, and their chroma is
     noise. Relative to the song itself, so recording level does not matter.
     """
-    level_db = 10.0 / torch.log(torch.tensor(10.0)) * torch.logsumexp(log_mel, dim=-2)  # (T,)
+    level_db = 10.0 / torch.log(torch.tensor(10.0)) * map_frames(lambda m: torch.logsumexp(m, dim=-2), log_mel)
     loud = torch.quantile(level_db, LOUD_QUANTILE)
     return torch.sigmoid((level_db - loud + VOICING_DB) / VOICING_SLOPE_DB)
 
@@ -235,26 +267,51 @@ def fine_semitone_salience(log_mel: torch.Tensor, fine_matrix: torch.Tensor, flo
 
     Same as semitone_salience(pitch_salience(...)), with the log taken after the max (fewer rows).
     """
-    power = torch.einsum("pm,mt->pt", fine_matrix.to(log_mel), log_mel.exp()).clamp_min(0)
-    best = power.reshape(N_PITCH, -1, power.shape[-1]).amax(1)
-    return torch.log(best + floor)
+    matrix = fine_matrix.to(log_mel)
+
+    def block(mel: torch.Tensor) -> torch.Tensor:
+        power = torch.einsum("pm,mt->pt", matrix, mel.exp()).clamp_min(0)
+        return torch.log(power.reshape(N_PITCH, -1, power.shape[-1]).amax(1) + floor)
+
+    return map_frames(block, log_mel)
 
 
 def voiced_chroma(semitone_log_salience: torch.Tensor) -> torch.Tensor:
     """(N_PITCH, T) log salience -> (12, T) per-frame pitch-class distribution, near one-hot, smoothed over ~50 ms."""
-    return chroma_distribution(_smooth_time(fold_chroma_max(semitone_log_salience), SMOOTH_FRAMES), SHARPNESS)
+    return chroma_distribution(
+        _smooth_time(map_frames(fold_chroma_max, semitone_log_salience), SMOOTH_FRAMES), SHARPNESS
+    )
 
 
-def _lag_correlation(x: torch.Tensor, lags: list[int]) -> torch.Tensor:
+def _lag_correlation(x: torch.Tensor, lags: list[int], block: int | None = None) -> torch.Tensor:
     """(C, T) -> (C, len(lags)): out[d, k] = sum_t sum_c x[(c + d) mod C, t] x[c, t - lags[k]].
 
-    One 2-D FFT for all lags: circular over C (intervals), zero-padded over time
-    so that the time lags do not wrap.
+    2-D FFTs for all lags: circular over C (intervals), zero-padded over time so
+    that the time lags do not wrap. A song longer than `block` frames is summed
+    block by block: each block's frames t with the max lag of frames before them
+    (the pairs of those leading frames alone are taken out again), so the FFTs stay
+    the size of a block.
     """
+    block = FRAME_BLOCK if block is None else block
+    n_frames, reach = x.shape[-1], max(lags)
+    if n_frames <= block:
+        return _acf(x.double(), lags).to(x.dtype)  # float64: the profile is a small difference of sums
+    total = x.new_zeros(x.shape[0], len(lags), dtype=torch.float64)
+    for start in range(0, n_frames, block):
+        lead = min(start, reach)
+        window = x[:, start - lead : start + block].double()
+        total += _acf(window, lags)
+        if lead:
+            total -= _acf(window[:, :lead], lags)
+    return total.to(x.dtype)
+
+
+def _acf(x: torch.Tensor, lags: list[int]) -> torch.Tensor:
+    """(C, T) float64 -> (C, len(lags)) sum_t sum_c x[(c + d) mod C, t] x[c, t - lag], with x = 0 before t = 0."""
     n = _fast_fft_length(x.shape[-1] + max(lags))  # any n >= T + max lag is exact; smooth sizes are fast
-    spec = torch.fft.rfft2(x.double(), s=(x.shape[0], n))  # float64: the profile is a small difference of sums
+    spec = torch.fft.rfft2(x, s=(x.shape[0], n))
     acf = torch.fft.irfft2(spec.abs().pow(2), s=(x.shape[0], n))  # (C, n): acf[d, L]
-    return acf[:, lags].to(x.dtype)
+    return acf[:, lags]
 
 
 def _fast_fft_length(n: int) -> int:
@@ -279,10 +336,10 @@ def lag_bands(lags: list[int]) -> list[list[int]]:
     inside its band instead of past the lag that samples it (docs/melody.md).
     """
     logs = [math.log(lag) for lag in lags]
-    edges = [(a + b) / 2 for a, b in zip(logs, logs[1:])]
+    edges = [(a + b) / 2 for a, b in itertools.pairwise(logs)]
     top = logs[-1] + (logs[-1] - logs[-2]) / 2 if len(logs) > 1 else logs[-1]
     bands: list[list[int]] = [[] for _ in lags]
-    for m in range(1, int(math.floor(math.exp(top) + 1e-9)) + 1):
+    for m in range(1, math.floor(math.exp(top) + 1e-9) + 1):
         bands[bisect.bisect_left(edges, math.log(m))].append(m)
     return bands
 
@@ -349,13 +406,18 @@ def stft_pitch_salience(
 
 def _harmonic_sum(
     wave: torch.Tensor, sample_rate: int, hop_length: int, n_fft: int, bins_per_semitone: int, n_harmonics: int,
-    decay: float,
+    decay: float, center: bool = True,
 ) -> torch.Tensor:
-    """(N,) -> (N_PITCH * b, T) linear harmonic-sum salience (stft_pitch_salience before the log)."""
+    """(N,) -> (N_PITCH * b, T) linear harmonic-sum salience (stft_pitch_salience before the log).
+
+    center=False: `wave` is already padded (frames start at 0, as recsys.audio.framing cuts them).
+    """
     wave = torch.as_tensor(wave, dtype=torch.float32).reshape(-1)
-    if wave.numel() < n_fft // 2 + 1:  # reflect padding needs half a window
+    if center and wave.numel() < n_fft // 2 + 1:  # reflect padding needs half a window
         wave = F.pad(wave, (0, n_fft // 2 + 1 - wave.numel()))
-    spec = torch.stft(wave, n_fft, hop_length, window=_hann(n_fft, wave.device), return_complex=True)
+    spec = torch.stft(
+        wave, n_fft, hop_length, window=_hann(n_fft, wave.device), center=center, return_complex=True
+    )
     mag = (spec.real.square() + spec.imag.square()).sqrt_().sqrt_()  # sqrt |X|; 2x faster than abs().sqrt()
     comb = harmonic_comb(n_fft, sample_rate, bins_per_semitone, n_harmonics, decay).to(mag.device)
     return comb @ mag  # dense: a BLAS matmul beats torch's sparse kernels here
@@ -374,8 +436,24 @@ def wave_pitch(wave: torch.Tensor, sample_rate: int, hop_length: int, stride: in
     """
     n_frames = torch.as_tensor(wave).numel() // hop_length + 1  # log_mel's frames (centred STFT)
     power = _harmonic_sum(wave, sample_rate, hop_length * stride, WAVE_N_FFT, FINE_BINS, N_HARMONICS, WAVE_DECAY)
-    best = power.reshape(N_PITCH, FINE_BINS, -1).amax(1)  # the log after the max: the same, on a third of the rows
-    return torch.log(best + 1e-5).repeat_interleave(stride, dim=-1)[:, :n_frames]
+    return _best_semitone(power).repeat_interleave(stride, dim=-1)[:, :n_frames]
+
+
+def _best_semitone(power: torch.Tensor) -> torch.Tensor:
+    """(N_PITCH * FINE_BINS, k) linear salience -> (N_PITCH, k) log of each semitone's best sub-bin.
+
+    The log after the max: the same as before it, on a third of the rows.
+    """
+    return torch.log(power.reshape(N_PITCH, FINE_BINS, -1).amax(1) + 1e-5)
+
+
+def wave_pitch_frames(segment: torch.Tensor, sample_rate: int, hop_length: int, stride: int = PITCH_STRIDE) -> torch.Tensor:
+    """Padded samples of k pitch frames (a recsys.audio.framing segment, n_fft WAVE_N_FFT, hop
+    hop_length * stride) -> (N_PITCH, k): wave_pitch's salience before it is held for `stride` frames."""
+    power = _harmonic_sum(
+        segment, sample_rate, hop_length * stride, WAVE_N_FFT, FINE_BINS, N_HARMONICS, WAVE_DECAY, center=False
+    )
+    return _best_semitone(power)
 
 
 @functools.lru_cache(maxsize=4)

@@ -1,4 +1,4 @@
-"""Contrastive training: sampler balance, batch pair structure per policy, metrics, training, resume."""
+"""Contrastive training: sampler balance, batch pair structure per policy, training, resume, checkpoints."""
 
 from __future__ import annotations
 
@@ -12,26 +12,27 @@ import torch.nn.functional as F
 from pytorch_metric_learning.utils import loss_and_miner_utils as lmu
 
 from recsys.augment import PAIR_POLICIES, crop_stretch, resolve_policy
-from recsys.config import FeatureConfig, TimbreConfig
+from recsys.config import AudioConfig, FeatureConfig, SeparationConfig, TimbreConfig
 from recsys.corpus import make_melodies, make_singers, sing
-from recsys.features import log_mel
+from recsys.evaluation import retrieval_metrics
+from recsys.features import SongFeatures, log_mel
+from recsys.fingerprint import audio_fingerprint
 from recsys.models.timbre import TimbreEncoder
 from recsys.training.checkpoint import CheckpointMismatchError, load_resume
 from recsys.training.contrastive import (
     build_batch,
-    compare_pair_policies,
     embed_songs,
     load_timbre,
     make_loss,
     model_config_for,
-    retrieval_metrics,
     train_timbre,
 )
-from recsys.training.data import SongFeatures
+from recsys.training.data import TrainingSong
 from recsys.training.sampler import BalancedChunkSampler
 
 SR = 16000
 FEAT = FeatureConfig()
+AUDIO = audio_fingerprint(AudioConfig(vocal_activity=True), SeparationConfig())
 TINY = TimbreConfig(
     chunk_frames=64,
     songs_per_batch=6,
@@ -56,13 +57,13 @@ def one_thread():
 
 
 @pytest.fixture(scope="module")
-def songs() -> list[SongFeatures]:
+def songs() -> list[TrainingSong]:
     """6 singers x 3 songs x 6 s of synthetic singing (recsys.corpus)."""
     out = []
     for i, voice in enumerate(make_singers(6, seed=0)):
         for j, melody in enumerate(make_melodies(3, seed=0)):
             wave = torch.from_numpy(sing(voice, melody, 6.0, SR, seed=j))
-            out.append(SongFeatures(i * 3 + j, log_mel(wave, FEAT, SR), voice.name, f"{i}-{j}"))
+            out.append(TrainingSong(i * 3 + j, SongFeatures(log_mel(wave, FEAT, SR)), voice.name, f"{i}-{j}"))
     return out
 
 
@@ -210,33 +211,13 @@ def test_loss_sees_the_batch_pairs():
     assert type(make_loss(TimbreConfig(supervised=True))).__name__ == "SupConLoss"
 
 
-# --- metrics -------------------------------------------------------------------------------------
-
-
-def test_retrieval_metrics_match_a_plain_loop():
-    gen = torch.Generator().manual_seed(0)
-    x = F.normalize(torch.randn(12, 8, generator=gen), dim=-1)
-    y = [i % 4 for i in range(12)]
-    got = retrieval_metrics(x, x, y, y, list(range(12)))
-    p1, aps = [], []
-    for q in range(12):
-        others = sorted((j for j in range(12) if j != q), key=lambda j: -float(x[q] @ x[j]))
-        rel = [y[j] == y[q] for j in others]
-        p1.append(rel[0])
-        hits = [i for i, r in enumerate(rel) if r]
-        aps.append(sum((k + 1) / (i + 1) for k, i in enumerate(hits)) / len(hits))
-    assert got["p_at_1"] == pytest.approx(sum(p1) / 12) and got["map"] == pytest.approx(
-        sum(aps) / 12, rel=1e-5
-    )
-
-
 # --- training --------------------------------------------------------------------------------------
 
 
 @pytest.fixture(scope="module")
 def trained(songs, tmp_path_factory):
     workspace = tmp_path_factory.mktemp("timbre")
-    return train_timbre(songs, TINY, FEAT, SR, workspace), workspace
+    return train_timbre(songs, TINY, FEAT, SR, workspace, audio=AUDIO), workspace
 
 
 def leave_one_out(model, songs):
@@ -261,9 +242,10 @@ def test_checkpoint_reloads_bit_identically_and_refuses_other_configs(songs, tra
     result, workspace = trained
     model, meta = load_timbre(workspace, feat_cfg=FEAT, sample_rate=SR)
     assert meta.version == result.version.version
+    assert meta.audio == result.version.audio == AUDIO  # the training audio's settings travel with the model
     mels = torch.stack([crop_stretch(s.mel, 0, 64) for s in songs[:4]])
     assert torch.equal(model.embed(mels), result.model.embed(mels))
-    assert torch.equal(model.embed_song(songs[0].mel), result.model.embed_song(songs[0].mel))
+    assert torch.equal(embed_songs(model, [songs[0].mel]), embed_songs(result.model, [songs[0].mel]))
     with pytest.raises(CheckpointMismatchError, match="channels: checkpoint=8 requested=16"):
         load_timbre(workspace, expect=replace(model.cfg, channels=16))
     with pytest.raises(CheckpointMismatchError, match="features"):
@@ -319,21 +301,3 @@ def test_unlabelled_and_supervised_training_run(songs, tmp_path: Path):
     assert 0.0 <= result.history[0]["p_at_1"] <= 1.0  # own-song retrieval (first half -> second half)
     result = train_timbre(songs, cfg.model_copy(update={"supervised": True}), FEAT, SR, tmp_path / "sup")
     assert math.isfinite(result.final_loss)
-
-
-def test_compare_pair_policies_rows(songs, tmp_path: Path):
-    cfg = TINY.model_copy(update={"epochs": 1, "steps_per_epoch": 2})
-    rows = compare_pair_policies(
-        songs[:12], songs, cfg, FEAT, SR, tmp_path, policies=["ps_pos_ts_pos", "ps_neg_ts_neg"]
-    )
-    assert [r["policy"] for r in rows] == ["ps_pos_ts_pos", "ps_neg_ts_neg"]
-    for row in rows:
-        for key in ("p_at_1", "map", "p_at_1_ps+2", "p_at_1_ps-2", "p_at_1_ts1.1", "p_at_1_ts0.9"):
-            assert 0.0 <= row[key] <= 1.0, key
-        assert math.isfinite(row["final_loss"])
-        assert (
-            tmp_path / "experiments" / "pair-policies" / row["policy"] / "models" / "timbre" / row["version"]
-        ).is_dir()
-    assert not (tmp_path / "models").exists()  # the product's own timbre model is untouched
-    with pytest.raises(ValueError, match="valid: ps_pos_ts_pos"):
-        compare_pair_policies(songs[:12], songs, cfg, FEAT, SR, tmp_path, policies=["x"])

@@ -1,13 +1,26 @@
-"""Log-mel features: shapes, configurability, and the physics of a tone."""
+"""Log-mel features: shapes, configurability, the physics of a tone; SongFeatures and what computes them."""
 
 import math
 
+import numpy as np
 import pytest
 import torch
 import torchaudio
 
-from recsys.config import FeatureConfig
-from recsys.features import frames_for, log_mel, seconds_per_frame
+import recsys.audio
+from recsys.config import AudioConfig, FeatureConfig
+from recsys.corpus import make_melodies, make_singers, sing
+from recsys.features import (
+    FEATURES,
+    SongFeatures,
+    frames_for,
+    log_mel,
+    seconds_per_frame,
+    song_features,
+    song_mel,
+    wave_features,
+)
+from recsys.pitch import N_PITCH, wave_pitch
 
 SR = 16000
 
@@ -65,3 +78,61 @@ def test_cpu_and_cuda_agree():
     cfg = FeatureConfig()
     wave = _tone(440.0, 3.0) + 0.01 * torch.randn(3 * SR, generator=torch.Generator().manual_seed(0))
     torch.testing.assert_close(log_mel(wave.cuda(), cfg, SR).cpu(), log_mel(wave, cfg, SR), atol=1e-3, rtol=1e-4)
+
+
+# --- SongFeatures and what computes them ----------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def sung() -> torch.Tensor:
+    """4 s of synthetic singing with a rest in it."""
+    wave = torch.from_numpy(sing(make_singers(1, seed=2)[0], make_melodies(1, seed=2)[0], 4.0, SR, seed=0))
+    wave[SR : SR + SR // 2] = 0.0
+    return wave
+
+
+def test_song_features_decode_once_and_compute_only_what_is_needed(sung, monkeypatch):
+    audio, cfg = AudioConfig(), FeatureConfig()
+    calls = []
+    decode = recsys.audio.voiced_audio
+    stream = recsys.audio.voiced_stream
+    monkeypatch.setattr(recsys.audio, "voiced_stream", lambda *a, **kw: calls.append(1) or stream(*a, **kw))
+    both = song_features(sung, audio, cfg, needs=frozenset(FEATURES))
+    assert len(calls) == 1
+    voiced = decode(sung, audio)
+    assert voiced.numel() < sung.numel()  # the rest was removed before the features
+    assert torch.equal(both.mel, log_mel(voiced, cfg, SR)) and torch.equal(both.mel, song_mel(sung, audio, cfg))
+    assert both.pitch is not None and torch.equal(both.pitch, wave_pitch(voiced, SR, cfg.hop_length))
+    assert both.pitch.shape == (N_PITCH, both.n_frames) and both.available == {"mel", "pitch"}
+    mel_only = song_features(sung, audio, cfg)
+    assert mel_only.pitch is None and torch.equal(mel_only.mel, both.mel) and mel_only.available == {"mel"}
+    from_wave = wave_features(voiced, {"mel", "pitch"}, audio, cfg)
+    assert torch.equal(from_wave.mel, both.mel) and torch.equal(from_wave.pitch, both.pitch)
+
+
+def test_unknown_features_list_the_valid_ones(sung):
+    with pytest.raises(ValueError, match="unknown features \\['chroma'\\]; valid: mel, pitch"):
+        wave_features(sung, {"mel", "chroma"}, AudioConfig(), FeatureConfig())
+    with pytest.raises(ValueError, match="valid: mel, pitch"):
+        SongFeatures(torch.zeros(48, 10)).require({"chroma"})
+    with pytest.raises(ValueError, match="one song's \\(N,\\) waveform"):
+        wave_features(torch.zeros(2, SR), {"mel"}, AudioConfig(), FeatureConfig())
+
+
+def test_song_features_check_shapes_and_say_what_is_missing():
+    mel = torch.randn(48, 20)
+    SongFeatures(mel).require({"mel"})
+    with pytest.raises(ValueError, match=r"waveform pitch \('pitch'\).*lack.*recsys\.pitch\.wave_pitch"):
+        SongFeatures(mel).require({"mel", "pitch"})
+    with pytest.raises(ValueError, match=rf"expected waveform pitch \({N_PITCH}, 20\) on the mel's frames"):
+        SongFeatures(mel, torch.zeros(N_PITCH, 19))
+    with pytest.raises(ValueError, match="one song's log-mel"):
+        SongFeatures(torch.zeros(2, 48, 20))
+
+
+def test_song_features_take_arrays_and_move_between_devices():
+    feats = SongFeatures(np.zeros((48, 20), np.float32), np.ones((N_PITCH, 20), np.float32))
+    assert torch.is_tensor(feats.mel) and torch.is_tensor(feats.pitch)
+    moved = feats.to("cpu")
+    assert moved is not feats and torch.equal(moved.pitch, feats.pitch) and moved.pitch.device.type == "cpu"
+    assert SongFeatures(feats.mel).to("cpu").pitch is None

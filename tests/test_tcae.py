@@ -10,15 +10,15 @@ import pytest
 import torch
 
 from recsys import corpus, pitch
-from recsys.config import FeatureConfig, MelodyConfig
-from recsys.features import log_mel
+from recsys.config import AudioConfig, FeatureConfig, MelodyConfig, SeparationConfig
+from recsys.encoders import melody_encoder
+from recsys.features import SongFeatures, log_mel
+from recsys.fingerprint import audio_fingerprint
 from recsys.models.tcae import TCAE, TCAEConfig, masked_pool
 from recsys.training.checkpoint import CheckpointMismatchError
-from recsys.training.data import SongFeatures
+from recsys.training.data import TrainingSong
 from recsys.training.tcae import (
-    compare_melody_variants,
     load_melody,
-    melody_precision_at_1,
     pad_batch,
     reconstruction_error,
     train_melody,
@@ -74,12 +74,17 @@ def sung_pitch(sung_waves) -> dict[tuple[int, int], torch.Tensor]:
     return {k: pitch.wave_pitch(w, SR, FEAT.hop_length) for k, w in sung_waves.items()}
 
 
-def songs_from(sung, sung_pitch=None) -> list[SongFeatures]:
+def songs_from(sung, sung_pitch=None) -> list[TrainingSong]:
     return [
-        SongFeatures(k, mel, singer=f"s{i}", content_hash=f"h{k}", metadata={"melody": f"m{j}"},
-                     pitch=None if sung_pitch is None else sung_pitch[i, j])
+        TrainingSong(k, SongFeatures(mel, None if sung_pitch is None else sung_pitch[i, j]), singer=f"s{i}",
+                     content_hash=f"h{k}", metadata={"melody": f"m{j}"})
         for k, ((i, j), mel) in enumerate(sorted(sung.items()))
     ]
+
+
+def melody_vector(model: TCAE, mel: torch.Tensor, wave_pitch: torch.Tensor | None = None) -> torch.Tensor:
+    """(n_mels, T) log-mel [and (N_PITCH, T) waveform pitch] -> the model's (dim,) melody vector."""
+    return melody_encoder(model).embed_songs([SongFeatures(mel, wave_pitch)])[0]
 
 
 # --- model invariants ---------------------------------------------------------------------
@@ -125,8 +130,8 @@ def test_any_length_in_same_length_out():
         assert recon.shape == target.shape == (2, model.front.out_channels, length)
         assert z.shape == (2, 4, length)
         assert model.encode_frames(mel[0], chunk_frames=64).shape == (length, 4)
-        vec = model.embed_song(mel[0])
-        assert vec.shape == (model.dim,) and torch.isclose(vec.norm(), torch.tensor(1.0))
+        vec = melody_vector(model, mel[0])
+        assert vec.shape == (model.pooled_dim,) and torch.isclose(vec.norm(), torch.tensor(1.0))
 
 
 @pytest.mark.parametrize("kw", [{"input": "mel"}, {"input": "mel+pitch", "key_invariant": True, "context_frames": 50}])
@@ -150,9 +155,9 @@ def test_masking_ignores_padding():
     other[~mask.unsqueeze(1).expand_as(other)] = torch.randn(int((~mask).sum()) * 48)
     assert torch.equal(model.reconstruction_loss(batch, mask), model.reconstruction_loss(other, mask))
     assert not torch.equal(model.reconstruction_loss(batch), model.reconstruction_loss(other))
-    embedded = model.embed(other, mask)
+    embedded = model.pool_latents(other, mask)
     for i, m in enumerate(mels):
-        torch.testing.assert_close(embedded[i], model.embed_song(m), rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(embedded[i], model.pool_song(m), rtol=1e-4, atol=1e-5)
 
 
 def test_masked_pool_matches_plain_loop():
@@ -177,9 +182,9 @@ def test_bad_config_and_mask_raise():
         TCAEConfig(input="mel", key_invariant=True)
     model = tiny()
     with pytest.raises(ValueError, match="prefix"):
-        model.embed(torch.randn(1, 48, 5), torch.tensor([[True, False, True, True, False]]))
+        model.pool_latents(torch.randn(1, 48, 5), torch.tensor([[True, False, True, True, False]]))
     with pytest.raises(ValueError, match="n_mels=48"):
-        model.embed_song(torch.randn(40, 100))
+        model.pool_song(torch.randn(40, 100))
 
 
 # --- pitch features -----------------------------------------------------------------------
@@ -212,9 +217,9 @@ def test_key_invariant_model_ignores_exact_transposition():
     """Transposing a tone melody by 12 semitones keeps every pitch class: the vector barely moves."""
     model = tiny(input="pitch", key_invariant=True, context_frames=30)
     midis = [55, 57, 59, 60, 62, 60, 59, 57] * 2
-    a = model.embed_song(tone_mel(midis))
-    b = model.embed_song(tone_mel([m + 12 for m in midis]))
-    c = model.embed_song(tone_mel([55, 62, 55, 62, 57, 64, 57, 64] * 2))
+    a = melody_vector(model, tone_mel(midis))
+    b = melody_vector(model, tone_mel([m + 12 for m in midis]))
+    c = melody_vector(model, tone_mel([55, 62, 55, 62, 57, 64, 57, 64] * 2))
     assert torch.dot(a, b) > torch.dot(a, c)
 
 
@@ -277,37 +282,39 @@ def _melody_wins(vec: dict[tuple[int, int], torch.Tensor]) -> list[bool]:
 def test_same_melody_by_two_voices_is_closer_than_two_melodies_by_one_voice(sung, sung_pitch, pool, source):
     """Key-invariant pitch features (interval-lag poolings), across the singers' own keys."""
     model = tiny(input="pitch", key_invariant=True, pool=pool, n_lags=24, max_lag_frames=256, pitch_source=source)
-    vec = {k: model.embed_song(mel, pitch=sung_pitch[k]) for k, mel in sung.items()}
+    vec = {k: melody_vector(model, mel, sung_pitch[k]) for k, mel in sung.items()}
     wins = _melody_wins(vec)
     assert sum(wins) >= 0.8 * len(wins), f"{sum(wins)}/{len(wins)}"
     # The latent mean/std alone is dominated by the voice: the pooling is what makes it melodic.
     stats = tiny(input="pitch", key_invariant=True, pool="stats")
-    assert sum(_melody_wins({k: stats.embed_song(mel) for k, mel in sung.items()})) < sum(wins)
+    assert sum(_melody_wins({k: melody_vector(stats, mel) for k, mel in sung.items()})) < sum(wins)
 
 
 @pytest.mark.parametrize("pool, source", [("interval-lag", "mel"), ("voiced-interval-lag", "mel"),
                                           ("voiced-interval-lag", "waveform")])
-def test_interval_lag_embed_masks_padding(sung, sung_pitch, pool, source):
+def test_interval_lag_batch_of_songs_of_unequal_length_equals_each_song_alone(sung, sung_pitch, pool, source):
     model = tiny(input="pitch", key_invariant=True, pool=pool, pitch_source=source)
-    mels = [sung[0, 0], sung[1, 2][:, :300]]
-    pitches = [sung_pitch[0, 0], sung_pitch[1, 2][:, :300]]
-    batch, mask = pad_batch(mels)
-    out = model.embed(batch, mask, pitch=pad_batch(pitches)[0])
-    assert out.shape == (2, model.dim)
-    for i, (m, p) in enumerate(zip(mels, pitches)):
-        torch.testing.assert_close(out[i], model.embed_song(m, pitch=p))
+    songs = [SongFeatures(sung[0, 0], sung_pitch[0, 0]), SongFeatures(sung[1, 2][:, :300], sung_pitch[1, 2][:, :300])]
+    encoder = melody_encoder(model)
+    out = encoder.embed_songs(songs)
+    assert out.shape == (2, encoder.dim)
+    for i, song in enumerate(songs):
+        torch.testing.assert_close(out[i], encoder.embed_songs([song])[0])
 
 
 def test_checkpoint_reloads_bit_identically_and_refuses_other_config(sung, sung_pitch, tmp_path):
     songs = songs_from(sung)[:4]
     cfg = _melody_cfg(epochs=1)
-    result = train_melody(songs, cfg, FEAT, SR, tmp_path, device="cpu")
+    audio = audio_fingerprint(AudioConfig(vocal_activity=True), SeparationConfig())
+    result = train_melody(songs, cfg, FEAT, SR, tmp_path, device="cpu", audio=audio)
     model, meta = load_melody(tmp_path)
     assert meta.version == result.version.version
+    assert meta.audio == result.version.audio == audio  # the training audio's settings travel with the model
     for (k, a), b in zip(result.model.state_dict().items(), model.state_dict().values()):
         assert torch.equal(a, b), k
     mel, wave_pitch = songs[0].mel, sung_pitch[0, 0]
-    assert torch.equal(model.embed_song(mel, pitch=wave_pitch), result.model.embed_song(mel, pitch=wave_pitch))
+    assert torch.equal(melody_vector(model, mel, wave_pitch), melody_vector(result.model, mel, wave_pitch))
+    assert torch.equal(model.pool_song(mel), result.model.pool_song(mel))  # the weights, through the latents
     load_melody(tmp_path, expect=TCAEConfig.from_settings(cfg, FEAT, SR))
     with pytest.raises(CheckpointMismatchError, match="latent_dim"):
         load_melody(tmp_path, expect=TCAEConfig.from_settings(_melody_cfg(latent_dim=8), FEAT, SR))
@@ -330,28 +337,16 @@ def test_resume_after_interruption_equals_uninterrupted_run(sung, tmp_path):
         torch.testing.assert_close(a, b)
 
 
-def test_melody_precision_at_1_against_plain_loop():
-    gen = torch.Generator().manual_seed(0)
-    xb = torch.nn.functional.normalize(torch.randn(12, 5, generator=gen), dim=1)
-    melody = [f"m{i % 4}" for i in range(12)]
-    singer = [f"s{i // 4}" for i in range(12)]
-    hits = 0
-    for q in range(12):
-        best = max((j for j in range(12) if j != q), key=lambda j: float(xb[q] @ xb[j]))
-        hits += melody[best] == melody[q] and singer[best] != singer[q]
-    assert melody_precision_at_1(xb, melody, singer) == hits / 12
-
-
 @pytest.mark.parametrize("source", ["waveform", "mel"])
 def test_voiced_interval_lag_ignores_a_transposed_take_and_any_length(source):
     """The same singer and take sung 2 semitones up or down keeps its vector; short and long songs embed."""
     model = tiny(input="pitch", key_invariant=True, pool="voiced-interval-lag", n_lags=24, max_lag_frames=256,
                  pitch_source=source)
-    voice, other = corpus.make_singers(2, seed=5)
+    voice, _ = corpus.make_singers(2, seed=5)
     tune, other_tune = corpus.make_melodies(2, seed=5)
 
     def embed(wave: torch.Tensor) -> torch.Tensor:
-        return model.embed_song(log_mel(wave, FEAT, SR), pitch=pitch.wave_pitch(wave, SR, FEAT.hop_length))
+        return melody_vector(model, log_mel(wave, FEAT, SR), pitch.wave_pitch(wave, SR, FEAT.hop_length))
 
     vec = lambda v, m, tr=0: embed(torch.from_numpy(corpus.sing(v, m, 10.0, SR, seed=1, transpose=tr)))
     base = vec(voice, tune)
@@ -359,25 +354,31 @@ def test_voiced_interval_lag_ignores_a_transposed_take_and_any_length(source):
     for shift in (-2, 2):
         moved = vec(voice, tune, shift)
         assert torch.dot(base, moved) > torch.dot(base, different)
-    assert model.dim == 11 * len(model.cfg.lags)  # the unison interval is left out
+    assert melody_encoder(model).dim == 11 * len(model.cfg.lags)  # the unison interval is left out
     with_unison = tiny(pool="voiced-interval-lag", unison=True)
-    assert with_unison.dim == 12 * len(with_unison.cfg.lags)
+    assert melody_encoder(with_unison).dim == 12 * len(with_unison.cfg.lags)
     gen = torch.Generator().manual_seed(0)
     for n_samples in (600, 10_000, 20_000 * FEAT.hop_length):
         out = embed(0.1 * torch.randn(n_samples, generator=gen))
-        assert out.shape == (model.dim,) and torch.isfinite(out).all()
-    assert "front.fine_harmonics" not in model.state_dict()  # rebuilt from the config: old checkpoints load
+        assert out.shape == (melody_encoder(model).dim,) and torch.isfinite(out).all()
+
+
+def test_the_front_end_keeps_only_the_harmonic_matrix_in_checkpoints():
+    """The descriptor's finer matrix is rebuilt from the config: checkpoints keep their keys and load."""
+    keys = [k for k in tiny(input="pitch", key_invariant=True, pool="voiced-interval-lag").state_dict()
+            if k.startswith("front.")]
+    assert keys == ["front.harmonics"]
 
 
 def test_waveform_pitch_source_needs_the_pitch_and_says_how_to_get_it(sung, sung_pitch):
     model = tiny(pool="voiced-interval-lag", n_lags=24, max_lag_frames=256)
-    assert model.cfg.pitch_source == "waveform" and model.needs_wave_pitch
-    with pytest.raises(ValueError, match="pitch_source='waveform'.*wave_pitch"):
-        model.embed_song(sung[0, 0])
+    assert model.cfg.pitch_source == "waveform" and melody_encoder(model).needs == {"mel", "pitch"}
+    with pytest.raises(ValueError, match="waveform pitch.*wave_pitch"):
+        melody_vector(model, sung[0, 0])
     with pytest.raises(ValueError, match=r"expected waveform pitch \(44, 501\)"):
-        model.embed_song(sung[0, 0], pitch=sung_pitch[0, 0][:, :10])
-    assert not tiny(pool="voiced-interval-lag", pitch_source="mel").needs_wave_pitch
-    assert not tiny(pool="stats").needs_wave_pitch  # latent poolings read the mel only
+        melody_vector(model, sung[0, 0], sung_pitch[0, 0][:, :10])
+    assert melody_encoder(tiny(pool="voiced-interval-lag", pitch_source="mel")).needs == {"mel"}
+    assert melody_encoder(tiny(pool="stats")).needs == {"mel"}  # latent poolings read the mel only
     with pytest.raises(ValueError, match="pitch_source 'crepe'"):
         TCAEConfig(pitch_source="crepe")
 
@@ -395,7 +396,7 @@ def test_waveform_pitch_separates_melodies_better_than_the_mel_for_low_voices():
         for i, v in enumerate(low):
             for j, m in enumerate(tunes):
                 wave = torch.from_numpy(corpus.sing(v, m, 12.0, SR, seed=10 * i + j))
-                out[i, j] = model.embed_song(log_mel(wave, FEAT, SR), pitch=pitch.wave_pitch(wave, SR, FEAT.hop_length))
+                out[i, j] = melody_vector(model, log_mel(wave, FEAT, SR), pitch.wave_pitch(wave, SR, FEAT.hop_length))
         return out
 
     def margin(vec) -> float:
@@ -422,30 +423,10 @@ def test_leaving_out_the_unison_interval_lowers_the_similarity_of_unrelated_melo
     moving, full = tiny(**kw), tiny(**kw, unison=True)
 
     def mean_cross_melody_cosine(model) -> float:
-        vec = {k: model.embed_song(mel, pitch=sung_pitch[k]) for k, mel in sung.items()}
+        vec = {k: melody_vector(model, mel, sung_pitch[k]) for k, mel in sung.items()}
         return float(np.mean([torch.dot(vec[a], vec[b]) for a in vec for b in vec if a[1] != b[1]]))
 
     assert mean_cross_melody_cosine(moving) < mean_cross_melody_cosine(full) - 0.2  # measured 0.28 vs 0.72
-
-
-def test_melody_variant_study_scores_the_default_vector_from_the_waveform(sung, sung_pitch, tmp_path):
-    """`recsys experiment melody-variants`: baselines, the default profile from both pitch sources, TCAE rows."""
-    songs = songs_from(sung, sung_pitch)
-    queries = {"again": [SongFeatures(100 + s.song_id, s.mel, s.singer, "", {**s.metadata, "source": i},
-                                      pitch=s.pitch) for i, s in enumerate(songs)]}
-    rows = compare_melody_variants(songs, songs, queries, {"tiny": _melody_cfg(epochs=1, input="mel", key_invariant=False)},
-                                   FEAT, SR, tmp_path)
-    by_name = {r["name"]: r for r in rows}
-    assert set(by_name) == {"chroma-stats (baseline)", "interval-lag (baseline)", "voiced-interval-lag (mel pitch)",
-                            "voiced-interval-lag (waveform pitch)", "tcae tiny (stats)", "tcae tiny (stats+lag)"}
-    wave = by_name["voiced-interval-lag (waveform pitch)"]
-    assert wave["p_at_1"] >= 0.8 > by_name["chroma-stats (baseline)"]["p_at_1"]
-    assert wave["p_at_1_again"] == wave["p_at_1"]  # the same songs as queries, their own copy left out
-    assert wave["embed_3min_ms"] > 0 and by_name["tcae tiny (stats)"]["epochs"] == 1
-    without_pitch = compare_melody_variants(songs[:6], [dataclasses.replace(s, pitch=None) for s in songs], {}, {},
-                                            FEAT, SR, tmp_path / "b")
-    assert [r["name"] for r in without_pitch] == ["chroma-stats (baseline)", "interval-lag (baseline)",
-                                                  "voiced-interval-lag (mel pitch)"]
 
 
 def test_lag_bands_keep_a_melody_recognisable_at_another_tempo():
@@ -457,7 +438,7 @@ def test_lag_bands_keep_a_melody_recognisable_at_another_tempo():
     def song(model, voice, melody, rate=1.0) -> torch.Tensor:
         melody = dataclasses.replace(melody, tempo_bpm=melody.tempo_bpm * rate)
         wave = torch.from_numpy(corpus.sing(voice, melody, 16.0, SR, seed=3))
-        return model.embed_song(log_mel(wave, FEAT, SR), pitch=pitch.wave_pitch(wave, SR, FEAT.hop_length))
+        return melody_vector(model, log_mel(wave, FEAT, SR), pitch.wave_pitch(wave, SR, FEAT.hop_length))
 
     def margins(model) -> list[float]:
         out = []

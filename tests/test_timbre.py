@@ -5,6 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from recsys.encoders import timbre_encoder
+from recsys.features import SongFeatures
 from recsys.models.timbre import TimbreEncoder, TimbreModelConfig
 
 CFG = TimbreModelConfig(
@@ -59,10 +61,10 @@ def test_chunk_song_layout():
     assert m.chunk_song(song[:, :30]).shape == (1, 48, 30)  # shorter than a chunk: whole
 
 
-def test_embed_song_is_normalised_mean_of_chunk_embeddings(model):
+def test_song_vector_is_normalised_mean_of_chunk_embeddings(model):
     song = torch.randn(48, 150) - 5
     expected = torch.nn.functional.normalize(model.embed(model.chunk_song(song)).mean(0), dim=-1)
-    got = model.embed_song(song)
+    got = timbre_encoder(model).embed_songs([SongFeatures(song)])[0]
     assert got.shape == (CFG.embedding_dim,)
     assert torch.allclose(got, expected, atol=1e-6)
 
@@ -72,7 +74,7 @@ def test_bad_inputs_and_config_roundtrip():
     with pytest.raises(ValueError, match=r"\(B, 48, T\)"):
         m(torch.randn(2, 40, 60))
     with pytest.raises(ValueError, match="one song"):
-        m.embed_song(torch.randn(1, 48, 60))
+        timbre_encoder(m).embed_songs([SongFeatures(torch.randn(1, 48, 60))])
     assert TimbreModelConfig.from_dict(CFG.to_dict()) == CFG
     with pytest.raises(ValueError, match="unknown TimbreModelConfig fields"):
         TimbreModelConfig.from_dict({**CFG.to_dict(), "layers": 3})

@@ -1,4 +1,4 @@
-"""TCAE: temporal convolutional autoencoder over log-mel frames, the melody encoder.
+"""TCAE: temporal convolutional autoencoder over log-mel frames, the learned melody model.
 
     log-mel (B, n_mels, T)
       -> front end (fixed, per frame): normalised log-mel and/or pitch salience
@@ -10,8 +10,13 @@
 Every layer is causal, so: songs of any length batch by right padding plus a
 mask with exact results on the real frames; a long song is encoded chunk by
 chunk (:meth:`TCAE.encode_chunk`) carrying each layer's last inputs, equal to
-encoding it whole. The song vector pools the latents over valid frames (mean and
-std, L2-normalised); frame latents stay available for melody matching.
+encoding it whole. A song vector pools the latents over valid frames (mean and
+std, L2-normalised; :func:`masked_pool`); frame latents stay available for melody
+matching.
+
+The config's `pool` also names the learning-free interval-lag descriptors
+(PROFILE_POOLS), which read no latents: recsys.encoders.IntervalLagMelody computes
+them, and recsys.encoders.melody_encoder picks it or the latent pooling from `pool`.
 """
 
 from __future__ import annotations
@@ -28,9 +33,10 @@ from recsys.config import FeatureConfig, MelodyConfig
 from recsys.modules.conv import GatedResidualBlock, receptive_field
 
 INPUTS = ("mel", "pitch", "mel+pitch")
-POOLS = ("stats", "stats+lag", "interval-lag", "voiced-interval-lag")
+LATENT_POOLS = ("stats", "stats+lag")  # song vectors pooled from the latents
+PROFILE_POOLS = ("interval-lag", "voiced-interval-lag")  # chroma profiles, no latents (recsys.encoders)
+POOLS = LATENT_POOLS + PROFILE_POOLS
 PITCH_SOURCES = ("waveform", "mel")
-PROFILE_POOLS = ("interval-lag", "voiced-interval-lag")  # chroma profiles, no latents
 EPS = 1e-5
 
 
@@ -57,22 +63,23 @@ class TCAEConfig:
     decoder_layers: int = 4
     # Song vector: 'stats' = mean and std of latents; 'stats+lag' adds their autocorrelation at
     # n_lags lags spaced geometrically up to max_lag_frames (rhythm and phrase structure);
-    # 'interval-lag' = recsys.pitch.interval_lag_profile of the front end's chroma at those lags
+    # 'interval-lag' = recsys.pitch.interval_lag_profile of the harmonic-sum chroma at those lags
     # (key- and timbre-invariant, no latents); 'voiced-interval-lag' = the same over near-hard pitch
     # classes of a 1/3-semitone harmonic sum, loud (voiced) frames weighted up
-    # (recsys.pitch.voiced_interval_lag_profile: the best melody vector measured, docs/melody.md).
+    # (recsys.pitch.voiced_interval_lag_profile; the default, compared in docs/melody.md).
+    # The two profiles are computed by recsys.encoders.IntervalLagMelody.
     pool: str = "voiced-interval-lag"
     n_lags: int = 24
     max_lag_frames: int = 256  # 256 x 16 ms = 4.1 s
     # Where 'voiced-interval-lag' reads pitch: 'waveform' = recsys.pitch.wave_pitch of the voiced audio,
-    # passed beside the mel (resolves every harmonic: melody P@1 0.56 -> 0.8, docs/melody.md);
+    # passed beside the mel (a 1024-point STFT resolves every harmonic, which 48 mel bands cannot);
     # 'mel' = the harmonic sum of the log-mel itself (what checkpoints saved before the option used).
     pitch_source: str = "waveform"
-    # Whether 'voiced-interval-lag' keeps the same-pitch-class interval (held notes; checkpoints
-    # saved before the option did). Leaving it out: melody P@1 0.84 -> 0.94 (docs/melody.md).
+    # Whether 'voiced-interval-lag' keeps the same-pitch-class interval (held notes look alike in
+    # every song; checkpoints saved before the option kept it).
     unison: bool = False
     # Whether each lag of 'voiced-interval-lag' pools the frame lags of its band (recsys.pitch.lag_bands,
-    # about +-11 %): tolerance to tempo changes (10 % slower takes: melody P@1 0.89 -> 0.96, docs/melody.md).
+    # about +-11 %): tolerance to tempo changes.
     lag_bands: bool = True
 
     def __post_init__(self) -> None:
@@ -160,12 +167,6 @@ class FrontEnd(nn.Module):
         self.use_mel = cfg.input in ("mel", "mel+pitch")
         self.use_pitch = cfg.input in ("pitch", "mel+pitch")
         self.register_buffer("harmonics", pitch.harmonic_matrix(cfg.feature_config(), cfg.sample_rate))
-        # Not persistent: rebuilt from the config, so checkpoints saved before it existed still load.
-        self.register_buffer(
-            "fine_harmonics",
-            pitch.harmonic_matrix(cfg.feature_config(), cfg.sample_rate, bins_per_semitone=pitch.FINE_BINS),
-            persistent=False,
-        )
         self.context_pad = cfg.context_frames - 1  # frames of chroma history carried between chunks
 
     @property
@@ -266,7 +267,7 @@ def masked_pool(z: torch.Tensor, mask: torch.Tensor, lags: list[int] | None = No
 
 
 class TCAE(nn.Module):
-    """Melody autoencoder. Public: encode_frames, embed_song, embed, dim, encode_chunk, summary."""
+    """Melody autoencoder. Public: forward, reconstruction_loss, encode_frames, encode_chunk, pool_latents."""
 
     def __init__(self, cfg: TCAEConfig):
         super().__init__()
@@ -280,23 +281,14 @@ class TCAE(nn.Module):
 
     # --- shapes and sizes -------------------------------------------------------------
     @property
-    def needs_wave_pitch(self) -> bool:
-        """Whether embed_song needs `pitch` (recsys.pitch.wave_pitch of the voiced waveform) beside the mel."""
-        return self.cfg.pool == "voiced-interval-lag" and self.cfg.pitch_source == "waveform"
-
-    @property
-    def dim(self) -> int:
-        """Size of the song-level melody vector."""
-        if self.cfg.pool == "voiced-interval-lag" and not self.cfg.unison:
-            return (pitch.N_CHROMA - 1) * len(self.cfg.lags)
-        if self.cfg.pool in PROFILE_POOLS:
-            return pitch.N_CHROMA * len(self.cfg.lags)
-        n = 2 + (len(self.cfg.lags) if self.cfg.pool == "stats+lag" else 0)
-        return n * self.cfg.latent_dim
-
-    @property
-    def _lags(self) -> list[int] | None:
+    def latent_lags(self) -> list[int] | None:
+        """The lags pool_latents adds autocorrelations at ('stats+lag'), else None (mean and std only)."""
         return self.cfg.lags if self.cfg.pool == "stats+lag" else None
+
+    @property
+    def pooled_dim(self) -> int:
+        """Size of a song vector pooled from the latents (pool_latents)."""
+        return (2 + len(self.latent_lags or [])) * self.cfg.latent_dim
 
     @property
     def receptive_field(self) -> int:
@@ -312,13 +304,15 @@ class TCAE(nn.Module):
         n_params = sum(p.numel() for p in self.parameters() if p.requires_grad)
         c = self.cfg
         rf_s = self.receptive_field * hop / sample_rate
+        pooling = "stats+lag" if self.latent_lags else "stats"
         lines = [
             f"TCAE input={c.input} key_invariant={c.key_invariant} in_channels={self.front.out_channels}",
             f"  encoder: {c.n_blocks} x {c.n_layers} gated causal convs, kernel {c.kernel_size}, "
             + f"dilations {c.dilations}, {c.channels} channels -> latent {c.latent_dim}",
             f"  decoder: {c.decoder_layers} gated causal convs -> {self.front.out_channels}",
             f"  receptive field: {self.receptive_field} frames = {rf_s:.2f} s (hop {hop} at {sample_rate} Hz)",
-            f"  melody vector: {self.dim} ({c.pool} pooling); parameters: {n_params:,}",
+            f"  pooled latents: {self.pooled_dim} ({pooling}); song vector pool: {c.pool}; "
+            + f"parameters: {n_params:,}",
         ]
         return "\n".join(lines)
 
@@ -373,64 +367,19 @@ class TCAE(nn.Module):
         return torch.cat(out, dim=-1)[0].T
 
     @torch.no_grad()
-    def embed(
-        self, mel: torch.Tensor, mask: torch.Tensor | None = None, pitch: torch.Tensor | None = None
-    ) -> torch.Tensor:
-        """(B, n_mels, T) right-padded log-mel, (B, T) bool mask of real frames -> (B, dim) unit vectors.
-
-        `pitch` (B, N_PITCH, T), padded alike: the waveform pitch when needs_wave_pitch.
-        """
+    def pool_latents(self, mel: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, n_mels, T) right-padded log-mel, (B, T) bool mask of real frames -> (B, pooled_dim) unit vectors."""
         mel = self._check_mel(mel, batched=True)
         mask = (
             torch.ones(mel.shape[0], mel.shape[-1], dtype=torch.bool)
             if mask is None
             else _check_mask(mask, (mel.shape[0], mel.shape[-1]))
         ).to(mel.device)
-        if self.cfg.pool in PROFILE_POOLS:
-            lengths = mask.sum(1).tolist()
-            pitches = [None] * len(mel) if pitch is None else [p[:, :n] for p, n in zip(pitch, lengths)]
-            return torch.stack([self._profile(m[:, :n], p) for m, n, p in zip(mel, lengths, pitches)])
         x, _ = self.front(mel)
-        return masked_pool(self.encoder(x), mask, self._lags)
-
-    def _profile(self, mel: torch.Tensor, wave_pitch: torch.Tensor | None = None) -> torch.Tensor:
-        """(n_mels, T) -> ((11 or 12) * n_lags,) interval x lag profile of the harmonic-sum chroma (PROFILE_POOLS)."""
-        if self.cfg.pool == "voiced-interval-lag":
-            if self.needs_wave_pitch:
-                salience = self._check_pitch(wave_pitch, mel)
-            else:
-                salience = pitch.fine_semitone_salience(mel, self.front.fine_harmonics)
-            chroma = pitch.voiced_chroma(salience)
-            return pitch.voiced_interval_lag_profile(
-                chroma, pitch.voicing_weight(mel), self.cfg.lags, self.cfg.unison, self.cfg.lag_bands
-            )
-        chroma = pitch.fold_chroma(pitch.pitch_salience(mel, self.front.harmonics))
-        return pitch.interval_lag_profile(chroma, self.cfg.lags)
-
-    def _check_pitch(self, wave_pitch: torch.Tensor | None, mel: torch.Tensor) -> torch.Tensor:
-        if wave_pitch is None:
-            raise ValueError(
-                "this melody model reads the waveform pitch (pitch_source='waveform'): pass "
-                "pitch=recsys.pitch.wave_pitch(voiced_wave, sample_rate, hop_length), e.g. from "
-                "recsys.features.song_features(..., pitch=True)"
-            )
-        if wave_pitch.shape != (pitch.N_PITCH, mel.shape[-1]):
-            raise ValueError(
-                f"expected waveform pitch ({pitch.N_PITCH}, {mel.shape[-1]}) on the mel's frames, "
-                f"got {tuple(wave_pitch.shape)}"
-            )
-        return wave_pitch.to(mel.device, torch.float32)
+        return masked_pool(self.encoder(x), mask, self.latent_lags)
 
     @torch.no_grad()
-    def embed_song(
-        self, mel: torch.Tensor, chunk_frames: int | None = 4096, pitch: torch.Tensor | None = None
-    ) -> torch.Tensor:
-        """(n_mels, T) log-mel of one song, any length -> (dim,) unit melody vector.
-
-        `pitch` (N_PITCH, T): recsys.pitch.wave_pitch of the same voiced audio; needed
-        when needs_wave_pitch (the default), ignored otherwise.
-        """
-        if self.cfg.pool in PROFILE_POOLS:
-            return self._profile(self._check_mel(mel, batched=False), pitch)
+    def pool_song(self, mel: torch.Tensor, chunk_frames: int | None = 4096) -> torch.Tensor:
+        """(n_mels, T) log-mel of one song, any length -> (pooled_dim,) unit vector of its streamed latents."""
         z = self.encode_frames(mel, chunk_frames).T.unsqueeze(0)  # (1, L, T)
-        return masked_pool(z, torch.ones(1, z.shape[-1], dtype=torch.bool, device=z.device), self._lags)[0]
+        return masked_pool(z, torch.ones(1, z.shape[-1], dtype=torch.bool, device=z.device), self.latent_lags)[0]

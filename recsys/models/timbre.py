@@ -3,7 +3,9 @@
 Light by design (a 3-minute song must embed in tens of ms on CPU): three strided
 2-D convolutions over the log-mel (frequency /8, time /4), a dilated 1-D temporal
 convolution for vibrato-scale context, attentive statistics pooling, a linear
-embedding. The projection head is used only by the contrastive loss.
+embedding. The projection head is used only by the contrastive loss. A song's
+vector, the normalised mean over its chunks (:meth:`TimbreEncoder.chunk_song`), is
+recsys.encoders.TimbreSongEncoder's.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ class TimbreModelConfig:
     attention_dim: int = 64
     embedding_dim: int = 128
     projection_dim: int = 64
-    chunk_frames: int = 188  # embed_song cuts songs into chunks of this many frames, as in training
+    chunk_frames: int = 188  # a song is embedded as chunks of this many frames, as in training
     mean_norm: bool = True  # subtract each input's mean log-mel: loudness offsets do not matter
 
     def to_dict(self) -> dict[str, Any]:
@@ -165,11 +167,3 @@ class TimbreEncoder(nn.Module):
         if need > t:
             mel_song = torch.cat([mel_song, mel_song[:, : need - t]], dim=-1)
         return mel_song[:, :need].reshape(mel_song.shape[0], n_chunks, n).transpose(0, 1)
-
-    @torch.no_grad()
-    def embed_song(self, mel_song: torch.Tensor) -> torch.Tensor:
-        """(n_mels, T) -> (D,): normalised mean of the chunk embeddings."""
-        if mel_song.dim() != 2:
-            raise ValueError(f"expected one song's mel (n_mels, T), got shape {tuple(mel_song.shape)}")
-        chunks = self.embed(self.chunk_song(mel_song))  # (n_chunks, D)
-        return F.normalize(chunks.mean(0), dim=-1)

@@ -39,6 +39,7 @@ class ModelVersion:
     fingerprint: str
     metrics: dict[str, Any] = field(default_factory=dict)
     created: float = 0.0
+    audio: dict[str, Any] | None = None  # recsys.fingerprint.audio_fingerprint of the training audio
 
 
 def catalog_fingerprint(items: list[tuple[str, str]]) -> str:
@@ -67,6 +68,7 @@ def save_version(
     fingerprint: str,
     metrics: dict[str, Any] | None = None,
     version: str | None = None,
+    audio: dict[str, Any] | None = None,
 ) -> ModelVersion:
     """Write weights + meta to a temporary folder, then rename it into place atomically."""
     version = version or version_name(model_config, fingerprint)
@@ -81,17 +83,18 @@ def save_version(
         "fingerprint": fingerprint,
         "metrics": metrics or {},
         "created": time.time(),
+        "audio": audio,
     }
     torch.save({k: v.detach().cpu() for k, v in state_dict.items()}, tmp / WEIGHTS)
     (tmp / META).write_text(json.dumps(meta, indent=2, sort_keys=True, default=str))
     if final.exists():
         shutil.rmtree(final)
     os.replace(tmp, final)
-    (root / "LATEST").write_text(version)
-    return _read_meta(final)
+    (root / "LATEST").write_text(version)  # the newest trained; what serves is registry.CURRENT
+    return read_meta(final)
 
 
-def _read_meta(path: Path) -> ModelVersion:
+def read_meta(path: Path) -> ModelVersion:
     try:
         meta = json.loads((path / META).read_text())
     except FileNotFoundError as e:
@@ -104,6 +107,7 @@ def _read_meta(path: Path) -> ModelVersion:
         fingerprint=meta["fingerprint"],
         metrics=meta.get("metrics", {}),
         created=meta.get("created", 0.0),
+        audio=meta.get("audio"),
     )
 
 
@@ -112,7 +116,7 @@ def latest_version(workspace: Path, kind: str) -> ModelVersion | None:
     pointer = models_dir(workspace, kind) / "LATEST"
     if not pointer.exists():
         return None
-    return _read_meta(models_dir(workspace, kind) / pointer.read_text().strip())
+    return read_meta(models_dir(workspace, kind) / pointer.read_text().strip())
 
 
 def load_version(
@@ -127,7 +131,7 @@ def load_version(
             )
         meta = found
     else:
-        meta = _read_meta(models_dir(workspace, kind) / version)
+        meta = read_meta(models_dir(workspace, kind) / version)
     if expect_config is not None:
         diff = {
             k: (meta.model_config.get(k), v)

@@ -1,7 +1,8 @@
-"""Pieces every training loop shares: seeds, device choice, early stopping, the epoch loop."""
+"""Pieces every training loop shares: seeds, device choice, mixed precision, early stopping, the epoch loop."""
 
 from __future__ import annotations
 
+import contextlib
 import random
 import time
 from collections.abc import Callable
@@ -29,10 +30,49 @@ def pick_device(requested: str = "auto") -> torch.device:
     if requested == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if requested == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("device 'cuda' requested but CUDA is not available; use 'auto' or 'cpu'")
+        from recsys.errors import DeviceUnavailableError
+
+        raise DeviceUnavailableError("device 'cuda' was asked for, but this machine has no CUDA device",
+                                     "use --device auto or --device cpu")
     if requested not in ("cpu", "cuda"):
         raise ValueError(f"unknown device {requested!r}; valid: auto, cpu, cuda")
     return torch.device(requested)
+
+
+class MixedPrecision:
+    """How a training step runs on `device`: mixed precision on CUDA, full precision elsewhere.
+
+    On CUDA the forward pass runs under autocast in bfloat16, or in float16 with a
+    GradScaler where the GPU has no bfloat16 (before Ampere). Anywhere else nothing
+    is entered or scaled, so CPU training computes exactly what plain float32 does.
+    """
+
+    def __init__(self, device: torch.device | str, enabled: bool = True) -> None:
+        self.device = torch.device(device)
+        self.dtype: torch.dtype | None = None
+        if enabled and self.device.type == "cuda":
+            self.dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        self.scaler = torch.amp.GradScaler("cuda") if self.dtype == torch.float16 else None
+
+    @property
+    def enabled(self) -> bool:
+        return self.dtype is not None
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        """The context the forward pass runs in (a no-op off CUDA)."""
+        if self.dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self.dtype)
+
+    def backward_step(self, loss: torch.Tensor, optimizer: torch.optim.Optimizer) -> None:
+        """Backpropagate `loss` and step `optimizer`, through the loss scaler when there is one."""
+        if self.scaler is None:
+            loss.backward()
+            optimizer.step()
+            return
+        self.scaler.scale(loss).backward()
+        self.scaler.step(optimizer)
+        self.scaler.update()
 
 
 @dataclass
@@ -85,13 +125,15 @@ def run_epochs(
     generator: torch.Generator | None = None,
     resume: bool = True,
     log: Callable[[dict], None] | None = None,
+    scaler: torch.amp.GradScaler | None = None,
 ) -> LoopResult:
     """The epoch loop both encoders train with: resume, early stopping, best weights, history.
 
     `run_epoch(epoch)` trains and validates one epoch and returns its record (loss and
     metrics); `monitor(record)` is the value early stopping watches (its mode says which
     way is better). After every epoch the whole state (model, optimiser, `generator`,
-    torch's RNG, history, best weights, early-stopping counters) is saved as the kind's
+    torch's RNG, the float16 loss `scaler` when there is one, history, best weights,
+    early-stopping counters) is saved as the kind's
     resume point, so a run killed between epochs continues where it stopped when
     started again with the same config and songs. Ends with the best epoch's weights
     loaded into `model`, in eval mode.
@@ -107,6 +149,8 @@ def run_epochs(
                 generator.set_state(state["generator"])
             if "torch_rng" in state:
                 torch.set_rng_state(state["torch_rng"])
+            if scaler is not None and "grad_scaler" in state:
+                scaler.load_state_dict(state["grad_scaler"])
             history, best_state, best_epoch = state["history"], state["best_model"], state["best_epoch"]
             early.best, early.bad_epochs = state["early_best"], state["early_bad_epochs"]
             start_epoch = state["epoch"] + 1
@@ -134,6 +178,7 @@ def run_epochs(
                 "optimizer": optimizer.state_dict(),
                 **({"generator": generator.get_state()} if generator is not None else {}),
                 "torch_rng": torch.get_rng_state(),
+                **({"grad_scaler": scaler.state_dict()} if scaler is not None else {}),
                 "history": history,
                 "best_model": best_state,
                 "best_epoch": best_epoch,

@@ -1,4 +1,4 @@
-"""Contrastive training of the timbre/style encoder, and the pair-policy study.
+"""Contrastive training of the timbre/style encoder.
 
 A batch holds `chunks_per_song` chunks of each sampled song (positive-role
 augmentations applied to every view) plus, per negative-role augmentation, a copy
@@ -6,12 +6,11 @@ of each song's chunks altered by one drawn amount that gets a label of its own
 (a "new voice": its chunks are positives of each other, negatives of the rest).
 Losses come from pytorch-metric-learning: NTXentLoss (self-supervised, labels =
 songs) or SupConLoss (supervised, labels = singers). Augmentation runs on the
-log-mel (recsys.augment), so the trainer needs only SongFeatures.
+log-mel (recsys.augment), so the trainer needs only each TrainingSong's log-mel.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -23,18 +22,18 @@ from pytorch_metric_learning.utils import loss_and_miner_utils as lmu
 from tqdm.auto import tqdm
 
 from recsys.augment import (
-    PAIR_POLICIES,
     PairPolicy,
     apply_extra,
     crop_stretch,
     draw_rates,
     draw_semitones,
     mel_pitch_shift,
-    mel_time_stretch,
     resolve_policy,
 )
 from recsys.config import FeatureConfig, TimbreConfig
-from recsys.features import seconds_per_frame
+from recsys.encoders import TimbreSongEncoder
+from recsys.evaluation import retrieval_metrics, split_by_song
+from recsys.features import SongFeatures, seconds_per_frame
 from recsys.models.timbre import TimbreEncoder, TimbreModelConfig
 from recsys.training.checkpoint import (
     CheckpointMismatchError,
@@ -44,8 +43,8 @@ from recsys.training.checkpoint import (
     load_version,
     save_version,
 )
-from recsys.training.common import EarlyStopping, pick_device, run_epochs, seed_everything
-from recsys.training.data import SongFeatures, split_by_song
+from recsys.training.common import EarlyStopping, MixedPrecision, pick_device, run_epochs, seed_everything
+from recsys.training.data import TrainingSong
 from recsys.training.sampler import BalancedChunkSampler, ChunkRef
 
 KIND = "timbre"
@@ -169,46 +168,12 @@ def make_loss(cfg: TimbreConfig) -> torch.nn.Module:
 # --- retrieval metrics ----------------------------------------------------------------------
 
 
-def retrieval_metrics(
-    xq: torch.Tensor,
-    xb: torch.Tensor,
-    yq: Sequence[Any],
-    yb: Sequence[Any],
-    exclude: Sequence[int] | None = None,
-) -> dict[str, float]:
-    """Precision@1 and mean average precision of cosine search of xq (nq, d) in xb (nb, d).
-
-    exclude[i]: the base row query i must not match (itself, for leave-one-out).
-    Queries with no relevant base row are skipped; both metrics are nan if none is left.
-    """
-    assert xq.dim() == 2 and xb.dim() == 2 and xq.shape[1] == xb.shape[1], (xq.shape, xb.shape)
-    assert len(yq) == xq.shape[0] and len(yb) == xb.shape[0]
-    ids = {y: i for i, y in enumerate(dict.fromkeys([*yq, *yb]))}
-    lq = torch.tensor([ids[y] for y in yq])
-    lb = torch.tensor([ids[y] for y in yb])
-    sim = xq.float().cpu() @ xb.float().cpu().T  # (nq, nb)
-    allowed = torch.ones_like(sim, dtype=torch.bool)
-    if exclude is not None:
-        allowed[torch.arange(len(yq)), torch.as_tensor(list(exclude))] = False
-    sim = sim.masked_fill(~allowed, -math.inf)
-    order = sim.argsort(dim=1, descending=True, stable=True)
-    relevant = (lb[order] == lq[:, None]) & torch.gather(allowed, 1, order)  # (nq, nb) in rank order
-    keep = relevant.any(dim=1)
-    if not bool(keep.any()):
-        return {"p_at_1": math.nan, "map": math.nan}
-    relevant = relevant[keep].float()
-    ranks = torch.arange(1, relevant.shape[1] + 1, dtype=torch.float32)
-    precision = relevant.cumsum(dim=1) / ranks
-    ap = (precision * relevant).sum(dim=1) / relevant.sum(dim=1)
-    return {"p_at_1": float(relevant[:, 0].mean()), "map": float(ap.mean())}
-
-
 def embed_songs(model: TimbreEncoder, mels: Sequence[torch.Tensor]) -> torch.Tensor:
-    """(n_songs, D) song embeddings on CPU."""
-    return torch.stack([model.embed_song(m).cpu() for m in mels])
+    """(n_songs, n_mels, T_i) log-mels -> (n_songs, D) song vectors on CPU (recsys.encoders.TimbreSongEncoder)."""
+    return TimbreSongEncoder(model).embed_songs([SongFeatures(m) for m in mels]).cpu()
 
 
-def _validate(model: TimbreEncoder, train: list[SongFeatures], valid: list[SongFeatures]) -> dict[str, float]:
+def _validate(model: TimbreEncoder, train: list[TrainingSong], valid: list[TrainingSong]) -> dict[str, float]:
     """Same-singer retrieval of the held-out songs among all songs, or own-song retrieval without labels.
 
     Without singer labels, each query is the first half of a song and the base the
@@ -220,12 +185,14 @@ def _validate(model: TimbreEncoder, train: list[SongFeatures], valid: list[SongF
         xb = embed_songs(model, [s.mel for s in base])
         xq = xb[len(train) :] if valid else xb
         exclude = [len(train) + i if valid else i for i in range(len(queries))]
-        return retrieval_metrics(xq, xb, [s.singer for s in queries], [s.singer for s in base], exclude)
-    halves = [(s.mel[:, : s.n_frames // 2], s.mel[:, s.n_frames // 2 :]) for s in queries]
-    xq = embed_songs(model, [a for a, _ in halves])
-    xb = embed_songs(model, [b for _, b in halves])
-    ids = list(range(len(queries)))
-    return retrieval_metrics(xq, xb, ids, ids)
+        found = retrieval_metrics(xq, xb, [s.singer for s in queries], [s.singer for s in base], exclude)
+    else:
+        halves = [(s.mel[:, : s.n_frames // 2], s.mel[:, s.n_frames // 2 :]) for s in queries]
+        xq = embed_songs(model, [a for a, _ in halves])
+        xb = embed_songs(model, [b for _, b in halves])
+        ids = list(range(len(queries)))
+        found = retrieval_metrics(xq, xb, ids, ids)
+    return {k: found[k] for k in ("p_at_1", "map")}  # what the epoch log and early stopping read
 
 
 # --- training ---------------------------------------------------------------------------------
@@ -269,7 +236,7 @@ def _monitor(metrics: dict[str, float]) -> float:
 
 
 def train_timbre(
-    songs: list[SongFeatures],
+    songs: list[TrainingSong],
     cfg: TimbreConfig,
     feat_cfg: FeatureConfig,
     sample_rate: int,
@@ -278,12 +245,14 @@ def train_timbre(
     resume: bool = True,
     progress: bool = False,
     log: Callable[[dict], None] | None = None,
+    audio: dict[str, Any] | None = None,
 ) -> TrainResult:
     """Train, validate each epoch on held-out songs, stop early, publish the best epoch as a version.
 
     Saves a resume point after every epoch; with resume=True a run with the same
     config and songs continues from it. `log` receives one dict per epoch (and one
-    {"event": "resume_ignored", ...} when a stale resume point is skipped).
+    {"event": "resume_ignored", ...} when a stale resume point is skipped). `audio`
+    (recsys.fingerprint.audio_fingerprint of the training audio) is stored with the version.
     """
     if len(songs) < 2:
         raise ValueError(f"contrastive training needs at least 2 songs, got {len(songs)}")
@@ -317,7 +286,7 @@ def train_timbre(
         generator=gen,
     )
     mels = [s.mel.to(dev, torch.float32) for s in train]
-    autocast = {"device_type": dev.type, "dtype": torch.bfloat16, "enabled": dev.type == "cuda"}
+    amp = MixedPrecision(dev)  # autocast (and a float16 loss scaler) on CUDA only
 
     def run_epoch(epoch: int) -> dict[str, Any]:
         losses = []
@@ -335,12 +304,11 @@ def train_timbre(
                 singers=singers if labelled else None,
                 supervised=cfg.supervised,
             )
-            with torch.autocast(**autocast):
+            with amp.autocast():
                 _, projection = model(views)
             loss = loss_fn(projection.float(), labels, indices)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            amp.backward_step(loss, optimizer)
             losses.append(loss.item())
         return {"loss": sum(losses) / len(losses), **_validate(model, train, valid)}
 
@@ -358,6 +326,7 @@ def train_timbre(
         generator=gen,
         resume=resume,
         log=log,
+        scaler=amp.scaler,
     )
     history, best_state, best_epoch = loop.history, loop.best_state, loop.best_epoch
     best = history[best_epoch] if best_epoch >= 0 else history[-1]
@@ -374,6 +343,7 @@ def train_timbre(
             "map": best["map"],
             "epochs_run": len(history),
         },
+        audio=audio,
     )
     clear_resume(workspace, KIND)
     return TrainResult(model, version, history[-1]["loss"], history, best_epoch, loop.stopped_early)
@@ -405,71 +375,3 @@ def load_timbre(
     except RuntimeError as e:
         raise CheckpointMismatchError(f"weights at {meta.path} do not fit TimbreEncoder({model_cfg})") from e
     return model.eval(), meta
-
-
-# --- pair-policy study ----------------------------------------------------------------------
-
-PITCH_QUERIES = (2.0, -2.0)  # semitones
-STRETCH_QUERIES = (1.1, 0.9)  # rates: 10 % faster, 10 % slower
-
-
-def compare_pair_policies(
-    train_songs: list[SongFeatures],
-    eval_songs: list[SongFeatures],
-    cfg: TimbreConfig,
-    feat_cfg: FeatureConfig,
-    sample_rate: int,
-    workspace: Path,
-    policies: Sequence[str] | None = None,
-    device: str = "auto",
-    progress: bool = False,
-    log: Callable[[dict], None] | None = None,
-) -> list[dict[str, Any]]:
-    """Train one encoder per pair policy on the same songs; evaluate same-singer retrieval.
-
-    Each model lives in `workspace/experiments/pair-policies/<policy>` (the product's
-    own timbre model is untouched). Rows: policy, version, final_loss, epochs, p_at_1,
-    map on eval_songs (leave-one-out), and p_at_1 when every query is pitch-shifted
-    (+-2 semitones) or time-stretched (rates 1.1, 0.9) against the unaltered songs.
-    """
-    if any(s.singer is None for s in eval_songs):
-        raise ValueError("compare_pair_policies needs singer labels on every eval song")
-    names = list(policies) if policies is not None else list(PAIR_POLICIES)
-    unknown = [p for p in names if p not in PAIR_POLICIES]
-    if unknown:
-        raise ValueError(f"unknown pair policies {unknown}; valid: {', '.join(PAIR_POLICIES)}")
-    singers = [s.singer for s in eval_songs]
-    loo = list(range(len(eval_songs)))
-    queries = {
-        **{
-            f"ps{s:+g}": [mel_pitch_shift(x.mel, s, feat_cfg, sample_rate) for x in eval_songs]
-            for s in PITCH_QUERIES
-        },
-        **{f"ts{r:g}": [mel_time_stretch(x.mel, r) for x in eval_songs] for r in STRETCH_QUERIES},
-    }
-    rows = []
-    for name in names:
-        run_cfg = cfg.model_copy(update={"policy": name, "pitch_shift": None, "time_stretch": None})
-        result = train_timbre(
-            train_songs,
-            run_cfg,
-            feat_cfg,
-            sample_rate,
-            Path(workspace) / "experiments" / "pair-policies" / name,
-            device=device,
-            progress=progress,
-            log=log,
-        )
-        xb = embed_songs(result.model, [s.mel for s in eval_songs])
-        row: dict[str, Any] = {
-            "policy": name,
-            "version": result.version.version,
-            "final_loss": result.final_loss,
-            "epochs": len(result.history),
-            **retrieval_metrics(xb, xb, singers, singers, loo),
-        }
-        for key, mels in queries.items():
-            xq = embed_songs(result.model, mels)
-            row[f"p_at_1_{key}"] = retrieval_metrics(xq, xb, singers, singers, loo)["p_at_1"]
-        rows.append(row)
-    return rows

@@ -1,4 +1,4 @@
-"""Training of the TCAE melody autoencoder, and the melody-variant study.
+"""Training of the TCAE melody autoencoder.
 
 Songs of any length are cut into overlapping windows of `chunk_frames` (hop
 ``chunk_frames - chunk_overlap``); the last window of a song is padded on the
@@ -11,8 +11,7 @@ encodes whole held-out songs (right-padded batches, masked loss).
 
 from __future__ import annotations
 
-import functools
-import time
+import contextlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,9 +20,9 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from recsys import pitch
 from recsys.config import FeatureConfig, MelodyConfig
-from recsys.models.tcae import TCAE, TCAEConfig, masked_pool
+from recsys.evaluation import split_by_song
+from recsys.models.tcae import TCAE, TCAEConfig
 from recsys.training.checkpoint import (
     CheckpointMismatchError,
     ModelVersion,
@@ -32,8 +31,8 @@ from recsys.training.checkpoint import (
     load_version,
     save_version,
 )
-from recsys.training.common import EarlyStopping, pick_device, run_epochs, seed_everything
-from recsys.training.data import SongFeatures, split_by_song
+from recsys.training.common import EarlyStopping, MixedPrecision, pick_device, run_epochs, seed_everything
+from recsys.training.data import TrainingSong
 
 KIND = "melody"
 VALID_FRACTION = 0.15
@@ -91,9 +90,15 @@ def window_batch(
     return batch, valid, scored
 
 
-def _masked_loss(model: TCAE, mel: torch.Tensor, valid: torch.Tensor, scored: torch.Tensor) -> torch.Tensor:
-    target, recon, _ = model(mel)
-    err = (recon - target).pow(2).mean(1)  # (B, T)
+def _masked_loss(
+    model: TCAE, mel: torch.Tensor, valid: torch.Tensor, scored: torch.Tensor, amp: MixedPrecision | None = None
+) -> torch.Tensor:
+    """Reconstruction error over the scored frames; what TCAE.forward computes, with the fixed front
+    end (the target) kept in float32 and only the encoder and decoder under `amp`'s autocast."""
+    target, _ = model.front(mel)
+    with amp.autocast() if amp is not None else contextlib.nullcontext():
+        recon = model.decoder(model.encoder(target))
+    err = (recon.float() - target).pow(2).mean(1)  # (B, T)
     w = (valid & scored).to(err.dtype)
     return (err * w).sum() / w.sum().clamp_min(1.0)
 
@@ -122,7 +127,7 @@ def _meta_config(model_cfg: TCAEConfig, cfg: MelodyConfig) -> dict[str, Any]:
 
 
 def train_melody(
-    songs: list[SongFeatures],
+    songs: list[TrainingSong],
     cfg: MelodyConfig,
     feat_cfg: FeatureConfig,
     sample_rate: int,
@@ -131,13 +136,15 @@ def train_melody(
     resume: bool = True,
     progress: bool = False,
     log: Callable[[dict], None] | None = None,
+    audio: dict[str, Any] | None = None,
 ) -> TrainResult:
     """Train on reconstruction, validate each epoch on held-out songs, publish the best epoch.
 
     A resume point is saved after every epoch; with resume=True a run with the
     same config and songs continues from it. Batches are shuffled by a generator
     seeded with (seed, epoch), so a resumed run equals an uninterrupted one.
-    `log` receives one dict per epoch.
+    `log` receives one dict per epoch. `audio` (recsys.fingerprint.audio_fingerprint
+    of the training audio) is stored with the version.
     """
     if not songs:
         raise ValueError("melody training needs at least 1 song, got none")
@@ -156,6 +163,7 @@ def train_melody(
 
     model = TCAE(model_cfg).to(dev)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate)
+    amp = MixedPrecision(dev)  # autocast (and a float16 loss scaler) on CUDA only
     mels = [s.mel.to(dev, torch.float32) for s in train]
     valid_mels = [s.mel.to(dev, torch.float32) for s in valid]
     refs = windows([m.shape[-1] for m in mels], cfg.chunk_frames, cfg.chunk_overlap)
@@ -167,10 +175,9 @@ def train_melody(
         for i in tqdm(steps, desc=f"melody epoch {epoch}", disable=not progress, leave=False):
             picked = [refs[j] for j in order[i : i + cfg.batch_size].tolist()]
             batch, valid_mask, scored = window_batch(mels, picked, cfg.chunk_frames, cfg.chunk_overlap)
-            loss = _masked_loss(model, batch, valid_mask, scored)
+            loss = _masked_loss(model, batch, valid_mask, scored, amp)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            amp.backward_step(loss, optimizer)
             losses.append(loss.item())
         valid_loss = reconstruction_error(model, valid_mels, cfg.batch_size)
         return {"loss": sum(losses) / len(losses), "valid_loss": valid_loss, "held_out": held_out}
@@ -188,6 +195,7 @@ def train_melody(
         monitor=lambda record: record["valid_loss"],
         resume=resume,
         log=log,
+        scaler=amp.scaler,
     )
     model = model.cpu()
     history, best_state, best_epoch = loop.history, loop.best_state, loop.best_epoch
@@ -196,6 +204,7 @@ def train_melody(
         workspace, KIND, best_state, meta_config, fingerprint,
         metrics={"final_loss": history[-1]["loss"], "best_epoch": best_epoch, "valid_loss": best["valid_loss"],
                  "held_out": held_out, "epochs_run": len(history)},
+        audio=audio,
     )
     clear_resume(workspace, KIND)
     return TrainResult(model, version, history[-1]["loss"], history, best_epoch, loop.stopped_early)
@@ -220,151 +229,3 @@ def load_melody(
     except RuntimeError as e:
         raise CheckpointMismatchError(f"weights at {meta.path} do not fit TCAE({model_cfg})") from e
     return model.eval(), meta
-
-
-# --- melody-variant study ---------------------------------------------------------------
-
-
-def melody_precision_at_1(
-    xb: torch.Tensor,
-    melody: Sequence[str],
-    singer: Sequence[str | None],
-    xq: torch.Tensor | None = None,
-    q_source: Sequence[int] | None = None,
-) -> float:
-    """Fraction of queries whose nearest catalog song is the same melody by another singer.
-
-    xb (nb, d) unit catalog vectors. Without xq every catalog song queries the rest.
-    With xq (nq, d), query i is a variant (e.g. transposed) of catalog song
-    q_source[i], which is left out of its search. Cosine similarity. Queries whose
-    melody no other singer sings cannot hit and are not counted (they stay in the
-    catalog as distractors).
-    """
-    assert xb.dim() == 2 and len(melody) == len(singer) == xb.shape[0], "one melody and singer per catalog vector"
-    if xq is None:
-        xq, q_source = xb, list(range(xb.shape[0]))
-    assert q_source is not None and len(q_source) == xq.shape[0], "one catalog source per query"
-    S = xq @ xb.T  # (nq, nb)
-    S[torch.arange(xq.shape[0]), torch.as_tensor(q_source)] = -float("inf")
-    I = S.argmax(1).tolist()
-    sung_by: dict[str, set] = {}
-    for m, s in zip(melody, singer):
-        sung_by.setdefault(m, set()).add(s)
-    hits = [
-        melody[j] == melody[src] and singer[j] != singer[src]
-        for j, src in zip(I, q_source)
-        if sung_by[melody[src]] - {singer[src]}
-    ]
-    if not hits:
-        raise ValueError("no query's melody is sung by another singer: melody P@1 is undefined")
-    return sum(hits) / len(hits)
-
-
-def chroma_baseline(mel: torch.Tensor, matrix: torch.Tensor) -> torch.Tensor:
-    """Chroma statistics (the classic baseline): (n_mels, T) -> (24,)."""
-    return pitch.chroma_stats(mel, matrix)
-
-
-def interval_lag_baseline(mel: torch.Tensor, matrix: torch.Tensor, lags: list[int]) -> torch.Tensor:
-    """Key-invariant interval x lag statistics of the chroma, no learning: (n_mels, T) -> (12 len(lags),)."""
-    return pitch.interval_lag_profile(pitch.fold_chroma(pitch.pitch_salience(mel, matrix)), lags)
-
-
-def compare_melody_variants(
-    train_songs: list[SongFeatures],
-    eval_songs: list[SongFeatures],
-    queries: dict[str, list[SongFeatures]],
-    variants: dict[str, MelodyConfig],
-    feat_cfg: FeatureConfig,
-    sample_rate: int,
-    workspace: Path,
-    device: str = "auto",
-    progress: bool = False,
-    log: Callable[[str, dict], None] | None = None,
-) -> list[dict[str, Any]]:
-    """Train each variant and score its melody vectors next to two baselines without learning.
-
-    eval_songs need `singer` and metadata["melody"]; each query set (e.g. "+2",
-    "-2" semitones) holds re-sung variants whose metadata["source"] is the index
-    in eval_songs they derive from. Rows: name, p_at_1, p_at_1_<query set>...,
-    p_at_1_transposed (mean over query sets), valid_loss, epochs, train_s,
-    embed_ms (mean per eval song) and, for TCAE rows, embed_3min_ms (one
-    3-minute song after a warm-up, median of 3). `log(variant, epoch record)`.
-    """
-    for s in eval_songs:
-        if s.singer is None or "melody" not in s.metadata:
-            raise ValueError(f"eval song {s.song_id} needs a singer and metadata['melody']")
-    melody = [s.metadata["melody"] for s in eval_songs]
-    singer = [s.singer for s in eval_songs]
-    rows: list[dict[str, Any]] = []
-
-    def score(name: str, embed: Callable[[SongFeatures], torch.Tensor], extra: dict[str, Any]) -> None:
-        began = time.perf_counter()
-        xb = torch.stack([embed(s) for s in eval_songs])
-        embed_ms = 1000 * (time.perf_counter() - began) / len(eval_songs)
-        row: dict[str, Any] = {"name": name, "p_at_1": melody_precision_at_1(xb, melody, singer)}
-        for qname, qsongs in queries.items():
-            xq = torch.stack([embed(s) for s in qsongs])
-            row[f"p_at_1_{qname}"] = melody_precision_at_1(
-                xb, melody, singer, xq, [int(s.metadata["source"]) for s in qsongs]
-            )
-        if queries:
-            row["p_at_1_transposed"] = sum(row[f"p_at_1_{q}"] for q in queries) / len(queries)
-        rows.append({**row, **extra, "embed_ms": embed_ms})
-
-    three_min = _three_minutes(eval_songs, round(180 * sample_rate / feat_cfg.hop_length))
-    matrix = pitch.harmonic_matrix(feat_cfg, sample_rate)
-    lags = TCAEConfig.from_settings(MelodyConfig(), feat_cfg, sample_rate).lags
-    score("chroma-stats (baseline)", lambda s: chroma_baseline(s.mel, matrix), {})
-    score("interval-lag (baseline)", lambda s: interval_lag_baseline(s.mel, matrix, lags), {})
-    # The learning-free default vector, reading pitch from the log-mel and, where the songs carry it, the waveform.
-    with_pitch = all(s.pitch is not None for s in [*eval_songs, *(q for qs in queries.values() for q in qs)])
-    for source in ("mel", "waveform") if with_pitch else ("mel",):
-        profile = TCAE(TCAEConfig.from_settings(MelodyConfig(pitch_source=source), feat_cfg, sample_rate)).eval()
-        embed = functools.partial(_embed_profile, profile)
-        score(f"voiced-interval-lag ({source} pitch)", embed, {"embed_3min_ms": _time_embed(embed, three_min)})
-    for name, cfg in variants.items():
-        began = time.perf_counter()
-        result = train_melody(
-            train_songs, cfg, feat_cfg, sample_rate, Path(workspace) / name.replace("/", "_"),
-            device=device, resume=False, progress=progress,
-            log=None if log is None else (lambda record, name=name: log(name, record)),
-        )
-        train_s = time.perf_counter() - began
-        best = result.history[result.best_epoch] if result.best_epoch >= 0 else result.history[-1]
-        for pool in ("stats", "stats+lag"):  # the latent poolings; interval-lag is the baseline row
-            embed = functools.partial(_embed_latents, result.model,
-                                      lags=result.model.cfg.lags if "lag" in pool else None)
-            score(f"tcae {name} ({pool})", embed,
-                  {"valid_loss": best["valid_loss"], "epochs": len(result.history), "train_s": train_s,
-                   "embed_3min_ms": _time_embed(embed, three_min)})
-    return rows
-
-
-def _three_minutes(songs: list[SongFeatures], frames: int) -> SongFeatures:
-    """The songs joined (repeated as needed) and cut to `frames` frames: a 3-minute song for timing."""
-    reps = 1 + frames // sum(s.n_frames for s in songs)
-    mel = torch.cat([s.mel for s in songs] * reps, dim=-1)[:, :frames]
-    with_pitch = all(s.pitch is not None for s in songs)
-    wave_pitch = torch.cat([s.pitch for s in songs] * reps, dim=-1)[:, :frames] if with_pitch else None  # type: ignore[misc]
-    return SongFeatures(-1, mel, pitch=wave_pitch)
-
-
-def _embed_profile(model: TCAE, song: SongFeatures) -> torch.Tensor:
-    return model.embed_song(song.mel, pitch=song.pitch)
-
-
-def _embed_latents(model: TCAE, song: SongFeatures, lags: list[int] | None) -> torch.Tensor:
-    """A song -> vector pooled from the model's latents, whatever its configured pool."""
-    z = model.encode_frames(song.mel).T.unsqueeze(0)  # (1, L, T)
-    return masked_pool(z, torch.ones(1, z.shape[-1], dtype=torch.bool), lags)[0]
-
-
-def _time_embed(embed: Callable[[SongFeatures], torch.Tensor], song: SongFeatures, repeats: int = 3) -> float:
-    embed(song)  # warm-up
-    times = []
-    for _ in range(repeats):
-        began = time.perf_counter()
-        embed(song)
-        times.append(time.perf_counter() - began)
-    return 1000 * sorted(times)[len(times) // 2]
