@@ -37,11 +37,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from recsys.config import load_settings
 from recsys.corpus import generate_corpus
+from recsys.encoders import timbre_encoder
 from recsys.evaluation import format_table, retrieval_metrics
-from recsys.features import song_mel
+from recsys.features import SongFeatures, song_mel
 from recsys.separation import make_separator
 from recsys.training.contrastive import train_timbre
-from recsys.training.data import SongFeatures
+from recsys.training.data import TrainingSong
 
 
 def read_manifest(manifest: Path) -> list[dict[str, str]]:
@@ -59,7 +60,7 @@ def mels(rows: list[dict[str, str]], settings, separator, audio=None) -> tuple[l
 
 def train(rows: list[dict[str, str]], song_mels: list[torch.Tensor], settings, workspace: Path):
     songs = [
-        SongFeatures(i, m, row["singer"], row["path"]) for i, (row, m) in enumerate(zip(rows, song_mels))
+        TrainingSong(i, SongFeatures(m), row["singer"], row["path"]) for i, (row, m) in enumerate(zip(rows, song_mels))
     ]
     result = train_timbre(
         songs,
@@ -75,10 +76,15 @@ def train(rows: list[dict[str, str]], song_mels: list[torch.Tensor], settings, w
     return model.to(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
 
 
-@torch.no_grad()
 def timbre_vectors(model, song_mels: list[torch.Tensor]) -> np.ndarray:
-    device = next(model.parameters()).device
-    return np.stack([model.embed_song(m.to(device)).cpu().numpy() for m in song_mels]).astype(np.float32)
+    """(n_songs, D) timbre vectors, as the product embeds (recsys.encoders.TimbreSongEncoder)."""
+    vectors = timbre_encoder(model).embed_songs([SongFeatures(m) for m in song_mels])
+    return vectors.cpu().numpy().astype(np.float32)
+
+
+def leave_one_out(x: np.ndarray, labels: np.ndarray) -> dict:
+    """Each song queries all the others."""
+    return retrieval_metrics(x, x, labels, labels, np.arange(len(labels)), k=10)
 
 
 def main() -> None:
@@ -146,7 +152,7 @@ def main() -> None:
         audio = settings.audio.model_copy(update={"vocal_activity": vocal})
         separator = separators[method] if method != "none" else None
         song_mels, spent = mels(catalog_rows, settings, separator, audio)
-        metrics = retrieval_metrics(timbre_vectors(model, song_mels), labels, k=10)
+        metrics = leave_one_out(timbre_vectors(model, song_mels), labels)
         rows.append(
             {
                 "condition": name,
@@ -176,7 +182,7 @@ def main() -> None:
             train_mels, _ = mels(train_mixed, settings, separator)
             model = train(train_mixed, train_mels, settings, args.out / "ws" / f"mixed-{method}")
             song_mels, spent = mels(eval_mixed, settings, separator)
-            metrics = retrieval_metrics(timbre_vectors(model, song_mels), labels, k=10)
+            metrics = leave_one_out(timbre_vectors(model, song_mels), labels)
             rows.append(
                 {
                     "condition": f"mixed, separation {method}",

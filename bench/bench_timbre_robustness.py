@@ -46,10 +46,11 @@ from recsys.augment import pitch_shift_wave, time_stretch_wave
 from recsys.baselines import make_baseline
 from recsys.config import load_settings
 from recsys.corpus import generate_corpus
-from recsys.evaluation import cross_retrieval_metrics, format_table
-from recsys.features import log_mel
+from recsys.encoders import timbre_encoder
+from recsys.evaluation import format_table, retrieval_metrics
+from recsys.features import SongFeatures, log_mel
 from recsys.training.contrastive import load_timbre, train_timbre
-from recsys.training.data import SongFeatures
+from recsys.training.data import TrainingSong
 
 VARIANTS = {
     "default": None,  # the configured extra_positives
@@ -74,7 +75,7 @@ def add_noise(wave: torch.Tensor, snr_db: float, seed: int) -> torch.Tensor:
 
 def retrieval(xq: np.ndarray, xb: np.ndarray, labels: np.ndarray) -> dict:
     """Query i against the gallery without its own clean song (row i)."""
-    return cross_retrieval_metrics(xq, labels, xb, labels, k=10, vote_k=5, exclude=np.arange(len(labels)))
+    return retrieval_metrics(xq, xb, labels, labels, np.arange(len(labels)), k=10, vote_k=5)
 
 
 def main() -> None:
@@ -131,12 +132,12 @@ def main() -> None:
     conditions.update({f"tempo {r:g}": [time_stretch_wave(w, r) for w in clean] for r in (0.9, 1.1)})
     conditions[f"noise {NOISE_SNR_DB:g} dB"] = [add_noise(w, NOISE_SNR_DB, i) for i, w in enumerate(clean)]
     voiced = {name: [voiced_audio(w, audio) for w in waves] for name, waves in conditions.items()}
-    mels = {name: [log_mel(w, feats, sr) for w in waves] for name, waves in voiced.items()}
+    features = {name: [SongFeatures(log_mel(w, feats, sr)) for w in waves] for name, waves in voiced.items()}
     labels = np.array([r["singer"] for r in clean_rows])
 
     train_waves = [voiced_audio(w, audio) for w in load_waves(train_rows)]
     train_songs = [
-        SongFeatures(i, log_mel(w, feats, sr), r["singer"], r["path"])
+        TrainingSong(i, SongFeatures(log_mel(w, feats, sr)), r["singer"], r["path"])
         for i, (r, w) in enumerate(zip(train_rows, train_waves))
     ]
 
@@ -153,8 +154,8 @@ def main() -> None:
         model, _ = load_timbre(ws, result.version.version)
         name = f"timbre {policy} [{variant}: {', '.join(cfg.extra_positives) or '-'}]"
         print(f"trained {name} in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
-        with torch.no_grad():
-            systems[name] = {c: np.stack([model.embed_song(m).numpy() for m in ms]) for c, ms in mels.items()}
+        encoder = timbre_encoder(model)
+        systems[name] = {c: encoder.embed_songs(fs).cpu().numpy() for c, fs in features.items()}
     for b in [b.strip() for b in args.baselines.split(",") if b.strip()]:
         baseline = make_baseline(b, sr)
         if hasattr(baseline, "fit"):

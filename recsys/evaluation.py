@@ -1,35 +1,45 @@
-"""Retrieval and identification metrics on embedding arrays (faiss contrib style).
+"""Retrieval and identification metrics on embedding arrays, and the song split (faiss contrib style).
 
-Plain functions on numpy arrays: `xq` (nq, d) query vectors, `xb` (nb, d) base
-(gallery) vectors, L2-normalised so that the inner product is the cosine; `yq`,
-`yb` their singer labels (any comparable dtype: ints or strings). No database, no
-CLI: `recsys evaluate` and the bench scripts call these and print `format_table`.
+Plain functions on arrays: `xq` (nq, d) query vectors, `xb` (nb, d) base (gallery)
+vectors, L2-normalised so that the inner product is the cosine; `yq`, `yb` their
+labels (singers or melody ids, any comparable dtype). No database, no training, no
+printing: the studies (recsys.studies), the trainers' validation and the bench
+scripts call these and print `format_table`.
 
 Conventions used by every function here:
 
-* Neighbours are ranked by decreasing cosine similarity; equal similarities are
-  ranked by increasing base index, so results are deterministic.
-* A query whose singer has no other item in the gallery (a singer with one song,
-  when the query's own song is excluded) has no relevant item: it is left out of
-  the means and counted in ``n_no_relevant``.
+* Neighbours are ranked by decreasing cosine similarity, computed in float64;
+  equal similarities are ranked by increasing base index, so results are deterministic.
+* A query with no relevant item in the gallery (a singer with one song, when the
+  query's own song is excluded) is left out of the means and counted in ``n_no_relevant``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import numpy as np
 
 NORM_TOLERANCE = 1e-3  # |‖x‖ - 1| allowed for "L2-normalised" inputs (float32 rounding)
-BLOCK_ELEMENTS = 1 << 24  # similarities held at once (128 MB of float64): queries are ranked in blocks
+BLOCK_ELEMENTS = 1 << 22  # similarities ranked at once (32 MB of float64): queries are ranked in blocks
+
+T = TypeVar("T")
+SplitMode = Literal["validation", "per_singer"]
 
 
 # --------------------------------------------------------------------------- checks
 
 
-def _check_vectors(x: np.ndarray, name: str) -> np.ndarray:
-    x = np.asarray(x)
+def _as_array(x: Any) -> np.ndarray:
+    """numpy arrays as they are; torch tensors (any device, with or without grad) as CPU numpy."""
+    if hasattr(x, "detach") and hasattr(x, "cpu"):
+        x = x.detach().cpu().numpy()
+    return np.asarray(x)
+
+
+def _check_vectors(x: Any, name: str) -> np.ndarray:
+    x = _as_array(x)
     if x.ndim != 2:
         raise ValueError(f"{name} must be a 2-D array (n, d), got shape {x.shape}")
     if not np.issubdtype(x.dtype, np.floating):
@@ -47,18 +57,46 @@ def _check_vectors(x: np.ndarray, name: str) -> np.ndarray:
 
 
 def _check_labels(y: Any, n: int, name: str) -> np.ndarray:
-    y = np.asarray(y)
+    y = np.asarray(list(y) if not isinstance(y, np.ndarray) else y)
     if y.shape != (n,):
         raise ValueError(f"{name} must have shape ({n},) to match the vectors, got {y.shape}")
     return y
 
 
 def _check_k(k: int, name: str = "k") -> None:
-    if not isinstance(k, (int, np.integer)) or k < 1:
+    if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or k < 1:
         raise ValueError(f"{name} must be a positive integer, got {k!r}")
 
 
+def _check_exclude(exclude: Any, nq: int, nb: int) -> np.ndarray:
+    exclude = np.asarray(exclude, dtype=np.int64).reshape(-1)
+    if exclude.shape[0] != nq or exclude.max(initial=-1) >= nb or exclude.min(initial=-1) < -1:
+        raise ValueError(f"exclude needs one gallery row (or -1) per query: got {exclude.shape[0]} "
+                         f"for {nq} queries and a gallery of {nb}")
+    return exclude
+
+
 # --------------------------------------------------------------------------- ranking
+
+
+def _rank_blocks(xq: np.ndarray, xb: np.ndarray, exclude: np.ndarray | None):
+    """Yield (start, sims (block, nb) float64, order (block, nb)) with every base row ranked.
+
+    order[r] lists base rows by (-similarity, index); a query's excluded row gets
+    similarity -inf and so comes last.
+    """
+    nb = xb.shape[0]
+    xb64 = xb.astype(np.float64)
+    block = max(1, BLOCK_ELEMENTS // max(nb, 1))
+    for start in range(0, xq.shape[0], block):
+        stop = min(start + block, xq.shape[0])
+        sims = xq[start:stop].astype(np.float64) @ xb64.T  # (block, nb)
+        if exclude is not None:
+            rows = np.arange(stop - start)
+            cols = exclude[start:stop]
+            keep = cols >= 0
+            sims[rows[keep], cols[keep]] = -np.inf
+        yield start, sims, np.argsort(-sims, axis=1, kind="stable")
 
 
 def rank_neighbours(
@@ -68,9 +106,7 @@ def rank_neighbours(
 
     `exclude` (nq,) gives, per query, one base index to leave out (the query itself
     when queries are the base), or -1 for none. k' = min(k, nb - 1 if exclude is given
-    else nb). Similarities are computed in float64 so equal vectors tie exactly, and
-    ties are ranked by increasing base index. O(nb) per query (partition, then a sort
-    of the k best), in blocks of queries so memory stays bounded.
+    else nb). Ties in similarity are ranked by increasing base index.
     """
     nq, d = xq.shape
     nb, db = xb.shape
@@ -79,26 +115,12 @@ def rank_neighbours(
     k_eff = min(k, nb - 1 if exclude is not None else nb)
     if k_eff < 1:
         raise ValueError(f"the gallery has {nb} items: nothing to rank after excluding the query itself")
-    xb64 = xb.astype(np.float64)
     D = np.empty((nq, k_eff), dtype=np.float64)
     I = np.empty((nq, k_eff), dtype=np.int64)
-    block = max(1, BLOCK_ELEMENTS // nb)
-    for start in range(0, nq, block):
-        stop = min(start + block, nq)
-        sims = xq[start:stop].astype(np.float64) @ xb64.T  # (block, nb)
-        if exclude is not None:
-            rows = np.arange(stop - start)
-            cols = exclude[start:stop]
-            keep = cols >= 0
-            sims[rows[keep], cols[keep]] = -np.inf
-        # k-th largest similarity per row; every item at least that similar is a candidate, so
-        # ties at the boundary are all kept and then ordered by (-similarity, index).
-        kth = -np.partition(-sims, k_eff - 1, axis=1)[:, k_eff - 1]  # (block,)
-        for r in range(stop - start):
-            cand = np.flatnonzero(sims[r] >= kth[r])
-            top = cand[np.lexsort((cand, -sims[r, cand]))[:k_eff]]
-            I[start + r] = top
-            D[start + r] = sims[r, top]
+    for start, sims, order in _rank_blocks(xq, xb, exclude):
+        top = order[:, :k_eff]
+        I[start : start + len(top)] = top
+        D[start : start + len(top)] = np.take_along_axis(sims, top, axis=1)
     return D, I
 
 
@@ -116,112 +138,87 @@ def _majority_vote(labels: np.ndarray, sims: np.ndarray) -> Any:
     return best_label
 
 
-def _ranking_metrics(
-    D: np.ndarray, I: np.ndarray, yq: np.ndarray, yb: np.ndarray, n_relevant: np.ndarray, k: int, vote_k: int
-) -> dict[str, Any]:
-    has_relevant = n_relevant > 0
-    evaluated = np.flatnonzero(has_relevant)
-    out: dict[str, Any] = {
-        "k": int(k),
-        "vote_k": int(vote_k),
-        "n_queries": int(evaluated.size),
-        "n_no_relevant": int((~has_relevant).sum()),
-        "p_at_1": float("nan"),
-        "map_at_k": float("nan"),
-        "vote_acc": float("nan"),
-    }
-    if evaluated.size == 0:
-        return out
-    rel = yb[I[evaluated]] == yq[evaluated, None]  # (n, k')
-    rel_k = rel[:, :k]
-    ranks = np.arange(1, rel_k.shape[1] + 1)
-    precision_at_i = np.cumsum(rel_k, axis=1) / ranks
-    ap = (precision_at_i * rel_k).sum(axis=1) / np.minimum(k, n_relevant[evaluated])
-    votes = np.array(
-        [_majority_vote(yb[I[q, :vote_k]], D[q, :vote_k]) == yq[q] for q in evaluated], dtype=bool
-    )
-    out.update(p_at_1=float(rel[:, 0].mean()), map_at_k=float(ap.mean()), vote_acc=float(votes.mean()))
-    return out
+# --------------------------------------------------------------------------- retrieval
 
 
-def cross_retrieval_metrics(
-    xq: np.ndarray,
-    yq: np.ndarray,
-    xb: np.ndarray,
-    yb: np.ndarray,
+def retrieval_metrics(
+    xq: Any,
+    xb: Any,
+    yq: Sequence[Any] | np.ndarray,
+    yb: Sequence[Any] | np.ndarray,
+    exclude: Sequence[int] | np.ndarray | None = None,
+    *,
     k: int = 10,
     vote_k: int = 5,
-    exclude: np.ndarray | None = None,
 ) -> dict[str, Any]:
-    """Singer retrieval of queries against a separate gallery (e.g. augmented or held-out songs vs catalog).
+    """Retrieval of each query among the base vectors: P@1, mAP@k, MAP@R, mAP and the top-k vote.
 
-    xq (nq, d), xb (nb, d) L2-normalised; yq (nq,), yb (nb,) singer labels. An item
-    of the gallery is relevant to a query when it has the query's singer label.
-    `exclude` (nq,): a gallery row each query must not retrieve nor count as relevant,
-    e.g. the clean original of a perturbed query (-1: none). See
-    :func:`retrieval_metrics` for the metric definitions and the returned keys.
+    xq (nq, d), xb (nb, d) L2-normalised (numpy or torch); yq (nq,), yb (nb,) labels.
+    A base item is relevant to a query when it has the query's label. `exclude` (nq,):
+    per query, one base row it must neither retrieve nor count as relevant, or -1 for
+    none: ``exclude=range(n)`` with xq = xb is leave-one-out within one set; the index
+    of a perturbed query's clean original keeps it from finding itself.
+
+    For a query with R relevant items and ranked base items r_1, r_2, ... (rel_i = 1
+    when r_i is relevant, P@i = (rel_1 + ... + rel_i) / i):
+
+    * ``p_at_1``: rel_1 (is the nearest neighbour relevant?).
+    * ``map_at_k``: AP@k = (1 / min(k, R)) * sum_{i<=k} rel_i * P@i: a perfect ranking
+      scores 1 whether R < k or R > k.
+    * ``map_at_r``: AP@R = (1 / R) * sum_{i<=R} rel_i * P@i (pytorch-metric-learning's
+      mean_average_precision_at_r).
+    * ``map``: the average precision over the whole ranking, (1 / R) * sum_i rel_i * P@i.
+    * ``vote_acc``: the label most frequent among the `vote_k` nearest (ties: higher
+      summed similarity, then the label met first in the ranking) is the query's.
+
+    Each is a mean over the queries with R > 0 (``n_queries``); the others are counted
+    in ``n_no_relevant``, and every mean is NaN when no query has a relevant item.
+    Returns also ``k`` and ``vote_k``.
     """
     xq = _check_vectors(xq, "xq")
     xb = _check_vectors(xb, "xb")
     assert xq.shape[1] == xb.shape[1], f"xq dim {xq.shape[1]} != xb dim {xb.shape[1]}"
-    yq = _check_labels(yq, xq.shape[0], "yq")
-    yb = _check_labels(yb, xb.shape[0], "yb")
+    nq, nb = xq.shape[0], xb.shape[0]
+    yq = _check_labels(yq, nq, "yq")
+    yb = _check_labels(yb, nb, "yb")
     _check_k(k)
     _check_k(vote_k, "vote_k")
-    if xb.shape[0] == 0:
+    if nb == 0:
         raise ValueError("the gallery xb is empty: nothing to retrieve")
     labels, counts = np.unique(yb, return_counts=True)
     pos = np.searchsorted(labels, yq).clip(0, len(labels) - 1)
     n_relevant = np.where(labels[pos] == yq, counts[pos], 0)
     if exclude is not None:
-        exclude = np.asarray(exclude, dtype=np.int64).reshape(-1)
-        if exclude.shape[0] != xq.shape[0] or exclude.max(initial=-1) >= xb.shape[0]:
-            raise ValueError(f"exclude needs one gallery row (or -1) per query: got {exclude.shape[0]} "
-                             f"for {xq.shape[0]} queries and a gallery of {xb.shape[0]}")
-        excluded_relevant = (exclude >= 0) & (yb[exclude.clip(0)] == yq)
-        n_relevant = n_relevant - excluded_relevant
-    D, I = rank_neighbours(xq, xb, max(k, vote_k), exclude=exclude)
-    return _ranking_metrics(D, I, yq, yb, n_relevant, k, vote_k)
+        exclude = _check_exclude(exclude, nq, nb)
+        n_relevant = n_relevant - ((exclude >= 0) & (yb[exclude.clip(0)] == yq))
+    width = nb - 1 if exclude is not None else nb  # ranked items a query can retrieve
 
-
-def retrieval_metrics(
-    x: np.ndarray, labels: np.ndarray, k: int = 10, exclude_self: bool = True, vote_k: int = 5
-) -> dict[str, Any]:
-    """Leave-one-out singer retrieval within one set: each item queries all the others.
-
-    x (n, d) float L2-normalised (one vector per song); labels (n,) singer labels.
-    For a query q with R relevant items (other songs of its singer) and the ranked
-    neighbours r_1..r_k (rel_i = 1 when r_i has q's singer):
-
-    * ``p_at_1``: mean over queries of rel_1 (is the nearest neighbour by the same singer?).
-    * ``map_at_k``: mean over queries of AP@k = (1 / min(k, R)) * sum_{i<=k} rel_i * P@i,
-      with P@i = (rel_1 + ... + rel_i) / i. Normalising by min(k, R) makes a perfect
-      ranking score 1 even when R < k or R > k.
-    * ``vote_acc``: majority-vote top-`vote_k` accuracy: the label most frequent among
-      the `vote_k` nearest neighbours (ties: higher summed similarity, then the label
-      met first in the ranking) equals the query's label.
-
-    Queries with R = 0 (singers with one song) are excluded from all three means and
-    counted in ``n_no_relevant``; ``n_queries`` is the number evaluated. With
-    ``exclude_self=False`` each query ranks itself too (and counts itself relevant):
-    only useful to check an index, not to measure retrieval. Ties in similarity are
-    ranked by item index. Returns also ``k`` and ``vote_k``; the means are NaN when
-    no query has a relevant item.
-    """
-    x = _check_vectors(x, "x")
-    n = x.shape[0]
-    labels = _check_labels(labels, n, "labels")
-    _check_k(k)
-    _check_k(vote_k, "vote_k")
-    _, inverse, counts = np.unique(labels, return_inverse=True, return_counts=True)
-    n_relevant = counts[inverse.reshape(-1)] - (1 if exclude_self else 0)
-    exclude = np.arange(n) if exclude_self else None
-    if exclude_self and n < 2:
-        return _ranking_metrics(
-            np.empty((n, 0)), np.empty((n, 0), dtype=np.int64), labels, labels, n_relevant, k, vote_k
-        )
-    D, I = rank_neighbours(x, x, max(k, vote_k), exclude=exclude)
-    return _ranking_metrics(D, I, labels, labels, n_relevant, k, vote_k)
+    out: dict[str, Any] = {"k": int(k), "vote_k": int(vote_k), "n_queries": int((n_relevant > 0).sum()),
+                           "n_no_relevant": int((n_relevant <= 0).sum())}
+    names = ("p_at_1", "map_at_k", "map_at_r", "map", "vote_acc")
+    if out["n_queries"] == 0:
+        return {**out, **dict.fromkeys(names, float("nan"))}
+    if width < 1:
+        raise ValueError(f"the gallery has {nb} items: nothing to rank after excluding each query's own row")
+    sums = dict.fromkeys(names, 0.0)
+    ranks = np.arange(1, width + 1)
+    for start, sims, order in _rank_blocks(xq, xb, exclude):
+        stop = start + len(order)
+        evaluated = np.flatnonzero(n_relevant[start:stop] > 0)
+        order, sims = order[evaluated, :width], sims[evaluated]
+        r = n_relevant[start:stop][evaluated]  # (n,)
+        rel = yb[order] == yq[start:stop][evaluated, None]  # (n, width) in rank order
+        precise = np.cumsum(rel, axis=1) / ranks * rel  # rel_i * P@i
+        sums["p_at_1"] += float(rel[:, 0].sum())
+        sums["map_at_k"] += float((precise[:, :k].sum(axis=1) / np.minimum(k, r)).sum())
+        sums["map_at_r"] += float((np.where(ranks <= r[:, None], precise, 0.0).sum(axis=1) / r).sum())
+        sums["map"] += float((precise.sum(axis=1) / r).sum())
+        top = order[:, :vote_k]
+        sums["vote_acc"] += float(sum(
+            _majority_vote(yb[top[q]], np.take(sims[q], top[q])) == yq[start + evaluated[q]]
+            for q in range(len(evaluated))
+        ))
+    return {**out, **{name: value / out["n_queries"] for name, value in sums.items()}}
 
 
 # --------------------------------------------------------------------------- identification
@@ -267,7 +264,7 @@ def identification_metrics(
     test songs whose singer is among the k best; ``macro_f1`` is
     sklearn.metrics.f1_score(test_y, top-1 predictions, average="macro") over the
     labels that occur in the truth or the predictions (zero_division=0).
-    Every test singer must occur in train (see :func:`split_by_song`).
+    Every test singer must occur in train (see :func:`split_by_song`, mode "per_singer").
     """
     from sklearn.metrics import f1_score
 
@@ -285,7 +282,7 @@ def identification_metrics(
     if unknown.size:
         raise ValueError(
             f"{unknown.size} test singers have no training song (e.g. {unknown[:5].tolist()}); "
-            f"split with recsys.evaluation.split_by_song so every test singer is in train"
+            f"split with recsys.evaluation.split_by_song(..., mode='per_singer') so every test singer is in train"
         )
     if classifier == "centroid":
         scores = _centroid_scores(train_x, train_y, test_x, classes)
@@ -306,36 +303,86 @@ def identification_metrics(
     return out
 
 
-# --------------------------------------------------------------------------- splits and tables
+# --------------------------------------------------------------------------- splits
 
 
 def split_by_song(
-    labels: np.ndarray, test_fraction: float = 0.2, seed: int = 0
-) -> tuple[np.ndarray, np.ndarray]:
-    """Hold out songs per singer: labels (n,) singer of each song -> (train_idx, test_idx), sorted.
+    songs: Sequence[T],
+    fraction: float,
+    seed: int = 0,
+    *,
+    mode: SplitMode = "validation",
+    labels: Sequence[Any] | np.ndarray | None = None,
+) -> tuple[list[T], list[T]]:
+    """Hold songs out by singer, deterministically: (kept, held out), each in input order.
 
-    Each singer with m >= 2 songs puts round(test_fraction * m) of them in test, at
-    least 1 and at most m - 1, so every singer in test also has a training song.
-    Singers with one song stay in train. Deterministic for given labels and seed.
+    `labels` (n,): each song's singer, None for unlabelled; by default each song's
+    ``.singer``. Pass ``range(n)`` as `songs` to get index lists. Two rules, for two jobs:
+
+    * ``"per_singer"``, an evaluation split: each singer with m >= 2 songs holds out
+      round(fraction * m) of them, at least 1 and at most m - 1, so every held-out singer
+      keeps a training song. Singers with one song, and unlabelled songs, stay in.
+    * ``"validation"``, a trainer's early-stopping set: round(fraction * n) songs in all,
+      taken one per singer with >= 3 songs (in singer order), then a second one from
+      singers with >= 4, so a singer is never left with fewer than two songs to learn
+      from; unlabelled songs are held out a quarter at a time.
     """
-    labels = np.asarray(labels)
-    if labels.ndim != 1:
-        raise ValueError(f"labels must be a 1-D array (one singer per song), got shape {labels.shape}")
-    if not 0.0 < test_fraction < 1.0:
-        raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
+    songs = list(songs)
+    labels = [s.singer for s in songs] if labels is None else list(labels)  # type: ignore[attr-defined]
+    if len(labels) != len(songs):
+        raise ValueError(f"need one label per song, got {len(labels)} labels for {len(songs)} songs")
+    if not 0.0 < fraction < 1.0:
+        raise ValueError(f"the held-out fraction must be in (0, 1), got {fraction}")
+    if mode == "per_singer":
+        held = _held_per_singer(labels, fraction, seed)
+    elif mode == "validation":
+        held = _held_for_validation(labels, fraction, seed)
+    else:
+        raise ValueError(f"unknown split mode {mode!r}; valid: 'validation', 'per_singer'")
+    return [s for i, s in enumerate(songs) if i not in held], [s for i, s in enumerate(songs) if i in held]
+
+
+def _held_per_singer(labels: list[Any], fraction: float, seed: int) -> set[int]:
+    known = np.array([i for i, y in enumerate(labels) if y is not None], dtype=np.int64)
+    y = np.asarray([labels[i] for i in known])
     rng = np.random.default_rng(seed)
-    test: list[np.ndarray] = []
-    for singer in np.unique(labels):
-        songs = np.flatnonzero(labels == singer)
+    held: set[int] = set()
+    for singer in np.unique(y):
+        songs = known[y == singer]
         m = songs.size
         if m < 2:
             continue
-        n_test = min(m - 1, max(1, int(np.floor(test_fraction * m + 0.5))))
-        test.append(rng.choice(songs, size=n_test, replace=False))
-    test_idx = np.sort(np.concatenate(test)) if test else np.empty(0, dtype=np.int64)
-    train_mask = np.ones(labels.size, dtype=bool)
-    train_mask[test_idx] = False
-    return np.flatnonzero(train_mask).astype(np.int64), test_idx.astype(np.int64)
+        n_test = min(m - 1, max(1, int(np.floor(fraction * m + 0.5))))
+        held.update(int(i) for i in rng.choice(songs, size=n_test, replace=False))
+    return held
+
+
+def _held_for_validation(labels: list[Any], fraction: float, seed: int) -> set[int]:
+    import torch
+
+    order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(seed)).tolist()
+    by_singer: dict[Any, list[int]] = {}
+    for i in order:
+        by_singer.setdefault(labels[i], []).append(i)
+    groups = sorted(by_singer.items(), key=lambda kv: str(kv[0]))
+    held: set[int] = set()
+    target = round(fraction * len(labels))
+    for singer, idx in groups:
+        if len(held) >= target:
+            break
+        if singer is None:
+            held.update(idx[: max(1, len(idx) // 4)])
+        elif len(idx) >= 3:
+            held.add(idx[0])
+    for singer, idx in groups:  # a second round while the target is not met
+        if len(held) >= target:
+            break
+        if singer is not None and len(idx) >= 4:
+            held.add(idx[1])
+    return held
+
+
+# --------------------------------------------------------------------------- tables
 
 
 def _cell(value: Any, float_digits: int) -> str:

@@ -1,4 +1,4 @@
-"""The evaluation run: end to end on a tiny generated catalog, metric semantics, splits, CLI JSON."""
+"""The evaluation run: end to end on a tiny generated catalog, model reuse, metric semantics, splits, CLI JSON."""
 
 from __future__ import annotations
 
@@ -12,10 +12,11 @@ import torch
 import yaml
 from typer.testing import CliRunner
 
-from recsys.cli import app
-from recsys.config import load_settings
+from recsys.config import AudioConfig, SeparationConfig, Settings, load_settings
 from recsys.corpus import generate_corpus
-from recsys.evaluate import (
+from recsys.fingerprint import audio_fingerprint
+from recsys.studies.catalog import load_labelled_catalog, split_songs
+from recsys.studies.evaluate import (
     DEFAULT_BASELINES,
     METRIC_KEYS,
     PERTURBATIONS,
@@ -23,11 +24,11 @@ from recsys.evaluate import (
     EvaluationReport,
     evaluate,
     format_report,
-    load_labelled_catalog,
     perturb,
-    split_songs,
     system_metrics,
 )
+from recsys.studies.trainers import TRAINERS, Trained, reusable, train_or_load, untrained_encoders
+from recsys.training.checkpoint import catalog_fingerprint, latest_version, save_version
 
 SR = 16000
 # Small but real: 5 singers x 4 songs x 6 s, 2 songs per singer held out (10 queries).
@@ -98,8 +99,6 @@ def test_trained_timbre_encoder_beats_the_untrained_one(tiny):
 
 @pytest.mark.slow
 def test_models_train_on_the_training_split_only(tiny):
-    from recsys.training.checkpoint import catalog_fingerprint, latest_version
-
     report: EvaluationReport = tiny["report"]
     settings = load_settings(config_file=tiny["config"], manifest_file=None, device="cpu")
     songs = load_labelled_catalog(tiny["manifest"], settings.audio, settings.features)
@@ -111,6 +110,8 @@ def test_models_train_on_the_training_split_only(tiny):
 
 @pytest.mark.slow
 def test_cli_json_parses_and_reuses_the_trained_models(tiny):
+    from recsys.cli import app
+
     args = ["--device", "cpu", "--config", str(tiny["config"]), "evaluate", str(tiny["manifest"]),
             "--out-workspace", str(tiny["workspace"]), "--test-fraction", str(TEST_FRACTION),
             "--baselines", "mfcc_stats", "--json"]
@@ -183,3 +184,121 @@ def test_unlabelled_song_is_a_clear_error(tmp_path: Path):
     settings = load_settings(manifest_file=None)
     with pytest.raises(ValueError, match="nobody.wav has no singer"):
         load_labelled_catalog(manifest, settings.audio, settings.features)
+
+
+# --------------------------------------------------------------------------- model reuse and the audio clean-up
+
+
+class TinyTrainer:
+    """Publishes the product's architecture with fresh random weights: a trainer without the training time."""
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self.calls = 0
+
+    def config(self, settings: Settings) -> dict:
+        return TRAINERS[self.kind].config(settings)
+
+    def train(self, songs, settings: Settings, workspace: Path, *, resume: bool = True, log=None) -> Trained:
+        self.calls += 1
+        timbre, melody = untrained_encoders(settings, seed=self.calls)
+        model = timbre if self.kind == "timbre" else melody
+        fingerprint = catalog_fingerprint([(str(s.song_id), s.content_hash) for s in songs])
+        version = save_version(workspace, self.kind, model.state_dict(), self.config(settings), fingerprint,
+                               metrics={"epochs_run": 1, "best_epoch": 0, "final_loss": 1.0},
+                               audio=audio_fingerprint(settings.audio, settings.separation))
+        record = {"epoch": 0, "loss": 1.0, "seconds": 0.0}
+        if log is not None:
+            log(record)
+        return Trained(model, version, [record], 0, 1.0)
+
+    def load(self, workspace: Path, version: str) -> Trained:
+        return TRAINERS[self.kind].load(workspace, version)
+
+
+SMALL = {"timbre": {"chunk_frames": 64, "channels": 8, "embedding_dim": 16, "projection_dim": 8}}
+
+
+@pytest.fixture(scope="module")
+def small_corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("small")
+    return generate_corpus(root / "corpus", n_singers=3, songs_per_singer=2, song_seconds=3.0, seed=1, workers=1)
+
+
+def _small_settings(**audio) -> Settings:
+    settings = load_settings(manifest_file=None, device="cpu", **SMALL)
+    return settings.model_copy(update={"audio": settings.audio.model_copy(update=audio)})
+
+
+def test_evaluate_reuses_a_model_only_for_audio_cleaned_the_same_way(small_corpus: Path, tmp_path: Path):
+    """Changing audio.vocal_activity changes the training audio: the saved models must not be reused."""
+    trainers = {kind: TinyTrainer(kind) for kind in ("timbre", "melody")}
+
+    def run(settings: Settings) -> EvaluationReport:
+        return evaluate(small_corpus, settings, tmp_path / "ws", test_fraction=0.5, baselines=(), trainers=trainers)
+
+    first = run(_small_settings())
+    assert all(m.trained for m in first.models.values())
+    assert [r["system"] for r in first.rows] == SYSTEMS[:6]
+    again = run(_small_settings())  # same songs, settings and clean-up: loaded, and the same numbers
+    assert not any(m.trained for m in again.models.values())
+    assert {k: m.version for k, m in again.models.items()} == {k: m.version for k, m in first.models.items()}
+    assert again.row("timbre")["singer_p_at_1"] == first.row("timbre")["singer_p_at_1"]
+    assert [t.calls for t in trainers.values()] == [1, 1]
+
+    cleaned = run(_small_settings(vocal_activity=True))
+    assert all(m.trained for m in cleaned.models.values()), "a model trained on other audio was reused"
+    assert [t.calls for t in trainers.values()] == [2, 2]
+    for kind in ("timbre", "melody"):
+        assert cleaned.models[kind].version != first.models[kind].version
+        assert latest_version(tmp_path / "ws", kind).audio == audio_fingerprint(
+            AudioConfig(vocal_activity=True), SeparationConfig())
+
+
+def test_the_stored_audio_fingerprint_alone_prevents_reuse(tmp_path: Path):
+    """Even when the songs' content hashes match, a version whose stored clean-up differs is retrained."""
+    from recsys.features import SongFeatures
+    from recsys.training.data import TrainingSong
+
+    gen = torch.Generator().manual_seed(0)
+    songs = [TrainingSong(i, SongFeatures(torch.randn(48, 80, generator=gen)), f"s{i % 2}", f"h{i}")
+             for i in range(4)]
+    trainers = {"timbre": TinyTrainer("timbre")}
+    plain = _small_settings()
+    _, info = train_or_load(songs, plain, tmp_path, trainers, kinds=("timbre",))
+    assert info["timbre"].trained
+    _, info = train_or_load(songs, plain, tmp_path, trainers, kinds=("timbre",))
+    assert not info["timbre"].trained
+    _, info = train_or_load(songs, _small_settings(vocal_activity=True), tmp_path, trainers, kinds=("timbre",))
+    assert info["timbre"].trained and trainers["timbre"].calls == 2
+
+
+def test_reusable_compares_songs_config_and_audio(tmp_path: Path):
+    settings = _small_settings()
+    config = TRAINERS["timbre"].config(settings)
+    timbre, _ = untrained_encoders(settings)
+    meta = save_version(tmp_path, "timbre", timbre.state_dict(), config, "f1",
+                        audio=audio_fingerprint(settings.audio, settings.separation))
+    assert reusable(meta, "f1", config, settings)
+    assert not reusable(meta, "f2", config, settings)  # other songs
+    assert not reusable(meta, "f1", {**config, "channels": 99}, settings)  # other model settings
+    assert not reusable(meta, "f1", config, _small_settings(vocal_activity=True))
+    assert not reusable(meta, "f1", config, _small_settings(silence_threshold_db=-30.0))
+    separated = settings.model_copy(update={"separation": SeparationConfig(method="classical")})
+    assert not reusable(meta, "f1", config, separated)
+    # A version saved before fingerprints were stored was trained with the default clean-up.
+    old = save_version(tmp_path / "old", "timbre", timbre.state_dict(), config, "f1")
+    assert old.audio is None
+    assert reusable(old, "f1", config, settings)
+    assert not reusable(old, "f1", config, _small_settings(vocal_activity=True))
+
+
+def test_labelled_catalog_hashes_carry_the_audio_tag(small_corpus: Path):
+    from recsys.audio import content_hash
+    from recsys.fingerprint import audio_tag
+
+    plain = load_labelled_catalog(small_corpus, AudioConfig(), _small_settings().features)
+    voiced = load_labelled_catalog(small_corpus, AudioConfig(vocal_activity=True), _small_settings().features)
+    assert plain[0].content_hash == content_hash(plain[0].path) + audio_tag(AudioConfig(), SeparationConfig())
+    assert all(a.content_hash != b.content_hash for a, b in zip(plain, voiced))
+    assert plain[0].training_song().features is plain[0].features
