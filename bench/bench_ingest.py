@@ -142,7 +142,8 @@ def _timed(fn) -> tuple[float, object]:
 def throughput(files: list[Path], workdir: Path, workers: int, batch_size: int) -> list[tuple[str, float, float]]:
     """(stage, audio seconds, wall seconds) for each stage on the long songs."""
     from recsys.api import Recommender
-    from recsys.ingest import embed_mels, prepare_file
+    from recsys.features import FEATURES
+    from recsys.ingest import prepare_file
     from recsys.manifest import ManifestEntry
 
     ws = workdir / "ws-long"
@@ -157,21 +158,22 @@ def throughput(files: list[Path], workdir: Path, workers: int, batch_size: int) 
         rows.append(("decode only (the floor)", audio_s, wall))
         entries = [ManifestEntry(path=f) for f in files]
         n = len(files)
+        mel_only, mel_and_pitch = [frozenset({"mel"})] * n, [frozenset(FEATURES)] * n
         wall, prepared = _timed(lambda: list(pool.map(
-            prepare_file, entries, [settings.audio] * n, [settings.features] * n)))
+            prepare_file, entries, [settings.audio] * n, [settings.features] * n, [None] * n, mel_only)))
         rows.append(("decode + voiced audio + log-mel", audio_s, wall))
         wall, prepared = _timed(lambda: list(pool.map(
-            prepare_file, entries, [settings.audio] * n, [settings.features] * n, [None] * n, [True] * n)))
+            prepare_file, entries, [settings.audio] * n, [settings.features] * n, [None] * n, mel_and_pitch)))
         rows.append(("... + waveform pitch (what the job runs)", audio_s, wall))
     import torch
 
     embedder = Recommender(settings).embedder
     threads = LocalRunner(workers).encoder_threads  # what the job's encoders use beside the workers
     torch.set_num_threads(threads)
-    embed_mels(embedder, [prepared[0].mel], [prepared[0].pitch])  # warm up
-    mels, pitches = [p.mel for p in prepared], [p.pitch for p in prepared]
-    wall, _ = _timed(lambda: [embed_mels(embedder, mels[i:i + batch_size], pitches[i:i + batch_size])
-                              for i in range(0, len(mels), batch_size)])
+    feats = [p.features() for p in prepared]
+    embedder.embed_features(feats[:1])  # warm up
+    wall, _ = _timed(lambda: [embedder.embed_features(feats[i:i + batch_size])
+                              for i in range(0, len(feats), batch_size)])
     rows.append((f"encoders only (batched, {threads} thread{'s' if threads > 1 else ''})", audio_s, wall))
 
     manifest = workdir / "long.csv"

@@ -1,58 +1,50 @@
-"""Re-embed the catalog under new model versions while the old index keeps answering, then switch.
+"""Vectors of a model pair for every catalog song, its index, then the switch to that pair.
 
-    summary = reembed(settings, timbre_version="3c1f...", melody_version=None)  # None: newest published
+    summary = reembed(workspace, timbre_version="3c1f...", melody_version=None)  # None: newest trained
 
-Serving follows the models' LATEST pointers (Recommender loads the versions they name,
-and the index in index/<timbre version>+<melody version>/). This job
+What serves is the single pointer models/CURRENT (recsys.registry). This job
 
-1. computes the new versions' vectors for every song that lacks them, a committed batch
-   at a time, under the new versions' own model_version rows (the old rows, and so the
-   old index and searches, are untouched);
-2. builds the new index folder from those vectors and saves it;
-3. only then moves the LATEST pointers to the new versions with os.replace.
+1. runs the catalog job (pipelines/job.py) over the songs that lack vectors of the
+   target pair, writing them under the pair's own model-version rows and into the
+   pair's own index folder (the serving pair, its vectors and its index are untouched);
+2. makes that index agree with the catalog;
+3. only then points CURRENT at the target pair, in one atomic rename.
 
-A reader before step 3 gets the old models with the old index, after it the new with
-the new. Killed at any point, a re-run continues where it stopped (the songs that still
-lack vectors); serving does not change until the switch. The two pointers are two files:
-a Recommender created in the microseconds between the two renames would see a mixed pair
-whose index does not exist, and fail rather than answer wrongly. Running Recommenders
-keep the models they loaded until they are created again.
+A reader before step 3 gets the old pair with its index, after it the new pair with
+its index. Killed at any point, a re-run continues where it stopped; serving does not
+change until the switch. `recsys train` and `recsys embed` end with this job.
 """
 
 from __future__ import annotations
 
-import os
-import tempfile
 import time
-from collections import Counter, defaultdict
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from pipelines.ingest import MAX_KEPT_FAILURES, BatchReport, JobSummary, load_embedder
-from pipelines.runners import LocalRunner, Runner, Stages
+from pipelines.job import BatchReport, Job, run_job
+from pipelines.runners import Runner
 from recsys import catalog
 from recsys.config import Settings
-from recsys.ingest import EmbeddedSong, FileFailure, commit_batch
+from recsys.ingest import FileFailure
 from recsys.manifest import ManifestEntry
-from recsys.training.checkpoint import META, ModelVersion, latest_version, models_dir
-
-KINDS = ("timbre", "melody")
+from recsys.registry import current_pair, load_models, resolve_pair, set_current_pair
+from recsys.workspace import Workspace
 
 
 @dataclass
 class ReembedSummary:
-    old_version: str | None  # what served before (None: no models were serving)
+    old_version: str | None  # what served before (None: nothing served)
     new_version: str
     embedded: int = 0  # songs given vectors by this run
-    already: int = 0  # songs that had vectors of the new version before this run (a resumed run)
+    already: int = 0  # songs that had vectors of the new pair before this run (a resumed run)
+    missing: int = 0  # songs still without vectors of the new pair (their files failed)
     failed: Counter = field(default_factory=Counter)  # cause -> count
     failures: list[FileFailure] = field(default_factory=list)
     index_size: int = 0
-    switched: bool = False  # the LATEST pointers were moved by this run
+    switched: bool = False  # CURRENT was moved by this run
     wall_seconds: float = 0.0
 
     @property
@@ -65,143 +57,73 @@ class ReembedSummary:
             "new_version": self.new_version,
             "embedded": self.embedded,
             "already": self.already,
+            "missing": self.missing,
             "failed": dict(self.failed),
             "index_size": self.index_size,
             "switched": self.switched,
             "wall_seconds": round(self.wall_seconds, 3),
         }
 
-
-def published_versions(workspace: Path, kind: str) -> list[ModelVersion]:
-    """Every published version of `kind`, oldest first (by their creation time)."""
-    from recsys.training.checkpoint import _read_meta
-
-    root = models_dir(workspace, kind)
-    found = [_read_meta(p) for p in root.iterdir() if p.is_dir() and (p / META).is_file()] if root.is_dir() else []
-    return sorted(found, key=lambda v: (v.created, v.version))
-
-
-def _target(workspace: Path, kind: str, version: str | None) -> str:
-    versions = [v.version for v in published_versions(workspace, kind)]
-    if not versions:
-        raise FileNotFoundError(
-            f"no trained {kind} model in {models_dir(workspace, kind)}; run `recsys train {kind}` first"
-        )
-    if version is None:
-        return versions[-1]
-    if version not in versions:
-        raise ValueError(f"no published {kind} version {version!r} in {models_dir(workspace, kind)}; "
-                         f"valid: {', '.join(versions)}")
-    return version
-
-
-def pinned_recommender(settings: Settings, timbre_version: str, melody_version: str) -> Any:
-    """A Recommender on given model versions instead of the LATEST ones (its index dir, rows, vectors)."""
-    from recsys.api import Recommender
-    from recsys.embedding import Embedder
-    from recsys.training.contrastive import load_timbre
-    from recsys.training.tcae import load_melody
-
-    rec = Recommender(settings)
-    timbre, t_meta = load_timbre(settings.workspace, timbre_version)
-    melody, m_meta = load_melody(settings.workspace, melody_version)
-    embedder = Embedder(timbre, melody, settings.audio, settings.features, rec.separator)
-    embedder.versions = (t_meta, m_meta)  # type: ignore[attr-defined]
-    rec.__dict__["embedder"] = embedder  # the cached property, pinned
-    return rec
-
-
-def switch_serving(workspace: Path, versions: dict[str, str]) -> None:
-    """Point LATEST of each kind at `versions[kind]`, each pointer replaced atomically."""
-    for kind in ("melody", "timbre"):  # adjacent renames; see the module docstring
-        root = models_dir(workspace, kind)
-        fd, tmp = tempfile.mkstemp(prefix=".LATEST-", dir=root)
-        try:
-            with os.fdopen(fd, "w") as handle:
-                handle.write(versions[kind])
-            os.replace(tmp, root / "LATEST")
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+    def as_text(self) -> str:
+        lines = [(f"embedded {self.embedded} songs under models {self.new_version} "
+                  f"({self.already} had vectors already); index holds {self.index_size} songs")]
+        if self.n_failed:
+            causes = ", ".join(f"{c}: {n}" for c, n in sorted(self.failed.items()))
+            lines.append(f"{self.n_failed} songs could not be embedded ({causes}); `recsys catalog` lists them")
+        lines.append(f"now serving {self.new_version}" if self.switched or self.old_version == self.new_version
+                     else f"still serving {self.old_version}")
+        return "\n".join(lines)
 
 
 def reembed(
-    settings: Settings,
+    workspace: Workspace | Settings,
     *,
     timbre_version: str | None = None,
     melody_version: str | None = None,
     runner: Runner | None = None,
     batch_size: int = 32,
     on_batch: Callable[[BatchReport], None] | None = None,
+    fit_maps: bool = True,
 ) -> ReembedSummary:
-    """Vectors and an index for the given versions (default: the newest published), then switch serving.
+    """Vectors and an index for the given versions (default: the newest trained), then switch serving.
+
+    With `fit_maps`, the explorer's first-page maps of the new pair are then fitted and saved
+    (recsys.projection.fit_default_maps), so its first visitor does not wait for UMAP.
 
     Songs whose file is gone or no longer matches its content hash are recorded as
-    failures (cause 'not_found', 'changed', ...) and left out of the new index.
+    failures (cause 'not_found', 'changed', ...) and left out of the new index. Raises
+    NoModelsError without trained models and EmptyCatalogError when no song could be embedded.
     """
-    started = time.monotonic()
-    ws = settings.workspace
-    serving = [latest_version(ws, kind) for kind in KINDS]
-    old = "+".join(v.version for v in serving) if None not in serving else None  # type: ignore[union-attr]
-    target = {"timbre": _target(ws, "timbre", timbre_version), "melody": _target(ws, "melody", melody_version)}
-    rec = pinned_recommender(settings, target["timbre"], target["melody"])
-    embedder = load_embedder(rec)
-    summary = ReembedSummary(old_version=old, new_version=rec.model_version)
-    with catalog.session_scope(rec.sessions) as s:
-        rows = rec._model_rows(s)
-        run_id = catalog.start_run(s, f"reembed {rec.model_version}", {"job": "pipelines.reembed"}).id
-        todo = [(song.id, song.path, song.content_hash)
-                for song in catalog.songs_missing_embeddings(s, rows["fused"], "fused")]
-        summary.already = catalog.catalog_stats(s).n_songs - len(todo)
-    by_path: dict[str, dict[str, int]] = defaultdict(dict)  # path -> {content hash: song id}
-    for song_id, path, digest in todo:
-        by_path[str(Path(path))][digest] = song_id
-    entries = [ManifestEntry(path=Path(p)) for p in by_path]
-    stages = Stages(settings.audio, settings.features, embedder, batch_size, rec.separation)
-    runner_ = runner if runner is not None else LocalRunner()
-    from recsys.embedding import Weights
+    from recsys.api import Recommender
+    from recsys.errors import EmptyCatalogError
 
-    weights = Weights(settings.fusion.w_timbre, settings.fusion.w_melody)
-    progress = JobSummary(run_id=run_id)
-    try:
-        for n, results in enumerate(runner_.process(entries, stages), 1):
-            good: list[EmbeddedSong] = []
-            failures: list[FileFailure] = []
-            for r in results:
-                if isinstance(r, FileFailure):
-                    failures.append(r)
-                elif r.song.content_hash in by_path[str(r.song.entry.path)]:
-                    good.append(r)
-                else:
-                    failures.append(FileFailure(str(r.song.entry.path), "changed",
-                                                f"{r.song.entry.path}: the file changed since it was ingested "
-                                                f"(its content hash is no longer the catalog's); ingest it again"))
-            vectors = (np.stack([r.timbre for r in good]), np.stack([r.melody for r in good])) if good else None
-            with catalog.session_scope(rec.sessions) as s:
-                result = commit_batch(s, s.get(catalog.IngestRun, run_id), [r.song for r in good], failures,
-                                      vectors, rows, weights)
-            summary.embedded += result.embedded
-            for f in failures:
-                summary.failed[f.cause] += 1
-                if len(summary.failures) < MAX_KEPT_FAILURES:
-                    summary.failures.append(f)
-            progress.audio_seconds += sum(r.song.duration_s for r in good)
-            if on_batch is not None:
-                progress.embedded, progress.batches = summary.embedded, n
-                progress.failed = summary.failed
-                progress.wall_seconds = time.monotonic() - started
-                on_batch(BatchReport(n, len(results), progress))
-    finally:
-        if runner is None:
-            runner_.close()
-    ids, _ = rec.catalog_vectors()
-    if len(ids) == 0:
-        raise ValueError(f"no song could be embedded with {rec.model_version}; serving stays on {old}")
-    summary.index_size = len(rec.rebuild_index())  # index/<new version>/, saved atomically
-    if old != rec.model_version:
-        switch_serving(ws, target)
-        summary.switched = True
+    started = time.monotonic()
+    ws = workspace if isinstance(workspace, Workspace) else Workspace(workspace)
+    old = current_pair(ws.root)
+    target = resolve_pair(ws.root, timbre_version, melody_version)
+    rec = Recommender(ws, load_models(ws.root, target))
+    summary = ReembedSummary(old_version=old.version if old else None, new_version=target.version)
+    with ws.sessions() as s:
+        rows = {kind: catalog.model_version_row(s, kind, target.of(kind)) for kind in ("timbre", "melody")}
+        todo = catalog.songs_missing_pair(s, rows["timbre"], rows["melody"])
+        n_songs = catalog.catalog_stats(s).n_songs
+        entries = [ManifestEntry(path=Path(song.path), content_hash=song.content_hash) for song in todo]
+    if n_songs == 0:
+        raise EmptyCatalogError("the catalog has no songs", "run `recsys ingest SOURCE` first")
+    summary.already = n_songs - len(todo)
+    job = Job(ws, rec.embedder, runner, batch_size, on_batch=on_batch)
+    result = run_job(entries, job, f"reembed {target.version}", {"job": "reembed"})
+    summary.embedded, summary.failed, summary.failures = result.embedded, result.failed, result.failures
+    summary.index_size = result.index_size or 0
+    summary.missing = n_songs - summary.already - summary.embedded
+    if summary.index_size == 0:
+        raise EmptyCatalogError(f"no song could be embedded with {target.version}; serving stays on "
+                                f"{summary.old_version}", "`recsys catalog` lists the errors")
+    set_current_pair(ws.root, target)  # written even when unchanged: the pointer then exists
+    summary.switched = old != target
+    if fit_maps:
+        from recsys.projection import fit_default_maps
+
+        fit_default_maps(rec)
     summary.wall_seconds = time.monotonic() - started
-    with catalog.session_scope(rec.sessions) as s:
-        catalog.finish_run(s, s.get(catalog.IngestRun, run_id), summary.as_dict())
     return summary

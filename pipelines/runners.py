@@ -27,15 +27,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 from recsys.config import AudioConfig, FeatureConfig, SeparationConfig
-from recsys.ingest import (
-    EmbeddedSong,
-    FileFailure,
-    PreparedSong,
-    device_of,
-    embed_prepared,
-    hash_entry,
-    prepare_file,
-)
+from recsys.ingest import EmbeddedSong, FileFailure, PreparedSong, embed_prepared, hash_entry, prepare_file
 from recsys.manifest import ManifestEntry
 
 if TYPE_CHECKING:
@@ -47,24 +39,23 @@ RUNNERS = ("local", "ray")
 
 @dataclass(frozen=True)
 class Stages:
-    """What to do with each file: decode (always), features and vectors (when `embedder` is set)."""
+    """What to do with each file: decode (always); features and vectors when there is an `embedder`."""
 
     audio: AudioConfig
-    features: FeatureConfig | None  # None: decode and validate only
-    embedder: Embedder | None  # None: no vectors (PreparedSong results)
+    features: FeatureConfig
+    embedder: Embedder | None  # None: register only (PreparedSong results, no features)
     batch_size: int = 32
     separation: SeparationConfig | None = None
+    device: str = "auto"  # what was asked for (auto, cpu, cuda): Ray actors use their GPU unless "cpu"
 
     @property
-    def pitch(self) -> bool:
-        """Whether the workers also compute the waveform pitch (the melody encoder reads it)."""
-        return self.embedder is not None and self.embedder.needs_pitch
+    def needs(self) -> frozenset[str]:
+        """The features the workers compute: what the encoders read, nothing without an embedder."""
+        return self.embedder.needs if self.embedder is not None else frozenset()
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
-        if self.embedder is not None and self.features is None:
-            raise ValueError("embedding needs features: give Stages a FeatureConfig")
 
 
 class Runner(Protocol):
@@ -87,14 +78,14 @@ def finish_batch(items: list[PreparedSong | FileFailure], embedder: Embedder | N
 def prepare_or_fail(
     entry: ManifestEntry,
     audio: AudioConfig,
-    features: FeatureConfig | None,
+    features: FeatureConfig,
     separation: SeparationConfig | None,
-    pitch: bool = False,
+    needs: frozenset[str] = frozenset(),
 ) -> PreparedSong | FileFailure:
     """prepare_file, with an unexpected exception recorded as that file's failure (cause 'unexpected'),
     so one odd file cannot stop a job of thousands; bad audio is already a FileFailure."""
     try:
-        return prepare_file(entry, audio, features, separation, pitch)
+        return prepare_file(entry, audio, features, separation, needs)
     except Exception as e:  # noqa: BLE001 - recorded with its type and message; the job goes on
         return FileFailure(str(entry.path), "unexpected", f"{entry.path}: {type(e).__name__}: {e}")
 
@@ -128,8 +119,7 @@ class LocalRunner:
     on a GPU a whole batch at once. The encoders use
     `encoder_threads` torch threads (default: the cores the workers leave, at least 1):
     the workers already fill the cores, and torch's thread team on small tensors then
-    costs far more than it gains (100x slower melody vectors measured on a busy 2-core
-    machine).
+    costs far more than it gains.
     """
 
     def __init__(
@@ -180,7 +170,7 @@ class LocalRunner:
 
         # Embed what has arrived whenever the next file is not decoded yet (the encoders work
         # while the workers decode), at most `step` songs at once: a few on CPU, a batch on GPU.
-        on_gpu = stages.embedder is not None and device_of(stages.embedder.timbre).type != "cpu"
+        on_gpu = stages.embedder is not None and stages.embedder.device.type != "cpu"
         step = stages.batch_size if on_gpu or stages.embedder is None else min(stages.batch_size,
                                                                                  self.cpu_embed_batch)
         waiting: list[PreparedSong | FileFailure] = []
@@ -202,7 +192,7 @@ class LocalRunner:
         self, todo: Iterable[ManifestEntry], stages: Stages
     ) -> Iterator[tuple[PreparedSong | FileFailure, bool]]:
         """(result, whether the next result is ready already) in submission order."""
-        args = (stages.audio, stages.features, stages.separation, stages.pitch)
+        args = (stages.audio, stages.features, stages.separation, stages.needs)
         if self.workers <= 1:
             for entry in todo:
                 yield prepare_or_fail(entry, *args), True  # decoded here, on demand
@@ -255,26 +245,25 @@ def _ray_hash(batch: dict[str, Any]) -> dict[str, Any]:
 def _ray_prepare(
     batch: dict[str, Any],
     audio: AudioConfig,
-    features: FeatureConfig | None,
+    features: FeatureConfig,
     separation: SeparationConfig | None,
-    pitch: bool = False,
+    needs: frozenset[str] = frozenset(),
 ) -> dict[str, Any]:
     import torch
 
     torch.set_num_threads(1)  # one CPU per task, as scheduled
-    return _rows([prepare_or_fail(e, audio, features, separation, pitch) for e in _items(batch)])
+    return _rows([prepare_or_fail(e, audio, features, separation, needs) for e in _items(batch)])
 
 
 class _RayEmbed:
-    """An actor holding the encoders (on its GPU when it has one); embeds a batch of prepared songs."""
+    """An actor holding the encoders (on its GPU when it has one, unless the CPU was asked for);
+    embeds a batch of prepared songs."""
 
-    def __init__(self, embedder: Embedder) -> None:
+    def __init__(self, embedder: Embedder, device: str = "auto") -> None:
         import torch
 
-        if torch.cuda.is_available():
-            embedder.timbre.to("cuda")  # type: ignore[attr-defined]
-            embedder.melody.to("cuda")  # type: ignore[attr-defined]
-        self.embedder = embedder
+        use_gpu = device != "cpu" and torch.cuda.is_available()
+        self.embedder = embedder.to("cuda") if use_gpu else embedder
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
         return _rows(finish_batch(_items(batch), self.embedder))
@@ -313,7 +302,10 @@ class RayRunner:
             import ray
             import ray.data  # the runner needs Ray Data, not only Ray core
         except ImportError as e:
-            raise RuntimeError("the Ray runner needs Ray Data: pip install 'singer-recsys[ray]'") from e
+            from recsys.errors import MissingDependencyError
+
+            raise MissingDependencyError("the Ray runner needs Ray Data, which is not installed",
+                                         "pip install 'singer-recsys[ray]'") from e
 
         if not ray.is_initialized():
             ray.init(address=self.address, ignore_reinit_error=True, **self.init_kwargs)
@@ -356,14 +348,14 @@ class RayRunner:
             batch_format="numpy",
             num_cpus=1,
             fn_kwargs={"audio": stages.audio, "features": stages.features, "separation": stages.separation,
-                       "pitch": stages.pitch},
+                       "needs": stages.needs},
         )
         if stages.embedder is not None:
             gpus = int(ray.cluster_resources().get("GPU", 0))
             actors = self.embed_actors or max(1, gpus)
             ds = ds.map_batches(
                 _RayEmbed,
-                fn_constructor_kwargs={"embedder": stages.embedder},
+                fn_constructor_kwargs={"embedder": stages.embedder, "device": stages.device},
                 concurrency=actors,
                 batch_size=stages.batch_size,
                 batch_format="numpy",

@@ -1,90 +1,100 @@
-"""The Python API: one workspace's catalog, models, index and search, for other programs.
+"""The Python API and the composition root: one workspace's catalog, models, index and search.
 
     from recsys.api import Recommender
     rec = Recommender.open(workspace="demo-workspace")
     rec.ingest("songs/manifest.csv")
-    rec.train()                 # timbre encoder, then TCAE
-    rec.embed_catalog()         # vectors for every song, under the current model versions
+    rec.train()                 # timbre encoder, then TCAE; embeds the catalog and switches to them
     rec.similar_singers("singer_03", k=5)
     rec.search("query.wav", k=10, by="singer", weights=Weights(timbre=1, melody=0))
 
-The CLI, the batch jobs and the explorer are thin layers over this class.
+Parts are built here and passed in: a `Workspace` (paths, sessions, audio clean-up),
+`Models` (both encoders of one pair, from recsys.registry.load_models), an `Embedder`
+over those models and a `Searcher` over the pair's vectors and index. Pinning a model
+pair is a constructor argument. The CLI, the batch jobs and the explorer are thin
+layers over this class.
 """
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-from sqlalchemy import select
-from sqlalchemy.orm import Session, sessionmaker
 
 from recsys import catalog
-from recsys.config import SeparationConfig, Settings, load_settings
+from recsys.config import SeparationConfig, Settings
 from recsys.embedding import INDEX_WEIGHTS, Embedder, Vectors, Weights, fuse
+from recsys.errors import EmptyCatalogError, ModelMismatchError, NoVectorsError
+from recsys.fusion import Question, question_weights
+from recsys.registry import ModelPair, Models, current_pair, load_models
+from recsys.results import SearchResult
 from recsys.training.checkpoint import catalog_fingerprint
-from recsys.training.data import SongFeatures
+from recsys.training.data import TrainingSong
+from recsys.workspace import Workspace
 
 Progress = Callable[[int, int], None]
 
+__all__ = ["Recommender", "SearchResult", "ids_fingerprint", "save_npz"]
 
-@dataclass(frozen=True)
-class SearchResult:
-    """Ranked singers and songs for one query, with each score's timbre/melody split."""
 
-    query: str
-    weights: Weights
-    singers: list  # list[SingerHit]
-    songs: list  # list[SongHit]
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "query": self.query,
-            "weights": {"timbre": self.weights.timbre, "melody": self.weights.melody},
-            "singers": [h.as_dict() for h in self.singers],
-            "songs": [h.as_dict() for h in self.songs],
-        }
+def ids_fingerprint(ids: np.ndarray) -> str:
+    """The fingerprint an index is saved with: which song ids it holds."""
+    return catalog_fingerprint([(str(int(i)), "") for i in ids])
 
 
 class Recommender:
-    """Everything one workspace can do. Heavy parts (models, index) load lazily and are cached."""
+    """Everything one workspace can do, composed of a Workspace, a model pair and a searcher."""
 
-    def __init__(self, settings: Settings) -> None:
-        self.settings = settings
+    def __init__(self, workspace: Workspace | Settings, models: Models | None = None) -> None:
+        self.workspace = workspace if isinstance(workspace, Workspace) else Workspace(workspace)
+        self._models = models  # None: the current pair, loaded on first use
+        self._pinned = models is not None
+        self._embedder: Embedder | None = None
+        self._searcher: Any = None
 
     @classmethod
-    def open(cls, workspace: str | Path | None = None, db_url: str | None = None, **overrides: Any) -> "Recommender":
-        return cls(load_settings(workspace=workspace, db_url=db_url, **overrides))
+    def open(
+        cls, workspace: str | Path | None = None, db_url: str | None = None, pair: ModelPair | None = None,
+        **overrides: Any,
+    ) -> Recommender:
+        ws = Workspace.open(workspace, db_url, **overrides)
+        return cls(ws, load_models(ws.root, pair) if pair is not None else None)
+
+    @classmethod
+    def from_settings(cls, settings: Settings, pair: ModelPair | None = None) -> Recommender:
+        ws = Workspace(settings)
+        return cls(ws, load_models(ws.root, pair) if pair is not None else None)
+
+    @property
+    def settings(self) -> Settings:
+        return self.workspace.settings
+
+    @property
+    def sessions(self):
+        return self.workspace.sessions
+
+    @property
+    def separation(self) -> SeparationConfig:
+        return self.workspace.separation
+
+    @property
+    def separator(self):
+        """The accompaniment suppression every audio path of this workspace applies (None: none)."""
+        return self.workspace.separator
 
     # Catalog -----------------------------------------------------------------------------------
 
-    @functools.cached_property
-    def sessions(self) -> sessionmaker[Session]:
-        self.settings.workspace.mkdir(parents=True, exist_ok=True)
-        return catalog.open_catalog(self.settings.database_url)
+    def ingest(self, source: str | Path, workers: int | None = None, dry_run: bool = False):
+        """Register every good song of `source` once (the batch job without an embedder)."""
+        from pipelines.ingest import run_ingest
+        from pipelines.runners import LocalRunner
 
-    def ingest(self, source: str | Path, workers: int | None = None, dry_run: bool = False,
-               progress: Callable[[str], None] | None = None):
-        from recsys.ingest import ingest
-
-        return ingest(source, self.sessions, self.settings.audio, workers=workers, dry_run=dry_run,
-                      progress=progress, separation=self.separation)
-
-    @functools.cached_property
-    def separation(self) -> SeparationConfig:
-        """The accompaniment suppression of this workspace's audio path (see :func:`effective_separation`)."""
-        return effective_separation(self.settings, self.sessions)
-
-    @functools.cached_property
-    def separator(self):
-        """The Separator every audio path of this workspace applies (None for method 'none')."""
-        from recsys.separation import separator_from_config
-
-        return None if self.separation.method == "none" else separator_from_config(self.separation)
+        runner = LocalRunner(workers)
+        try:
+            return run_ingest(source, self.workspace, runner=runner, dry_run=dry_run)
+        finally:
+            runner.close()
 
     def stats(self) -> catalog.CatalogStats:
         with self.sessions() as s:
@@ -95,164 +105,133 @@ class Recommender:
         with self.sessions() as s:
             return [_song_dict(song) for song in catalog.list_songs(s)]
 
-    # Training --------------------------------------------------------------------------------
+    # Models ------------------------------------------------------------------------------------
 
-    def training_songs(self, progress: Progress | None = None) -> list[SongFeatures]:
-        """Log-mel of every registered song's voiced audio, with singer labels where known."""
-        from recsys.features import song_mel
+    @property
+    def models(self) -> Models:
+        """The serving pair (or the pinned one), checked against the workspace's audio clean-up."""
+        if self._models is None:
+            self._models = load_models(self.workspace.root, current_pair(self.workspace.root))
+        _check_audio(self._models, self.workspace)
+        return self._models
 
-        out = []
+    @property
+    def embedder(self) -> Embedder:
+        if self._embedder is None:
+            from recsys.training.common import pick_device
+
+            self._embedder = Embedder(self.models, self.settings.audio, self.settings.features,
+                                      self.workspace.separator, pick_device(self.settings.device))
+        return self._embedder
+
+    @property
+    def model_version(self) -> str:
+        """The pair's version: which timbre and melody models made the vectors."""
+        return self.models.version
+
+    def use_models(self, models: Models) -> None:
+        """Serve another pair from now on (after training or a switch)."""
+        self._models, self._embedder, self._searcher, self._pinned = models, None, None, False
+
+    # Training ----------------------------------------------------------------------------------
+
+    def training_songs(self, progress: Progress | None = None) -> list[TrainingSong]:
+        """The features of every registered song's voiced audio, with singer labels where known."""
+        from recsys.features import song_features
+        from recsys.fingerprint import audio_tag
+
         rows = self.songs()
-        method = self.separation.method
-        tag = ("" if method == "none" else f"+{method}") + ("+vocal" if self.settings.audio.vocal_activity else "")
+        if not rows:
+            raise EmptyCatalogError(f"the catalog ({_where(self.settings)}) has no songs",
+                                    "run `recsys ingest SOURCE` first")
+        tag = audio_tag(self.settings.audio, self.separation)  # a model version depends on the clean-up too
+        out = []
         for i, song in enumerate(rows):
-            mel = song_mel(song["path"], self.settings.audio, self.settings.features, self.separator)
-            # The audio a model learns from depends on the separation and vocal-activity clean-up
-            # too: tagging the content hash gives such a model its own version (catalog_fingerprint).
-            digest = song["content_hash"] + tag
-            out.append(SongFeatures(song["id"], mel, song["singer"], digest, song["metadata"]))
+            feats = song_features(song["path"], self.settings.audio, self.settings.features,
+                                  self.workspace.separator)
+            out.append(TrainingSong(song["id"], feats, song["singer"], song["content_hash"] + tag,
+                                    song["metadata"]))
             if progress:
                 progress(i + 1, len(rows))
-        if not out:
-            raise ValueError(f"the catalog {self.settings.database_url} has no songs; run `recsys ingest` first")
         return out
 
-    def train(self, which: Literal["both", "timbre", "melody"] = "both", songs: list[SongFeatures] | None = None,
-              progress: bool = False, log: Callable[[dict], None] | None = None) -> dict[str, Any]:
-        """Train the encoders in turn on the catalog; returns {kind: TrainResult}."""
+    def train(self, which: Literal["both", "timbre", "melody"] = "both", songs: list[TrainingSong] | None = None,
+              progress: bool = False, log: Callable[[dict], None] | None = None, embed: bool = True) -> dict[str, Any]:
+        """Train the encoders in turn on the catalog; then (with `embed`) embed the catalog under the new
+        pair and switch to it. Returns {kind: TrainResult, "embed": ReembedSummary}."""
+        from recsys.fingerprint import audio_fingerprint
         from recsys.training.contrastive import train_timbre
         from recsys.training.tcae import train_melody
 
         songs = songs if songs is not None else self.training_songs()
+        if len(songs) < 2:
+            raise EmptyCatalogError(f"the catalog has {len(songs)} song; training needs at least 2",
+                                    "ingest more songs with `recsys ingest SOURCE`")
         cfg, results = self.settings, {}
+        audio = audio_fingerprint(cfg.audio, self.separation)
         if which in ("both", "timbre"):
             results["timbre"] = train_timbre(songs, cfg.timbre, cfg.features, cfg.audio.sample_rate, cfg.workspace,
-                                             device=cfg.device, progress=progress, log=log)
+                                             device=cfg.device, progress=progress, log=log, audio=audio)
         if which in ("both", "melody"):
             results["melody"] = train_melody(songs, cfg.melody, cfg.features, cfg.audio.sample_rate, cfg.workspace,
-                                             device=cfg.device, progress=progress, log=log)
-        self.__dict__.pop("embedder", None)
-        self.__dict__.pop("searcher", None)
+                                             device=cfg.device, progress=progress, log=log, audio=audio)
+        if embed:
+            from recsys.registry import newest_pair
+
+            new = newest_pair(self.workspace.root)
+            results["embed"] = self.embed_catalog(new.timbre, new.melody) if new else self.embed_catalog()
         return results
 
-    # Embedding -------------------------------------------------------------------------------
+    # Embedding ---------------------------------------------------------------------------------
 
-    @functools.cached_property
-    def embedder(self) -> Embedder:
-        from recsys.training.contrastive import load_timbre
-        from recsys.training.tcae import load_melody
+    def embed_catalog(self, timbre: str | None = None, melody: str | None = None, runner: Any = None,
+                      on_batch: Callable[[Any], None] | None = None):
+        """Vectors of the newest trained pair (or the versions given, or the pinned pair) for every song
+        that lacks them, its index, then the switch: the pair serves once every song has its vectors."""
+        from pipelines.reembed import reembed
 
-        timbre, t_meta = load_timbre(self.settings.workspace)
-        melody, m_meta = load_melody(self.settings.workspace)
-        embedder = Embedder(timbre, melody, self.settings.audio, self.settings.features, self.separator)
-        embedder.versions = (t_meta, m_meta)  # type: ignore[attr-defined]
-        return embedder
-
-    @property
-    def model_version(self) -> str:
-        """The fused version: which timbre and melody models made the vectors."""
-        t_meta, m_meta = self.embedder.versions  # type: ignore[attr-defined]
-        return f"{t_meta.version}+{m_meta.version}"
-
-    def _existing_model_rows(self, s: Session) -> dict[str, catalog.ModelVersion | None]:
-        """The catalog's rows of the current versions (None where not registered yet), read only;
-        refuses vectors made with another separation method than the workspace's."""
-        t_meta, m_meta = self.embedder.versions  # type: ignore[attr-defined]
-        found = {
-            kind: s.scalar(select(catalog.ModelVersion).where(
-                catalog.ModelVersion.kind == kind, catalog.ModelVersion.version == version))
-            for kind, version in (("timbre", t_meta.version), ("melody", m_meta.version),
-                                  ("fused", self.model_version))
-        }
-        fused, method = found["fused"], self.separation.method
-        if fused is not None and fused.config.get("separation", "none") != method:
-            raise ValueError(
-                f"the vectors of model version {self.model_version} were made with separation "
-                f"{fused.config.get('separation', 'none')!r}, but this workspace now uses {method!r}; "
-                "set separation.method (or `recsys ingest --separate`) back, or retrain with the new method")
-        return found
-
-    def _model_rows(self, s: Session) -> dict[str, catalog.ModelVersion]:
-        """The current versions' rows, registered if new (write paths only)."""
-        t_meta, m_meta = self.embedder.versions  # type: ignore[attr-defined]
-        fusion = self.settings.fusion
-        method = self.separation.method
-        self._existing_model_rows(s)  # refuses vectors of another separation method before registering
-        return {
-            "timbre": catalog.register_model_version(s, "timbre", t_meta.version, t_meta.model_config,
-                                                     t_meta.fingerprint, t_meta.metrics),
-            "melody": catalog.register_model_version(s, "melody", m_meta.version, m_meta.model_config,
-                                                     m_meta.fingerprint, m_meta.metrics),
-            "fused": catalog.register_model_version(
-                s, "fused", self.model_version,
-                {"w_timbre": fusion.w_timbre, "w_melody": fusion.w_melody, "separation": method},
-                f"{t_meta.fingerprint}+{m_meta.fingerprint}"),
-        }
-
-    def embed_catalog(self, batch_size: int = 32, progress: Progress | None = None,
-                      on_error: Callable[[int, str, Exception], None] | None = None) -> int:
-        """Store vectors for every song that has none under the current model versions. Returns rows added."""
-        from recsys.audio import AudioError
-
-        with catalog.session_scope(self.sessions) as s:
-            fused_row = self._model_rows(s)["fused"]
-            todo = [(song.id, song.path) for song in catalog.songs_missing_embeddings(s, fused_row, "fused")]
-        weights = Weights(self.settings.fusion.w_timbre, self.settings.fusion.w_melody)
-        added = 0
-        for start in range(0, len(todo), batch_size):
-            vectors: dict[str, dict[int, np.ndarray]] = {"timbre": {}, "melody": {}, "fused": {}}
-            for song_id, path in todo[start:start + batch_size]:
-                try:
-                    v = self.embedder.embed(path)
-                except (AudioError, OSError) as e:
-                    if on_error is None:
-                        raise
-                    on_error(song_id, path, e)
-                    continue
-                vectors["timbre"][song_id] = v.timbre[0]
-                vectors["melody"][song_id] = v.melody[0]
-                vectors["fused"][song_id] = v.fused(weights)[0]
-            with catalog.session_scope(self.sessions) as s:
-                rows = self._model_rows(s)
-                for kind in ("timbre", "melody", "fused"):  # fused last: it marks the song done
-                    catalog.put_embeddings(s, rows[kind], kind, vectors[kind])
-                added += len(vectors["fused"])
-            if progress:
-                progress(min(start + batch_size, len(todo)), len(todo))
-        self.__dict__.pop("searcher", None)
-        return added
-
-    def _no_vectors_reason(self) -> str:
-        """Why there is nothing to search, and the command that fixes it."""
-        n_songs = len(self.songs())
-        if n_songs == 0:
-            return "the catalog has no songs: run `recsys ingest`, then `recsys train` and `recsys embed`"
-        return (
-            f"none of the catalog's {n_songs} songs has vectors of the current models ({self.model_version}), "
-            "e.g. because they were trained after the last embed: run `recsys embed` "
-            "(or `recsys reembed` to switch models while the previous index keeps answering)"
-        )
+        if self._pinned and timbre is None and melody is None and self._models is not None:
+            timbre, melody = self._models.pair.timbre, self._models.pair.melody
+        summary = reembed(self.workspace, timbre_version=timbre, melody_version=melody, runner=runner,
+                          on_batch=on_batch)
+        if summary.switched or self._models is None or self._models.version != summary.new_version:
+            self.use_models(load_models(self.workspace.root, current_pair(self.workspace.root)))
+        self._searcher = None
+        return summary
 
     def catalog_vectors(self) -> tuple[np.ndarray, Vectors]:
-        """(ids, Vectors) of every embedded song under the current model versions, ordered by id."""
+        """(ids, Vectors) of every song with both vectors of the pair, ordered by id."""
+        models = self.models
         with self.sessions() as s:
-            rows = self._existing_model_rows(s)  # reading only: registration happens on write paths
-            if rows["timbre"] is None or rows["melody"] is None:
-                dt, dm = self.embedder.dims  # type: ignore[attr-defined]
-                empty = np.zeros((0,), dtype=np.int64)
-                return empty, Vectors(np.zeros((0, dt), np.float32), np.zeros((0, dm), np.float32))
-            ids_t, xt = catalog.get_embeddings(s, rows["timbre"], "timbre")
-            ids_m, xm = catalog.get_embeddings(s, rows["melody"], "melody")
-        common = np.intersect1d(ids_t, ids_m)
-        xt = xt[np.isin(ids_t, common)]
-        xm = xm[np.isin(ids_m, common)]
-        return common, Vectors(xt, xm)
+            rows = {kind: catalog.model_version_row(s, kind, models.pair.of(kind)) for kind in ("timbre", "melody")}
+            ids, xt, xm = catalog.pair_vectors(s, rows["timbre"], rows["melody"])
+        if len(ids) == 0:
+            dt, dm = models.dims
+            return ids, Vectors(np.zeros((0, dt), np.float32), np.zeros((0, dm), np.float32))
+        return ids, Vectors(xt, xm)
+
+    def no_vectors_error(self) -> NoVectorsError | EmptyCatalogError:
+        """Why there is nothing to search, and the command that fixes it."""
+        n_songs = self.stats().n_songs
+        if n_songs == 0:
+            return EmptyCatalogError("the catalog has no songs",
+                                     "run `recsys ingest SOURCE`, then `recsys train`")
+        return NoVectorsError(
+            f"none of the catalog's {n_songs} songs has vectors of the models {self.model_version}",
+            "run `recsys embed` (it embeds the catalog and switches to the newest models)")
 
     # Index and search ------------------------------------------------------------------------
 
     @property
+    def index_config(self):
+        """The index settings as the device asked for wants them (`--device cpu` keeps FAISS off the GPU)."""
+        from recsys.index.gpu import for_device
+
+        return for_device(self.settings.index, self.settings.device)
+
+    @property
     def index_dir(self) -> Path:
-        return self.settings.workspace / "index" / self.model_version
+        return self.workspace.index_dir(self.model_version)
 
     def rebuild_index(self):
         """Build the song index from the catalog and save it (atomically)."""
@@ -260,44 +239,51 @@ class Recommender:
 
         ids, vectors = self.catalog_vectors()
         if len(ids) == 0:
-            raise ValueError(self._no_vectors_reason())
-        index = VectorIndex.build(ids, vectors.fused(INDEX_WEIGHTS), self.settings.index)
-        index.save(self.index_dir, self.model_version, self._fingerprint(ids))
-        self.__dict__.pop("searcher", None)
+            raise self.no_vectors_error()
+        index = VectorIndex.build(ids, vectors.fused(INDEX_WEIGHTS), self.index_config)
+        index.save(self.index_dir, self.model_version, ids_fingerprint(ids))
+        self._searcher = None
         return index
 
-    def _fingerprint(self, ids: np.ndarray) -> str:
-        return catalog_fingerprint([(str(int(i)), "") for i in ids])
-
-    def load_index(self) -> tuple[Any, bool]:
+    def load_index(self, ids: np.ndarray | None = None, vectors: Vectors | None = None) -> tuple[Any, bool]:
         """The saved index when it matches the catalog; rebuilt (and saved) when missing, stale or corrupt."""
         from recsys.index import load_or_rebuild
 
-        ids, vectors = self.catalog_vectors()
-        return load_or_rebuild(
-            self.index_dir, self.model_version, self._fingerprint(ids),
-            lambda: (ids, vectors.fused(INDEX_WEIGHTS)), self.settings.index,
-        )
+        if ids is None or vectors is None:
+            ids, vectors = self.catalog_vectors()
+        fused = vectors
+        return load_or_rebuild(self.index_dir, self.model_version, ids_fingerprint(ids),
+                               lambda: (ids, fused.fused(INDEX_WEIGHTS)), self.index_config)
 
-    @functools.cached_property
+    @property
     def searcher(self):
-        from recsys.search import Searcher
+        """The pair's vectors and index, read from the catalog once."""
+        if self._searcher is None:
+            from recsys.search import Searcher
 
-        ids, vectors = self.catalog_vectors()
-        if len(ids) == 0:
-            raise ValueError(self._no_vectors_reason())
-        index, _ = self.load_index()
-        meta = {row["id"]: row for row in self.songs()}
-        return Searcher(ids, [meta[int(i)]["singer"] for i in ids], [meta[int(i)]["title"] for i in ids],
-                        vectors, self.settings.index, index=index)
+            ids, vectors = self.catalog_vectors()
+            if len(ids) == 0:
+                raise self.no_vectors_error()
+            index, _ = self.load_index(ids, vectors)
+            meta = {row["id"]: row for row in self.songs()}
+            self._searcher = Searcher(ids, [meta[int(i)]["singer"] for i in ids],
+                                      [meta[int(i)]["title"] for i in ids], vectors, self.index_config,
+                                      index=index, calibrate=self.settings.fusion.calibration == "zscore")
+        return self._searcher
+
+    def weights_for(self, question: Question) -> Weights:
+        """The configured weights of a question: 'singer' (who sounds like this), 'song' (similar
+        songs) or 'melody' (the same melody)."""
+        return question_weights(self.settings.fusion, question)
 
     def default_weights(self) -> Weights:
-        return Weights(self.settings.fusion.w_timbre, self.settings.fusion.w_melody)
+        """The 'song' question's weights: what the fused maps and exported fused vectors use."""
+        return self.weights_for("song")
 
     def catalog_map(self, what: Literal["singers", "songs"], weighting: str = "fused"):
         """The 2-D UMAP map of singer profiles or songs under `weighting` (timbre, melody, fused):
-        loaded from <workspace>/projections/<model version>/ when fitted on these rows, else fitted
-        and saved there (recsys.projection.load_or_fit). Returns (CatalogMap, the rows it maps)."""
+        loaded from <workspace>/projections/<pair>/ when fitted on these rows, else fitted and saved
+        there (recsys.projection.load_or_fit). Returns (CatalogMap, the rows it maps)."""
         from recsys.projection import load_or_fit, map_rows, projection_path
 
         sr = self.searcher
@@ -312,71 +298,77 @@ class Recommender:
         return load_or_fit(path, keys, x, self.model_version), x
 
     def similar_singers(self, name: str, k: int = 10, weights: Weights | None = None) -> list:
-        return self.searcher.similar_to_singer(name, k, weights or self.default_weights())
+        """Singers who sound like `name` (the 'singer' question unless `weights` are given)."""
+        return self.searcher.similar_to_singer(name, k, weights or self.weights_for("singer"))
 
     def search(self, query: str | Path, k: int = 10, weights: Weights | None = None,
-               by: Literal["singer", "song", "both"] = "both") -> SearchResult:
-        """Query-by-song for an audio file; a file that is itself in the catalog is left out of the results."""
+               by: Question = "singer") -> SearchResult:
+        """Query-by-song for an audio file: singers and songs ranked for the question `by` ('singer':
+        who sings like this recording; 'song': similar songs; 'melody': the same melody), or by
+        explicit `weights`. A file that is itself in the catalog is left out of the results."""
         from recsys.audio import content_hash
 
-        weights = weights or self.default_weights()
+        weights = weights or self.weights_for(by)
+        searcher = self.searcher  # fails first, with the next step, when there is nothing to search
         v = self.embedder.embed(query)
         with self.sessions() as s:
             same = catalog.song_by_hash(s, content_hash(query))
-            exclude = frozenset({same.id}) if same is not None else frozenset()
-        return self.search_vectors(v.timbre[0], v.melody[0], str(query), k, weights, by, exclude)
+        exclude = frozenset({same.id}) if same is not None else frozenset()
+        return _search(searcher, v.timbre[0], v.melody[0], str(query), k, weights, exclude)
 
     def search_song(self, song_id: int, k: int = 10, weights: Weights | None = None,
-                    by: Literal["singer", "song", "both"] = "both") -> SearchResult:
-        """Query by a catalog song: the song itself is excluded from the results."""
-        weights = weights or self.default_weights()
+                    by: Question = "singer") -> SearchResult:
+        """Query by a catalog song (as `search`): the song itself is excluded from the results."""
+        weights = weights or self.weights_for(by)
         t, m = self.searcher.song_vectors(song_id)
-        return self.search_vectors(t, m, f"song:{song_id}", k, weights, by, exclude_ids=frozenset({song_id}))
+        return _search(self.searcher, t, m, f"song:{song_id}", k, weights, frozenset({song_id}))
 
     def search_vectors(self, t: np.ndarray, m: np.ndarray, label: str, k: int, weights: Weights,
-                       by: str = "both", exclude_ids: frozenset[int] = frozenset()) -> SearchResult:
-        sr = self.searcher
-        singers = sr.similar_singers(t, m, k, weights, exclude_ids=exclude_ids) if by in ("singer", "both") else []
-        songs = sr.similar_songs(t, m, k, weights, exclude_ids=exclude_ids) if by in ("song", "both") else []
-        return SearchResult(label, weights, singers, songs)
+                       exclude_ids: frozenset[int] = frozenset()) -> SearchResult:
+        return _search(self.searcher, t, m, label, k, weights, exclude_ids)
 
     def embed_files(self, sources: list[str | Path]) -> tuple[list[str], Vectors, list[tuple[str, str]]]:
         """Vectors for files outside the catalog: (paths embedded, vectors, [(path, error)])."""
         from recsys.audio import AudioError
 
-        ok, rows, failed = [], [], []
+        ok, feats, failed = [], [], []
         for src in sources:
             try:
-                rows.append(self.embedder.embed(src))
+                feats.append(self.embedder.features(src))
                 ok.append(str(src))
             except (AudioError, OSError) as e:
                 failed.append((str(src), str(e)))
-        dt, dm = self.embedder.dims
-        vectors = Vectors(
-            np.concatenate([r.timbre for r in rows]) if rows else np.zeros((0, dt), np.float32),
-            np.concatenate([r.melody for r in rows]) if rows else np.zeros((0, dm), np.float32),
-        )
-        return ok, vectors, failed
+        return ok, self.embedder.embed_features(feats), failed
 
 
-def effective_separation(settings: Settings, sessions: sessionmaker[Session] | None) -> SeparationConfig:
-    """The separation a workspace's audio goes through, so ingest, training, embedding and
-    queries all hear the same audio: `settings.separation` when it was set explicitly (a
-    flag, the environment or a config file), else the one the catalog's latest ingest run
-    recorded (`recsys ingest --separate` is remembered), else none."""
-    if "separation" in settings.model_fields_set or sessions is None:
-        return settings.separation
-    with sessions() as s:
-        runs = s.scalars(select(catalog.IngestRun).order_by(catalog.IngestRun.id.desc()))
-        recorded = next((run.options["separation"] for run in runs if "separation" in (run.options or {})),
-                        None)
-    if recorded is None:
-        return settings.separation
-    try:
-        return SeparationConfig(**recorded)
-    except ValueError as e:
-        raise ValueError(
-            f"the catalog {settings.database_url} recorded an invalid separation {recorded!r}: {e}") from e
+def _search(searcher: Any, t: np.ndarray, m: np.ndarray, label: str, k: int, weights: Weights,
+            exclude_ids: frozenset[int]) -> SearchResult:
+    singers = searcher.similar_singers(t, m, k, weights, exclude_ids=exclude_ids)
+    songs = searcher.similar_songs(t, m, k, weights, exclude_ids=exclude_ids)
+    return SearchResult(label, weights, singers, songs)
+
+
+def _check_audio(models: Models, workspace: Workspace) -> None:
+    """Refuse models trained on audio cleaned otherwise than this workspace's audio path now cleans it."""
+    from recsys.fingerprint import audio_fingerprint, same_audio
+
+    now = audio_fingerprint(workspace.settings.audio, workspace.separation)
+    for meta in (models.timbre_meta, models.melody_meta):
+        if not same_audio(meta.audio, workspace.settings.audio, workspace.separation):
+            stored = meta.audio or {}
+            diff = sorted(f"{section}.{k}" for section in ("audio", "separation")
+                          for k in set(now[section]) | set(stored.get(section, {}))
+                          if now[section].get(k) != stored.get(section, {}).get(k))
+            raise ModelMismatchError(
+                f"the {meta.kind} model {meta.version} was trained on audio cleaned with other settings "
+                f"({', '.join(diff) or 'the defaults'} differ)",
+                "set them back, or run `recsys train` to train models for the new settings")
+
+
+def _where(settings: Settings) -> str:
+    from recsys.workspace import describe_database
+
+    return describe_database(settings.database_url)
 
 
 def _song_dict(song: Any) -> dict[str, Any]:
@@ -405,4 +397,3 @@ def save_npz(out: Path, paths: list[str], song_ids: list[int | None], vectors: V
         fused=fuse(vectors.timbre, vectors.melody, weights) if len(vectors) else np.zeros((0, 0), np.float32),
     )
     return out
-

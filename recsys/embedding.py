@@ -1,38 +1,27 @@
-"""Audio -> timbre, melody and fused vectors.
+"""Audio -> timbre and melody vectors, with the encoders of one model pair.
 
-The fused vector is normalise(w_timbre * timbre ++ w_melody * melody), so the
-inner product of two fused vectors is
-
-    (w_t^2 cos_timbre + w_m^2 cos_melody) / (w_t^2 + w_m^2),
-
-a weighted mix of the two similarities; `query_for_weights` uses that to let
-one index of equally weighted vectors answer any weighting exactly.
+A song's two vectors are kept apart (`Vectors`); the index stores them equally
+weighted and concatenated (INDEX_WEIGHTS), and a search weighs the two
+similarities at query time (recsys.fusion). `fuse` gives the concatenated vector
+normalise(w_timbre * timbre ++ w_melody * melody) that maps and exports use.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from recsys.config import AudioConfig, FeatureConfig
-from recsys.features import song_features
+from recsys.features import SongFeatures, song_features
 
 if TYPE_CHECKING:
+    from recsys.registry import Models
     from recsys.separation import Separator
-
-
-class SongEncoder(Protocol):
-    """What the embedder needs of an encoder: one song's log-mel -> one unit vector."""
-
-    @property
-    def dim(self) -> int: ...
-
-    def embed_song(self, mel: torch.Tensor) -> torch.Tensor: ...
 
 
 @dataclass(frozen=True)
@@ -45,7 +34,7 @@ class Weights:
             raise ValueError(f"weights must be >= 0 and not both 0, got timbre={self.timbre}, melody={self.melody}")
 
     @classmethod
-    def parse(cls, text: str) -> "Weights":
+    def parse(cls, text: str) -> Weights:
         """'timbre=0.7,melody=0.3' (either may be left out: it is then 0)."""
         values = {"timbre": 0.0, "melody": 0.0}
         for part in filter(None, (p.strip() for p in text.split(","))):
@@ -89,22 +78,8 @@ def fuse(timbre: np.ndarray, melody: np.ndarray, weights: Weights) -> np.ndarray
 INDEX_WEIGHTS = Weights(1.0, 1.0)  # the index stores equally weighted vectors
 
 
-def query_for_weights(timbre: np.ndarray, melody: np.ndarray, weights: Weights) -> np.ndarray:
-    """(nq, Dt), (nq, Dm) -> (nq, Dt + Dm) queries whose inner product with INDEX_WEIGHTS-fused
-    vectors equals the fused score under `weights`: (a^2 ct + b^2 cm) / (a^2 + b^2)."""
-    a2, b2 = weights.timbre**2, weights.melody**2
-    scale = np.sqrt(2.0) / (a2 + b2)  # index vectors are [t, m] / sqrt(2)
-    return (np.concatenate([a2 * timbre, b2 * melody], axis=1) * scale).astype(np.float32)
-
-
-def fused_scores(ct: np.ndarray, cm: np.ndarray, weights: Weights) -> np.ndarray:
-    """Fused similarity from the timbre and melody cosines."""
-    a2, b2 = weights.timbre**2, weights.melody**2
-    return ((a2 * ct + b2 * cm) / (a2 + b2)).astype(np.float32)
-
-
 class Embedder:
-    """Turns audio into vectors with the encoders it is given.
+    """Turns audio into vectors with the encoders of one model pair.
 
     `separator` (accompaniment suppression, recsys.separation) is applied to every input
     before silence removal: give the one the encoders' training audio went through.
@@ -112,56 +87,58 @@ class Embedder:
 
     def __init__(
         self,
-        timbre: SongEncoder,
-        melody: SongEncoder,
+        models: Models,
         audio_cfg: AudioConfig,
         feature_cfg: FeatureConfig,
         separator: Separator | None = None,
+        device: str | torch.device = "cpu",
     ) -> None:
-        self.timbre = timbre
-        self.melody = melody
+        self.device = torch.device(device)
+        self.models = models.to(self.device)
         self.audio_cfg = audio_cfg
         self.feature_cfg = feature_cfg
         self.separator = separator
 
+    def to(self, device: str | torch.device) -> Embedder:
+        """The same encoders on another device."""
+        return Embedder(self.models, self.audio_cfg, self.feature_cfg, self.separator, device)
+
+    @property
+    def version(self) -> str:
+        return self.models.version
+
     @property
     def dims(self) -> tuple[int, int]:
-        return self.timbre.dim, self.melody.dim
+        return self.models.dims
 
     @property
-    def needs_pitch(self) -> bool:
-        """Whether the melody encoder reads the waveform pitch (recsys.pitch.wave_pitch) beside the mel."""
-        return bool(getattr(self.melody, "needs_wave_pitch", False))
+    def needs(self) -> frozenset[str]:
+        """The features the encoders read: computed once per file, nothing more."""
+        return self.models.needs
 
-    @torch.no_grad()
-    def embed_melody(self, mel: torch.Tensor, pitch: torch.Tensor | np.ndarray | None = None) -> torch.Tensor:
-        """(n_mels, T) log-mel and, when needs_pitch, (N_PITCH, T) waveform pitch -> (Dm,) melody vector."""
-        if not self.needs_pitch:
-            return self.melody.embed_song(mel)
-        pitch = None if pitch is None else torch.as_tensor(pitch)  # the encoder says how to compute a missing one
-        return self.melody.embed_song(mel, pitch=pitch)  # type: ignore[call-arg]
-
-    @torch.no_grad()
-    def embed_mel(
-        self, mel: torch.Tensor, pitch: torch.Tensor | np.ndarray | None = None
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """(n_mels, T) [and (N_PITCH, T) waveform pitch] -> (timbre (Dt,), melody (Dm,))."""
-        t = self.timbre.embed_song(mel).detach().cpu().numpy().astype(np.float32)
-        m = self.embed_melody(mel, pitch).detach().cpu().numpy().astype(np.float32)
-        return t, m
-
-    def embed(self, source: str | Path | torch.Tensor) -> Vectors:
-        """One file (or (N,) wave at the working rate) -> Vectors with one row.
+    def features(self, source: str | Path | torch.Tensor) -> SongFeatures:
+        """One file (or (N,) wave at the working rate) -> the features the encoders need.
 
         Raises recsys.audio.AudioError for unreadable, silent or non-audio input.
         """
-        mel, pitch = song_features(source, self.audio_cfg, self.feature_cfg, self.separator, pitch=self.needs_pitch)
-        t, m = self.embed_mel(mel, pitch)
-        return Vectors(t[None], m[None])
+        return song_features(source, self.audio_cfg, self.feature_cfg, self.separator, needs=self.needs)
+
+    def embed_features(self, songs: Sequence[SongFeatures]) -> Vectors:
+        """B songs' features -> Vectors with B rows (the timbre encoder batches their chunks)."""
+        dt, dm = self.dims
+        if not songs:
+            return Vectors(np.zeros((0, dt), np.float32), np.zeros((0, dm), np.float32))
+        t = self.models.timbre.embed_songs(songs)
+        m = self.models.melody.embed_songs(songs)
+        return Vectors(_numpy(t), _numpy(m))
+
+    def embed(self, source: str | Path | torch.Tensor) -> Vectors:
+        """One file (or (N,) wave at the working rate) -> Vectors with one row."""
+        return self.embed_features([self.features(source)])
 
     def embed_many(self, sources: Iterable[str | Path]) -> Vectors:
-        rows = [self.embed(s) for s in sources]
-        dt, dm = self.dims
-        if not rows:
-            return Vectors(np.zeros((0, dt), np.float32), np.zeros((0, dm), np.float32))
-        return Vectors(np.concatenate([r.timbre for r in rows]), np.concatenate([r.melody for r in rows]))
+        return self.embed_features([self.features(s) for s in sources])
+
+
+def _numpy(x: torch.Tensor) -> np.ndarray:
+    return x.detach().cpu().numpy().astype(np.float32)

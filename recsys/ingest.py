@@ -1,48 +1,40 @@
-"""Register a catalog's songs: stream the manifest, validate and analyse each file, write in batches.
+"""The per-file and per-batch stages of the catalog job (pipelines/job.py maps them over a runner).
 
-Idempotent by content hash: a file already in the catalog (even renamed) is
-skipped, a changed file is a new song. Bad rows and bad files are recorded as
-ingest errors with their cause and the batch goes on. Songs are committed in
-small transactions, so a crash loses at most the batch in flight and a re-run
-finishes the work without duplicates.
+    hash_entry(entry)              sha256 of the file, or why it cannot be read (before decoding)
+    prepare_file(entry, ...)       decode and validate once; the features the encoders need
+    embed_prepared(embedder, ...)  vectors for a batch of prepared songs
+    commit_batch(s, ...)           one transaction: errors, songs and their vectors
 
-The per-file and per-batch stages (hash_entry, prepare_file, embed_prepared,
-commit_batch) are also what the batch job (pipelines/ingest.py) maps over its
-runners, local processes or Ray, to register and embed a catalog in one pass.
+Idempotent by content hash: a file already in the catalog (even renamed) keeps its
+row, a changed file is a new song. Bad rows and bad files become FileFailures with a
+cause; nothing here raises for bad audio.
 """
 
 from __future__ import annotations
 
 import functools
-import multiprocessing
-import os
-from collections import Counter, defaultdict
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
-import torch.nn.functional as F
-from sqlalchemy import select
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import Session
 
 from recsys import catalog
-from recsys.audio import AudioError, content_hash, iter_voiced_chunks, n_chunks, probe, voiced_audio
+from recsys.audio import AudioError, content_hash, iter_voiced_chunks, n_chunks, probe, voiced_stream
 from recsys.config import AudioConfig, FeatureConfig, SeparationConfig
-from recsys.manifest import ManifestEntry, ManifestItem, ManifestProblem, iter_manifest
+from recsys.manifest import ManifestEntry, ManifestItem, ManifestProblem
 
 if TYPE_CHECKING:
-    from recsys.embedding import Embedder, Weights
-
-MAX_TIMBRE_CHUNKS_PER_PASS = 512  # chunks per encoder forward pass in embed_mels (bounds GPU memory)
+    from recsys.embedding import Embedder
+    from recsys.features import SongFeatures
 
 
 @dataclass(frozen=True)
 class AnalysedSong:
-    """What the ingest stage learns about one good file."""
+    """What the catalog row of one good file holds."""
 
     entry: ManifestEntry
     content_hash: str
@@ -62,11 +54,21 @@ class FileFailure:
 
 @dataclass(frozen=True)
 class PreparedSong:
-    """A good file decoded once: what the catalog row needs, plus its features when asked for."""
+    """A good file decoded once: its catalog row and, when asked for, its features as arrays
+    (numpy crosses process boundaries cheaply)."""
 
     song: AnalysedSong
-    mel: np.ndarray | None  # (n_mels, T) float32 log-mel of the voiced audio; None without features
-    pitch: np.ndarray | None = None  # (N_PITCH, T) float32 waveform pitch (recsys.pitch.wave_pitch) when asked for
+    mel: np.ndarray | None = None  # (n_mels, T) float32 log-mel of the voiced audio
+    pitch: np.ndarray | None = None  # (N_PITCH, T) float32 waveform pitch, when an encoder reads it
+
+    def features(self) -> SongFeatures:
+        import torch
+
+        from recsys.features import SongFeatures
+
+        if self.mel is None:
+            raise ValueError(f"{self.song.entry.path} was prepared without features and cannot be embedded")
+        return SongFeatures(torch.from_numpy(self.mel), None if self.pitch is None else torch.from_numpy(self.pitch))
 
 
 @dataclass(frozen=True)
@@ -98,7 +100,21 @@ class IngestSummary:
             "skipped": self.skipped,
             "failed": dict(self.failed),
             "dry_run": self.dry_run,
+            "failures": [vars(f) for f in self.failures],
         }
+
+    def counts(self) -> dict:
+        """What the run's catalog row keeps: the figures, not the messages (ingest_errors holds those)."""
+        return {k: v for k, v in self.as_dict().items() if k != "failures"}
+
+    def as_text(self) -> str:
+        verb = "would ingest" if self.dry_run else "ingested"
+        lines = [f"{verb} {self.ingested} songs, skipped {self.skipped} already present, failed {self.n_failed}"]
+        lines += [f"  {cause}: {n}" for cause, n in sorted(self.failed.items())]
+        lines += [f"  - {f.message}" for f in self.failures[:20]]
+        if len(self.failures) > 20:
+            lines.append(f"  ... and {len(self.failures) - 20} more (recsys catalog --errors)")
+        return "\n".join(lines)
 
 
 @functools.lru_cache(maxsize=4)
@@ -107,17 +123,6 @@ def _separator(separation: SeparationConfig):
     from recsys.separation import separator_from_config
 
     return separator_from_config(separation)
-
-
-def analyse_file(
-    entry: ManifestEntry, cfg: AudioConfig, separation: SeparationConfig | None = None
-) -> AnalysedSong | FileFailure:
-    """Decode and validate one file (runs in a worker process). Never raises for bad audio.
-
-    With a `separation` other than 'none', voiced chunks are counted on the estimated voice.
-    """
-    result = prepare_file(entry, cfg, None, separation)
-    return result.song if isinstance(result, PreparedSong) else result
 
 
 def hash_entry(entry: ManifestEntry) -> str | FileFailure:
@@ -133,16 +138,15 @@ def prepare_file(
     cfg: AudioConfig,
     features: FeatureConfig | None = None,
     separation: SeparationConfig | None = None,
-    pitch: bool = False,
+    needs: frozenset[str] = frozenset(),
 ) -> PreparedSong | FileFailure:
-    """Decode, validate and (with `features`) compute the log-mel of one file. Never raises for bad audio.
+    """Decode and validate one file, and compute the features `needs` names. Never raises for bad audio.
 
-    Runs in a worker process. Without features the audio is streamed (flat memory for
-    any length); with them the voiced audio is decoded once into memory (4 bytes per
-    voiced sample) and gives both the chunk count and the (n_mels, T) log-mel, the same
-    as recsys.features.song_mel; with `pitch` also the waveform pitch on the same frames
-    (recsys.features.song_features). With a `separation` other than 'none' all come from
-    the estimated voice.
+    Runs in a worker process. The audio is streamed (flat memory for any length); with
+    features, the voiced stream's length gives the chunk count and the features are
+    computed block by block (recsys.features.stream_features): memory holds them, never
+    the whole waveform. The file is hashed
+    here only when the job has not hashed it already (`entry.content_hash`).
     """
     separator = _separator(separation) if separation is not None and separation.method != "none" else None
     try:
@@ -153,28 +157,26 @@ def prepare_file(
                 "too_long",
                 f"{entry.path}: {info.duration:.0f} s is longer than audio.max_file_seconds={cfg.max_file_seconds}",
             )
-        mel = wave_pitch = None
-        if features is None:
+        mel = pitch = None
+        if features is None or not needs:
             chunks = iter_voiced_chunks(entry.path, cfg, separator=separator)
             n_voiced = sum(batch.shape[0] for batch in chunks)  # flat memory
         else:
-            from recsys.features import log_mel
+            from recsys.features import stream_features
 
-            wave = voiced_audio(entry.path, cfg, separator)  # (N,)
-            n_voiced = n_chunks(wave.numel(), cfg)
+            stream = voiced_stream(entry.path, cfg, separator)  # pass 1 only: the voiced length
+            n_voiced = n_chunks(stream.n_samples, cfg)
             if n_voiced == 0:
                 raise AudioError(
                     entry.path,
                     "silent",
-                    f"only {wave.numel() / cfg.sample_rate:.2f} s of voiced audio; "
+                    f"only {stream.n_samples / cfg.sample_rate:.2f} s of voiced audio; "
                     f"at least audio.min_chunk_seconds={cfg.min_chunk_seconds:g} s is needed",
                 )
-            mel = log_mel(wave, features, cfg.sample_rate).numpy()  # (n_mels, T)
-            if pitch:
-                from recsys.pitch import wave_pitch as compute_pitch
-
-                wave_pitch = compute_pitch(wave, cfg.sample_rate, features.hop_length).numpy()  # (N_PITCH, T)
-        digest = content_hash(entry.path)
+            feats = stream_features(stream, needs, cfg, features)  # block by block: never the whole waveform
+            mel = feats.mel.numpy()
+            pitch = None if feats.pitch is None else feats.pitch.numpy()
+        digest = entry.content_hash or content_hash(entry.path)
     except AudioError as e:
         return FileFailure(str(entry.path), e.cause, str(e))
     except OSError as e:
@@ -188,65 +190,13 @@ def prepare_file(
         format=info.format,
         n_voiced_chunks=n_voiced,
     )
-    return PreparedSong(song, mel, wave_pitch)
-
-
-def device_of(module: object) -> torch.device:
-    """The device of a module's parameters (CPU for objects without any)."""
-    params = getattr(module, "parameters", None)
-    first = next(iter(params()), None) if callable(params) else None
-    return first.device if first is not None else torch.device("cpu")
-
-
-def embed_mels(
-    embedder: Embedder,
-    mels: Sequence[torch.Tensor | np.ndarray],
-    pitches: Sequence[torch.Tensor | np.ndarray | None] | None = None,
-) -> tuple[np.ndarray, np.ndarray]:
-    """B songs' (n_mels, T_i) log-mels -> (timbre (B, Dt), melody (B, Dm)) float32 unit vectors.
-
-    `pitches`: each song's waveform pitch, needed when embedder.needs_pitch.
-
-    The timbre encoder sees the chunks of all B songs in few forward passes (what makes a
-    GPU pay off); the melody encoder pools per song and runs song by song. Equal to
-    Embedder.embed_mel on each song up to float rounding (the encoders are in eval mode,
-    so a chunk's embedding does not depend on its batch).
-    """
-    timbre, melody = embedder.timbre, embedder.melody
-    dt, dm = embedder.dims
-    if not mels:
-        return np.zeros((0, dt), np.float32), np.zeros((0, dm), np.float32)
-    with torch.no_grad():
-        t_dev, m_dev = device_of(timbre), device_of(melody)
-        if hasattr(timbre, "chunk_song") and hasattr(timbre, "embed"):
-            chunks = [timbre.chunk_song(torch.as_tensor(x).to(t_dev)) for x in mels]  # (n_i, n_mels, F_i)
-            by_frames: dict[int, list[int]] = defaultdict(list)  # songs shorter than a chunk keep their length
-            for i, c in enumerate(chunks):
-                by_frames[c.shape[-1]].append(i)
-            rows: list[torch.Tensor | None] = [None] * len(mels)
-            for idx in by_frames.values():
-                stacked = torch.cat([chunks[i] for i in idx])  # (sum n_i, n_mels, F)
-                z = torch.cat([timbre.embed(part) for part in stacked.split(MAX_TIMBRE_CHUNKS_PER_PASS)])
-                for i, zi in zip(idx, z.split([chunks[i].shape[0] for i in idx])):
-                    rows[i] = F.normalize(zi.mean(0), dim=-1)
-            t = torch.stack(rows)  # type: ignore[arg-type]  # (B, Dt)
-        else:
-            t = torch.stack([timbre.embed_song(torch.as_tensor(x).to(t_dev)) for x in mels])
-        pitches = pitches if pitches is not None else [None] * len(mels)
-        m = torch.stack([embedder.embed_melody(torch.as_tensor(x).to(m_dev), p).to(t.device)
-                         for x, p in zip(mels, pitches)])  # (B, Dm)
-    return t.cpu().numpy().astype(np.float32), m.cpu().numpy().astype(np.float32)
+    return PreparedSong(song, mel, pitch)
 
 
 def embed_prepared(embedder: Embedder, prepared: Sequence[PreparedSong]) -> list[EmbeddedSong]:
-    """Vectors for a batch of prepared songs (each must carry its mel), in the same order."""
-    missing = [p.song.entry.path for p in prepared if p.mel is None]
-    if missing:
-        raise ValueError(f"songs prepared without features cannot be embedded: {missing[:3]}")
-    if embedder.needs_pitch and any(p.pitch is None for p in prepared):
-        raise ValueError("the melody encoder reads the waveform pitch: prepare the songs with pitch=True")
-    t, m = embed_mels(embedder, [p.mel for p in prepared], [p.pitch for p in prepared])  # type: ignore[misc]
-    return [EmbeddedSong(p.song, t[i], m[i]) for i, p in enumerate(prepared)]
+    """Vectors for a batch of prepared songs (each must carry its features), in the same order."""
+    vectors = embedder.embed_features([p.features() for p in prepared])
+    return [EmbeddedSong(p.song, vectors.timbre[i], vectors.melody[i]) for i, p in enumerate(prepared)]
 
 
 def usable_entries(
@@ -275,7 +225,7 @@ def usable_entries(
 class CommitResult:
     song_ids: list[int]  # catalog id of each committed song, in input order
     created: int  # songs that were new
-    embedded: int  # fused vectors inserted (0 without vectors)
+    embedded: int  # songs given vectors (0 without vectors)
 
 
 def commit_batch(
@@ -285,14 +235,13 @@ def commit_batch(
     failures: Sequence[FileFailure] = (),
     vectors: tuple[np.ndarray, np.ndarray] | None = None,
     model_rows: Mapping[str, catalog.ModelVersion] | None = None,
-    weights: Weights | None = None,
 ) -> CommitResult:
     """Write one batch inside the caller's transaction: errors, songs and (optionally) their vectors.
 
     `vectors` are (timbre (B, Dt), melody (B, Dm)) rows aligned with `songs`, stored under
-    `model_rows` ("timbre", "melody", "fused"), the fused one with `weights`. A song already
-    in the catalog (same content hash) keeps its row and gets the vectors it lacks, so the
-    batch can be replayed after a crash or by a concurrent job.
+    `model_rows` ("timbre", "melody"). A song already in the catalog (same content hash)
+    keeps its row and gets the vectors it lacks, so the batch can be replayed after a
+    crash or by a concurrent job.
     """
     if run is not None:
         for failure in failures:
@@ -304,155 +253,15 @@ def commit_batch(
         created += new
     embedded = 0
     if vectors is not None and songs:
-        from recsys.embedding import fuse
-
-        if model_rows is None or weights is None:
-            raise ValueError("commit_batch with vectors needs model_rows and weights")
+        if model_rows is None:
+            raise ValueError("commit_batch with vectors needs the model rows they belong to")
         t, m = vectors
         if len(t) != len(songs) or len(m) != len(songs):
             raise ValueError(f"{len(songs)} songs but {len(t)} timbre and {len(m)} melody vectors")
-        inserted = {  # fused last: it marks a song done
-            kind: catalog.put_embeddings(s, model_rows[kind], kind, dict(zip(ids, x)))
-            for kind, x in (("timbre", t), ("melody", m), ("fused", fuse(t, m, weights)))
-        }
-        embedded = inserted["fused"]
+        catalog.put_embeddings(s, model_rows["timbre"], "timbre", dict(zip(ids, t)))
+        catalog.put_embeddings(s, model_rows["melody"], "melody", dict(zip(ids, m)))
+        embedded = len(set(ids))  # a version shared with another pair may have had its vectors already
     return CommitResult(ids, created, embedded)
-
-
-def embedded_hashes(s: Session, hashes: Iterable[str], fused_version: str) -> set[str]:
-    """The subset of `hashes` whose song has a fused vector under model version `fused_version`."""
-    wanted = sorted(set(hashes))
-    found: set[str] = set()
-    for start in range(0, len(wanted), 500):
-        query = (
-            select(catalog.Song.content_hash)
-            .join(catalog.Embedding, catalog.Embedding.song_id == catalog.Song.id)
-            .join(catalog.ModelVersion, catalog.ModelVersion.id == catalog.Embedding.model_version_id)
-            .where(
-                catalog.Song.content_hash.in_(wanted[start : start + 500]),
-                catalog.Embedding.kind == "fused",
-                catalog.ModelVersion.kind == "fused",
-                catalog.ModelVersion.version == fused_version,
-            )
-        )
-        found.update(s.scalars(query))
-    return found
-
-
-def _analyse_all(
-    entries: Iterable[ManifestEntry],
-    cfg: AudioConfig,
-    workers: int,
-    separation: SeparationConfig | None = None,
-) -> Iterator[AnalysedSong | FileFailure]:
-    """Analyse entries in worker processes with a bounded number in flight (flat memory)."""
-    if workers <= 1:
-        for entry in entries:
-            yield analyse_file(entry, cfg, separation)
-        return
-    max_in_flight = workers * 4
-    # spawn, not fork: forking a process that holds torch/OpenMP threads can deadlock the children.
-    with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-        pending: set[Future] = set()
-        for entry in entries:
-            pending.add(pool.submit(analyse_file, entry, cfg, separation))
-            if len(pending) >= max_in_flight:
-                done, pending = wait(pending, return_when=FIRST_COMPLETED)
-                for future in done:
-                    yield future.result()
-        for future in pending:
-            yield future.result()
-
-
-def ingest(
-    source: str | Path,
-    sessions: sessionmaker[Session] | None,
-    cfg: AudioConfig,
-    *,
-    workers: int | None = None,
-    batch_size: int = 32,
-    dry_run: bool = False,
-    progress: Callable[[str], None] | None = None,
-    separation: SeparationConfig | None = None,
-) -> IngestSummary:
-    """Register every good song of `source` (CSV manifest, singer folder or audio file) once.
-
-    `progress` is called with each processed path (for a progress bar). With
-    `dry_run` the manifest and files are validated and nothing is written
-    (`sessions` may then be None when no catalog exists yet). `separation` (default:
-    none) suppresses accompaniment before the files are analysed; it is recorded in
-    the run's options. A separator that cannot be built (e.g. 'neural' without
-    weights) raises ValueError before any file is read.
-    """
-    if sessions is None and not dry_run:
-        raise ValueError("ingest needs a catalog session factory unless dry_run=True")
-    separation = separation if separation is not None else SeparationConfig()
-    if separation.method != "none":
-        _separator(separation)  # fail now, with the separator's message, rather than once per file
-    workers = workers if workers is not None else (os.cpu_count() or 1)
-    items = iter_manifest(source)  # raises ManifestError for an unusable manifest
-    summary = IngestSummary(run_id=None, dry_run=dry_run)
-    run_id: int | None = None
-    if not dry_run:
-        with catalog.session_scope(sessions) as s:
-            options = {"workers": workers, "batch_size": batch_size,
-                       "separation": separation.model_dump(mode="json")}
-            run_id = catalog.start_run(s, str(source), options).id
-        summary.run_id = run_id
-
-    seen_in_manifest: set[Path] = set()
-    unwritten_failures: list[FileFailure] = []
-    batch: list[AnalysedSong] = []
-    hashes_this_run: set[str] = set()
-
-    def fail(failure: FileFailure) -> None:
-        summary.failed[failure.cause] += 1
-        summary.failures.append(failure)
-        unwritten_failures.append(failure)
-        _tick(progress, failure.path)
-
-    def duplicate(entry: ManifestEntry) -> None:
-        summary.skipped += 1  # the same file listed twice
-        _tick(progress, entry.path)
-
-    def flush() -> None:
-        if not dry_run and (batch or unwritten_failures):
-            with catalog.session_scope(sessions) as s:
-                run = s.get(catalog.IngestRun, run_id)
-                result = commit_batch(s, run, batch, unwritten_failures)
-                summary.ingested += result.created
-                summary.skipped += len(batch) - result.created  # a concurrent job registered it first
-        elif dry_run:
-            summary.ingested += len(batch)  # would be ingested
-        batch.clear()
-        unwritten_failures.clear()
-
-    entries = usable_entries(items, fail, duplicate, seen_in_manifest)
-    for result in _analyse_all(entries, cfg, workers, separation):
-        if isinstance(result, FileFailure):
-            fail(result)
-            continue
-        _tick(progress, result.entry.path)
-        if result.content_hash in hashes_this_run or _in_catalog(sessions, result.content_hash):
-            summary.skipped += 1  # already registered, perhaps under another path
-            continue
-        hashes_this_run.add(result.content_hash)
-        batch.append(result)
-        if len(batch) >= batch_size:
-            flush()
-    flush()
-    if not dry_run:
-        with catalog.session_scope(sessions) as s:
-            catalog.finish_run(s, s.get(catalog.IngestRun, run_id), summary.as_dict())
-    return summary
-
-
-def _in_catalog(sessions: sessionmaker[Session] | None, digest: str) -> bool:
-    """Dry runs look too (when a catalog exists): they report what a real run would skip."""
-    if sessions is None:
-        return False
-    with sessions() as s:
-        return catalog.song_by_hash(s, digest) is not None
 
 
 def _song_row(song: AnalysedSong) -> dict:
@@ -470,8 +279,3 @@ def _song_row(song: AnalysedSong) -> dict:
         "n_voiced_chunks": song.n_voiced_chunks,
         "metadata": dict(entry.metadata),
     }
-
-
-def _tick(progress: Callable[[str], None] | None, path: object) -> None:
-    if progress is not None:
-        progress(str(path))

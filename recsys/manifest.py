@@ -29,6 +29,7 @@ class ManifestEntry:
     song_id: str | None = None
     metadata: dict[str, str] = field(default_factory=dict)
     line: int | None = None  # CSV line number, for messages
+    content_hash: str | None = None  # sha256 of the file once the job hashed it (or, re-embedding, the catalog's)
 
 
 @dataclass(frozen=True)

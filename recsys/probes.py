@@ -34,9 +34,12 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from recsys.api import Recommender
 
 PROBES_DIR = "probes"
 FORMAT = 1
@@ -342,16 +345,16 @@ def _given(meta: dict[str, Any] | None, attribute: str) -> Any:
     return None if value is None or (isinstance(value, str) and not value.strip()) else value
 
 
-def _timbre_vectors(rec: Any) -> tuple[np.ndarray, np.ndarray, str]:
+def _timbre_vectors(rec: Recommender) -> tuple[np.ndarray, np.ndarray, str]:
     """(song ids (n,), timbre vectors (n, d), timbre version) of every embedded song."""
     ids, vectors = rec.catalog_vectors()
     if len(ids) == 0:
         raise ValueError("no embedded songs: run `recsys train` and `recsys embed` before training a probe")
-    t_meta, _ = rec.embedder.versions
+    t_meta = rec.models.timbre_meta
     return ids, vectors.timbre, t_meta.version
 
 
-def labelled_columns(rec: Any) -> dict[str, int]:
+def labelled_columns(rec: Recommender) -> dict[str, int]:
     """Metadata column -> number of songs that have a value for it (a user's choice of attributes)."""
     counts: Counter = Counter()
     for song in rec.songs():
@@ -360,7 +363,7 @@ def labelled_columns(rec: Any) -> dict[str, int]:
 
 
 def train_attribute_probe(
-    rec: Any, attribute: str, test_fraction: float = 0.25, seed: int = 0, c: float = 1.0
+    rec: Recommender, attribute: str, test_fraction: float = 0.25, seed: int = 0, c: float = 1.0
 ) -> tuple[Probe, Path]:
     """Fit a probe for metadata column `attribute` on the current timbre vectors and store it.
 
@@ -394,8 +397,15 @@ class PredictionSummary:
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
 
+    def as_text(self) -> str:
+        lines = [(f"{self.attribute}: predicted {self.n_predicted} songs, kept {self.n_given} given labels, "
+                  f"{self.n_not_embedded} songs not embedded (probe {self.probe_version})")]
+        lines += [f"  {name:<24} {p['value']:<12} confidence {p['confidence']:.2f} ({p['n_songs']} songs)"
+                  for name, p in self.singers.items()]
+        return "\n".join(lines)
 
-def predict_attribute(rec: Any, attribute: str) -> PredictionSummary:
+
+def predict_attribute(rec: Recommender, attribute: str) -> PredictionSummary:
     """Predict `attribute` for every embedded song that has no given value and store it in Song.predicted.
 
     Each entry: {"value", "confidence", "probe", "timbre_version", "singer_value",
@@ -448,7 +458,7 @@ def predict_attribute(rec: Any, attribute: str) -> PredictionSummary:
     )
 
 
-def attribute_values(rec: Any, attribute: str) -> dict[int, tuple[Any, str, float]]:
+def attribute_values(rec: Recommender, attribute: str) -> dict[int, tuple[Any, str, float]]:
     """Song id -> (value, 'given' | 'predicted', confidence) for every song that has one.
 
     Given metadata wins (confidence 1.0); otherwise the stored prediction. Songs with

@@ -64,7 +64,7 @@ def db_url(request: pytest.FixtureRequest) -> str:
 @pytest.fixture(scope="session")
 def demo_workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A small trained workspace: 6 synthetic singers x 3 songs x 8 s, ingested, both encoders
-    trained briefly, every song embedded and indexed. Built once per test session; treat it as
+    trained briefly (which embeds and indexes every song). Built once per test session; treat it as
     read-only (copy it with shutil.copytree to change it)."""
     from recsys.api import Recommender
     from recsys.config import load_settings
@@ -81,7 +81,5 @@ def demo_workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
     manifest = generate_corpus(ws / "demo-corpus", n_singers=6, songs_per_singer=3, song_seconds=8.0, seed=0, workers=1)
     rec = Recommender(settings)
     rec.ingest(manifest, workers=1)
-    rec.train()
-    rec.embed_catalog()
-    rec.rebuild_index()
+    rec.train()  # embeds the catalog, builds the index and switches to the new pair
     return ws

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import hashlib
-import os
 import multiprocessing as mp
+import os
 import subprocess
 import sys
 import traceback
@@ -265,7 +265,7 @@ def test_race_in_a_fresh_interpreter() -> None:
     node = f"{__file__}::test_two_processes_racing_on_the_same_hashes_end_with_one_row_each"
     result = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", node],
-        env={**os.environ, "RECSYS_RACE_INNER": "1"}, capture_output=True, text=True, timeout=1500,
+        env={**os.environ, "RECSYS_RACE_INNER": "1"}, capture_output=True, text=True, timeout=1500, check=False,
     )
     assert result.returncode == 0 and "2 passed" in result.stdout, result.stdout[-4000:] + result.stderr[-2000:]
 
@@ -476,13 +476,13 @@ def test_connections_opening_a_new_sqlite_catalog_at_once_all_succeed(tmp_path) 
         engines = [catalog.make_engine(url) for _ in range(3)]
         barrier, errors = threading.Barrier(len(engines)), []
 
-        def connect(engine: Engine) -> None:
+        def connect(engine: Engine, barrier: threading.Barrier = barrier, errors: list[str] = errors) -> None:
             barrier.wait()
             try:
                 with engine.connect() as conn:
                     assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
-            except Exception as e:  # noqa: BLE001 -- collected and asserted below
-                errors.append(repr(e))
+            except Exception as err:  # noqa: BLE001 -- collected and asserted below
+                errors.append(repr(err))
 
         threads = [threading.Thread(target=connect, args=(e,)) for e in engines]
         for t in threads:

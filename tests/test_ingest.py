@@ -10,10 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
+from job_helpers import ingest
 
 from recsys import catalog
 from recsys.config import AudioConfig
-from recsys.ingest import ingest
 from recsys.manifest import ManifestError
 
 CFG = AudioConfig()
@@ -80,7 +80,7 @@ def messy_catalog(tmp_path: Path) -> tuple[Path, dict[str, str]]:
 def test_messy_catalog_on_both_backends(messy_catalog, db_url):
     manifest, files = messy_catalog
     sessions = catalog.open_catalog(db_url)
-    summary = ingest(manifest, sessions, CFG, workers=2, batch_size=3)
+    summary = ingest(manifest, db_url, CFG, workers=2, batch_size=3)
 
     assert summary.ingested == 7
     assert summary.skipped == 1  # listed twice
@@ -106,7 +106,7 @@ def test_messy_catalog_on_both_backends(messy_catalog, db_url):
         stats = catalog.catalog_stats(s)
         assert (stats.n_songs, stats.n_singers, stats.n_errors) == (7, 2, 7)
 
-    again = ingest(manifest, sessions, CFG, workers=1)
+    again = ingest(manifest, db_url, CFG, workers=1)
     assert (again.ingested, again.skipped) == (0, 8)
     with sessions() as s:
         assert len(catalog.list_songs(s)) == 7
@@ -115,18 +115,18 @@ def test_messy_catalog_on_both_backends(messy_catalog, db_url):
 def test_renamed_file_is_not_new_and_changed_file_is(tmp_path, sqlite_url):
     sessions = catalog.open_catalog(sqlite_url)
     song = _write(tmp_path / "s" / "one.wav", _voice(3, 16000, 200), 16000)
-    assert ingest(song, sessions, CFG, workers=1).ingested == 1
+    assert ingest(song, sqlite_url, CFG, workers=1).ingested == 1
     renamed = song.rename(tmp_path / "s" / "renamed.wav")
-    assert ingest(renamed, sessions, CFG, workers=1).skipped == 1
+    assert ingest(renamed, sqlite_url, CFG, workers=1).skipped == 1
     _write(renamed, _voice(3, 16000, 260, seed=3), 16000)
-    assert ingest(renamed, sessions, CFG, workers=1).ingested == 1
+    assert ingest(renamed, sqlite_url, CFG, workers=1).ingested == 1
     with sessions() as s:
         assert len(catalog.list_songs(s)) == 2
 
 
 def test_dry_run_validates_without_writing(messy_catalog, sqlite_url, tmp_path):
     manifest, _ = messy_catalog
-    summary = ingest(manifest, None, CFG, workers=1, dry_run=True)
+    summary = ingest(manifest, None, CFG, workers=1, dry_run=True, workspace=tmp_path)
     assert summary.dry_run and summary.ingested == 7 and summary.n_failed == 7
     assert not (tmp_path / "catalog.db").exists()
 
@@ -136,7 +136,7 @@ def test_manifest_without_path_column_fails_before_anything_is_written(tmp_path,
     bad.write_text("file,singer\nx.wav,Ann\n")
     sessions = catalog.open_catalog(sqlite_url)
     with pytest.raises(ManifestError, match="no `path` column"):
-        ingest(bad, sessions, CFG, workers=1)
+        ingest(bad, sqlite_url, CFG, workers=1)
     with sessions() as s:
         assert catalog.catalog_stats(s).n_runs == 0
 

@@ -19,7 +19,8 @@ import torch
 from sqlalchemy import func, select
 from typer.testing import CliRunner
 
-from pipelines.ingest import KILL_ENV, MissingModelsError, ids_fingerprint, run_ingest
+from pipelines.ingest import run_ingest
+from pipelines.job import ids_fingerprint
 from pipelines.reembed import reembed
 from pipelines.runners import LocalRunner
 from recsys import catalog
@@ -27,8 +28,9 @@ from recsys.api import Recommender
 from recsys.cli import app
 from recsys.config import load_settings
 from recsys.corpus import generate_corpus
-from recsys.features import song_features, song_mel
-from recsys.ingest import analyse_file, embed_mels, prepare_file
+from recsys.errors import NoModelsError, NoVectorsError
+from recsys.features import FEATURES, song_features, song_mel
+from recsys.ingest import prepare_file
 from recsys.manifest import ManifestEntry
 from recsys.training.checkpoint import load_version, save_version
 
@@ -90,8 +92,7 @@ def _catalog_state(rec: Recommender) -> dict[str, tuple[np.ndarray, np.ndarray]]
 
 def _assert_consistent(rec: Recommender, n_songs: int) -> None:
     """Each good song once, each with one vector per kind, and the saved index holding exactly them."""
-    t_meta, m_meta = rec.embedder.versions
-    versions = {"timbre": t_meta.version, "melody": m_meta.version, "fused": rec.model_version}
+    versions = {"timbre": rec.models.pair.timbre, "melody": rec.models.pair.melody}
     with rec.sessions() as s:
         assert catalog.catalog_stats(s).n_songs == n_songs
         assert len({song.content_hash for song in catalog.list_songs(s)}) == n_songs
@@ -110,42 +111,40 @@ def _assert_consistent(rec: Recommender, n_songs: int) -> None:
 # ---------------------------------------------------------------------------- stages
 
 
-def test_embed_mels_equals_the_per_song_reference(models, corpus, tmp_path):
+def test_batched_embedding_equals_the_per_song_reference(models, corpus, tmp_path):
     rec = Recommender(_settings(tmp_path / "ws", models))
-    assert rec.embedder.needs_pitch  # the default melody vector reads the waveform pitch
+    assert "pitch" in rec.embedder.needs  # the default melody vector reads the waveform pitch
     files = _good_files(corpus)[:3]
-    feats = [song_features(f, rec.settings.audio, rec.settings.features, pitch=True) for f in files]
-    mels, pitches = [f[0] for f in feats], [f[1] for f in feats]
-    mels.append(mels[0][:, :50])  # shorter than one timbre chunk: its own shape group
-    pitches.append(pitches[0][:, :50])
-    mels.append(torch.cat([mels[1], mels[2]], dim=1))  # several chunks
-    pitches.append(torch.cat([pitches[1], pitches[2]], dim=1))
-    t, m = embed_mels(rec.embedder, mels, pitches)
-    assert t.shape == (5, rec.embedder.dims[0]) and m.shape == (5, rec.embedder.dims[1])
-    for i, (mel, wave_pitch) in enumerate(zip(mels, pitches)):
-        t1, m1 = rec.embedder.embed_mel(mel, wave_pitch)
-        np.testing.assert_allclose(t[i], t1, atol=1e-5)
-        np.testing.assert_allclose(m[i], m1, atol=1e-5)
+    feats = [rec.embedder.features(f) for f in files]
+    feats.append(type(feats[0])(feats[0].mel[:, :50], feats[0].pitch[:, :50]))  # shorter than one timbre chunk
+    feats.append(type(feats[0])(torch.cat([feats[1].mel, feats[2].mel], 1),
+                                torch.cat([feats[1].pitch, feats[2].pitch], 1)))  # several chunks
+    batched = rec.embedder.embed_features(feats)
+    assert batched.timbre.shape == (5, rec.embedder.dims[0]) and batched.melody.shape == (5, rec.embedder.dims[1])
+    for i, f in enumerate(feats):
+        one = rec.embedder.embed_features([f])
+        np.testing.assert_allclose(batched.timbre[i], one.timbre[0], atol=1e-5)
+        np.testing.assert_allclose(batched.melody[i], one.melody[0], atol=1e-5)
     reference = rec.embedder.embed(files[0])  # the query path decodes the file itself
-    np.testing.assert_allclose(reference.timbre[0], t[0], atol=1e-5)
-    np.testing.assert_allclose(reference.melody[0], m[0], atol=1e-5)
-    with pytest.raises(ValueError, match="waveform pitch"):
-        embed_mels(rec.embedder, mels[:1])
+    np.testing.assert_allclose(reference.timbre[0], batched.timbre[0], atol=1e-5)
+    np.testing.assert_allclose(reference.melody[0], batched.melody[0], atol=1e-5)
+    with pytest.raises(ValueError, match="pitch"):
+        rec.embedder.embed_features([type(feats[0])(feats[0].mel)])
 
 
-def test_prepare_file_agrees_with_analyse_file_and_song_mel(corpus, tmp_path):
+def test_prepare_file_computes_the_features_asked_for(corpus, tmp_path):
     settings = _settings(tmp_path / "ws", None)
     entry = ManifestEntry(path=_good_files(corpus)[2], singer="x", title="t")
-    prepared = prepare_file(entry, settings.audio, settings.features)
-    assert prepared.song == analyse_file(entry, settings.audio)
+    prepared = prepare_file(entry, settings.audio, settings.features, needs=frozenset({"mel"}))
+    registered = prepare_file(entry, settings.audio, settings.features)  # streamed: no features
+    assert prepared.song == registered.song and registered.mel is None
     np.testing.assert_array_equal(prepared.mel, song_mel(entry.path, settings.audio, settings.features).numpy())
     assert prepared.pitch is None
-    assert prepare_file(entry, settings.audio).mel is None
-    with_pitch = prepare_file(entry, settings.audio, settings.features, pitch=True)
-    mel, wave_pitch = song_features(entry.path, settings.audio, settings.features, pitch=True)
-    np.testing.assert_array_equal(with_pitch.mel, mel.numpy())
-    np.testing.assert_array_equal(with_pitch.pitch, wave_pitch.numpy())
-    assert with_pitch.pitch.shape == (44, mel.shape[-1])
+    with_pitch = prepare_file(entry, settings.audio, settings.features, needs=frozenset(FEATURES))
+    reference = song_features(entry.path, settings.audio, settings.features, needs=frozenset(FEATURES))
+    np.testing.assert_array_equal(with_pitch.mel, reference.mel.numpy())
+    np.testing.assert_array_equal(with_pitch.pitch, reference.pitch.numpy())
+    assert with_pitch.pitch.shape == (44, reference.mel.shape[-1])
 
 
 # ---------------------------------------------------------------------------- the job, in process
@@ -231,7 +230,7 @@ def test_registered_songs_without_vectors_get_embedded(models, corpus, tmp_path)
     assert (plain.ingested, plain.embedded, plain.model_version) == (N_GOOD, 0, None)
     assert not (settings.workspace / "index").exists()
     # Songs and models but no vectors yet: searching says which command fixes it.
-    with pytest.raises(ValueError, match=rf"none of the catalog's {N_GOOD} songs has vectors.*`recsys embed`"):
+    with pytest.raises(NoVectorsError, match=rf"none of the catalog's {N_GOOD} songs has vectors.*`recsys embed`"):
         Recommender(settings).search(_good_files(corpus)[0], k=3)
     summary = run_ingest(corpus, settings, embed=True, runner=LocalRunner(workers=1), batch_size=4)
     assert (summary.ingested, summary.skipped, summary.embedded) == (0, N_GOOD, N_GOOD)
@@ -248,7 +247,7 @@ def test_dry_run_validates_without_writing(models, messy, tmp_path):
 
 def test_embed_without_models_says_to_train_first(corpus, tmp_path):
     settings = _settings(tmp_path / "ws", None)
-    with pytest.raises(MissingModelsError, match="run `recsys train` first"):
+    with pytest.raises(NoModelsError, match="`recsys train`"):
         run_ingest(corpus, settings, embed=True, runner=LocalRunner(workers=1))
     result = CliRunner().invoke(app, ["--workspace", str(settings.workspace), "ingest", str(corpus), "--embed"])
     assert result.exit_code == 1 and "recsys train" in result.output
@@ -273,9 +272,11 @@ def test_cli_prints_progress_and_summary(models, messy, tmp_path):
 
 def _job(ws: Path, manifest: Path, *extra: str, kill: str | None = None, db: str | None = None,
          workers: int = 1) -> subprocess.Popen:
-    env = {k: v for k, v in os.environ.items() if k != KILL_ENV}
-    if kill:
-        env[KILL_ENV] = kill
+    if kill:  # the job in a script that injects the crash around the job's parts
+        cmd = [sys.executable, str(Path(__file__).parent / "kill_job.py"), str(ws), str(manifest), kill, str(workers)]
+        env = os.environ | {"PYTHONPATH": str(Path(__file__).parents[1])}
+        return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    env = dict(os.environ)
     cmd = [sys.executable, "-m", "recsys", "--workspace", str(ws), "--device", "cpu"]
     cmd += ["--db", db] if db else []
     cmd += ["ingest", str(manifest), "--embed", "--workers", str(workers), "--batch-size", "2", *extra]
@@ -353,9 +354,9 @@ def _publish_perturbed_timbre(ws: Path) -> str:
     # Weights only: noise on BatchNorm's running variance could make it negative (NaN vectors).
     noisy = {k: v + 0.2 * v.std() * torch.randn(v.shape, generator=g)
              if v.is_floating_point() and v.numel() > 1 and "running_" not in k else v for k, v in state.items()}
-    new = save_version(ws, "timbre", noisy, meta.model_config, meta.fingerprint, version="timbre-v2")
-    (ws / "models" / "timbre" / "LATEST").write_text(meta.version)  # still serving the old one
-    return new.version
+    new = save_version(ws, "timbre", noisy, meta.model_config, meta.fingerprint, version="timbre-v2",
+                       audio=meta.audio)
+    return new.version  # published; CURRENT still names the old pair
 
 
 @pytest.mark.slow

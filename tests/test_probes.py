@@ -136,7 +136,7 @@ def test_gender_probe_on_the_demo_voices_beats_the_majority_class(workspace_copy
         accuracy.append(probe.metrics["accuracy"])
         baseline.append(probe.metrics["baseline_accuracy"])
     assert np.mean(accuracy) > np.mean(baseline) + 0.2, (accuracy, baseline)
-    t_meta, _ = rec.embedder.versions
+    t_meta = rec.models.timbre_meta
     assert path == workspace_copy / "probes" / t_meta.version / "gender.json"
 
 
@@ -191,7 +191,7 @@ def test_predictions_fill_unlabelled_songs_and_never_touch_given_labels(workspac
     for song_id, (value, source, _) in values.items():
         expected = value if source == "given" else f"{value}{views.PREDICTED_SUFFIX}"
         assert songs.loc[song_id, "gender"] == expected
-    options = views.filter_options(views.singer_table(songs))["gender"]
+    options = {c.name: c.values for c in views.catalog_columns(songs)}["gender"]
     assert {"female", "male"} <= set(options) and any(o.endswith(views.PREDICTED_SUFFIX) for o in options)
 
 

@@ -357,6 +357,62 @@ def songs_missing_embeddings(s: Session, model_version: ModelVersion, kind: str)
     return list(s.scalars(select(Song).where(~has_vector).order_by(Song.id)))
 
 
+def model_version_row(s: Session, kind: str, version: str) -> ModelVersion | None:
+    """The (kind, version) row, or None when it was never registered."""
+    _check_kind(kind)
+    return s.scalar(select(ModelVersion).where(ModelVersion.kind == kind, ModelVersion.version == version))
+
+
+def _has_vector(row: ModelVersion | None, kind: str) -> Any:
+    if row is None:
+        return False
+    return exists().where(Embedding.song_id == Song.id, Embedding.model_version_id == row.id, Embedding.kind == kind)
+
+
+def songs_missing_pair(s: Session, timbre: ModelVersion | None, melody: ModelVersion | None) -> list[Song]:
+    """Songs lacking the timbre or the melody vector of a model pair (rows None: never registered), by id."""
+    done = _has_vector(timbre, "timbre") & _has_vector(melody, "melody") if timbre and melody else None
+    query = select(Song) if done is None else select(Song).where(~done)
+    return list(s.scalars(query.order_by(Song.id)))
+
+
+def hashes_with_pair(s: Session, hashes: Iterable[str], timbre_version: str, melody_version: str) -> set[str]:
+    """The subset of `hashes` whose song has both vectors of the (timbre, melody) pair."""
+    rows = {kind: model_version_row(s, kind, v) for kind, v in (("timbre", timbre_version),
+                                                                ("melody", melody_version))}
+    if rows["timbre"] is None or rows["melody"] is None:
+        return set()
+    done = _has_vector(rows["timbre"], "timbre") & _has_vector(rows["melody"], "melody")
+    wanted = sorted(set(hashes))
+    found: set[str] = set()
+    for chunk in _chunks(wanted):
+        found.update(s.scalars(select(Song.content_hash).where(Song.content_hash.in_(chunk), done)))
+    return found
+
+
+def pair_vectors(
+    s: Session, timbre: ModelVersion | None, melody: ModelVersion | None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(ids (n,), timbre (n, Dt), melody (n, Dm)) of the songs with both vectors of a pair, by id.
+
+    With a row missing or no vectors, the arrays are empty ((0,), (0, 0), (0, 0)).
+    """
+    if timbre is None or melody is None:
+        return np.empty(0, dtype=np.int64), np.empty((0, 0), np.float32), np.empty((0, 0), np.float32)
+    ids_t, xt = get_embeddings(s, timbre, "timbre")
+    ids_m, xm = get_embeddings(s, melody, "melody")
+    common = np.intersect1d(ids_t, ids_m)
+    return common, xt[np.isin(ids_t, common)], xm[np.isin(ids_m, common)]
+
+
+def recorded_separation(s: Session) -> dict[str, Any] | None:
+    """The separation options the latest ingest run that recorded one used (None: never recorded)."""
+    for options in s.scalars(select(IngestRun.options).order_by(IngestRun.id.desc())):
+        if options and "separation" in options:
+            return dict(options["separation"])
+    return None
+
+
 # --- summary -------------------------------------------------------------------------------------
 
 
