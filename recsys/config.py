@@ -53,10 +53,15 @@ class AudioConfig(_Section):
     chunk_hop_seconds: float = Field(2.0, gt=0)
     min_chunk_seconds: float = Field(1.0, gt=0, description="A trailing voiced stretch shorter than this is dropped.")
     block_seconds: float = Field(30.0, gt=0, description="Long files are decoded in blocks of this length.")
-    max_file_seconds: float | None = Field(None, description="Reject files longer than this (None: no limit).")
+    max_file_seconds: float | None = Field(
+        None, description="Ingest records files longer than this as 'too_long' failures (None: no limit)."
+    )
+    max_query_seconds: float | None = Field(
+        2 * 3600.0, gt=0, description="The app refuses uploaded queries longer than this (None: no limit)."
+    )
 
     @model_validator(mode="after")
-    def _chunks_fit(self) -> "AudioConfig":
+    def _chunks_fit(self) -> AudioConfig:
         if self.min_chunk_seconds > self.chunk_seconds:
             raise ValueError("audio.min_chunk_seconds must not exceed audio.chunk_seconds")
         return self
@@ -74,7 +79,7 @@ class FeatureConfig(_Section):
     log_floor: float = Field(1e-5, gt=0, description="Added before the log so silence stays finite.")
 
     @model_validator(mode="after")
-    def _window_fits(self) -> "FeatureConfig":
+    def _window_fits(self) -> FeatureConfig:
         if self.win_length > self.n_fft:
             raise ValueError(f"features.win_length ({self.win_length}) must not exceed n_fft ({self.n_fft})")
         return self
@@ -91,7 +96,7 @@ class AugmentPolicy(_Section):
     high: float = 0.0
 
     @model_validator(mode="after")
-    def _ordered(self) -> "AugmentPolicy":
+    def _ordered(self) -> AugmentPolicy:
         if self.low > self.high:
             raise ValueError(f"augmentation range low={self.low} exceeds high={self.high}")
         return self
@@ -126,9 +131,8 @@ class TimbreConfig(_Section):
 class MelodyConfig(_Section):
     """TCAE melody autoencoder (recsys.models.tcae, recsys.training.tcae)."""
 
-    # Defaults chosen by bench/bench_melody.py (docs/melody.md): pitch input with key invariance
-    # was the best TCAE variant, the interval-lag song vector beat pooled latents, and its voiced
-    # variant (finer pitch, strongest class, loud frames weighted) beat interval-lag.
+    # Defaults chosen by bench/bench_melody.py (docs/melody.md): pitch input with key invariance for
+    # the TCAE; the voiced interval-lag song vector (finer pitch, strongest class, loud frames weighted).
     input: Literal["mel", "pitch", "mel+pitch"] = "pitch"
     key_invariant: bool = True
     pool: Literal["stats", "stats+lag", "interval-lag", "voiced-interval-lag"] = Field(
@@ -155,26 +159,51 @@ class MelodyConfig(_Section):
     seed: int = 0
 
 
-class FusionConfig(_Section):
-    """Default weights of the fused vector: normalise(w_timbre * timbre ++ w_melody * melody)."""
+class QuestionWeights(_Section):
+    """Shares of timbre and melody evidence in one question's ranking (recsys.fusion)."""
 
-    w_timbre: float = Field(0.7, ge=0)
-    w_melody: float = Field(0.3, ge=0)
+    timbre: float = Field(..., ge=0)
+    melody: float = Field(..., ge=0)
 
     @model_validator(mode="after")
-    def _not_both_zero(self) -> "FusionConfig":
-        if self.w_timbre == 0 and self.w_melody == 0:
-            raise ValueError("fusion weights w_timbre and w_melody cannot both be 0")
+    def _not_both_zero(self) -> QuestionWeights:
+        if self.timbre == 0 and self.melody == 0:
+            raise ValueError("the timbre and melody weights of a question cannot both be 0")
         return self
+
+
+class FusionConfig(_Section):
+    """How timbre and melody similarities combine, per question the user asks (recsys.fusion)."""
+
+    calibration: Literal["zscore", "none"] = Field(
+        "zscore", description="zscore: each similarity standardised against the catalog's own distribution "
+        "before weighting, so weights are shares of evidence; none: raw cosines.")
+    singer: QuestionWeights = Field(QuestionWeights(timbre=1.0, melody=0.0),
+                                    description="'Who sounds like this singer / sings like this recording?'")
+    song: QuestionWeights = Field(QuestionWeights(timbre=0.5, melody=0.5), description="'Similar songs.'")
+    melody: QuestionWeights = Field(QuestionWeights(timbre=0.0, melody=1.0), description="'The same melody.'")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _fill_each_question(cls, data: Any) -> Any:
+        """A layer may set one weight of a question (`fusion: {song: {melody: 0.8}}`): the other keeps its default."""
+        if not isinstance(data, dict):
+            return data
+        out = dict(data)
+        for question in ("singer", "song", "melody"):
+            given = out.get(question)
+            if isinstance(given, dict):
+                default = cls.model_fields[question].default.model_dump()
+                out[question] = default | given
+        return out
 
 
 class IndexConfig(_Section):
     """FAISS index choice (recsys.index)."""
 
     kind: Literal["auto", "flat", "ivf", "ivfpq", "hnsw"] = "auto"
-    # Tuned by bench/bench_index.py (docs/benchmarks.md, d=380): exact search costs ~3.5 ms at 20k vectors;
-    # IVF-Flat needs ~3 % of its lists probed for recall@10 >= 0.95; at 100k ivfpq is already faster than
-    # IVF-Flat at higher recall (0.43 ms, 0.989) and at 1M it is the only kind under 1 ms at >= 0.95.
+    # Exact search while it is fast enough, IVF-Flat while its updates are cheap, then IVF-PQ with an
+    # exact re-rank; the thresholds and probe counts come from bench/bench_index.py (docs/benchmarks.md).
     exact_max: int = Field(20_000, gt=0, description="With kind=auto, catalogs up to this size use exact search.")
     ivfpq_min: int = Field(
         100_000,
@@ -185,7 +214,7 @@ class IndexConfig(_Section):
     nlist: int | None = Field(None, description="IVF lists (None: about 4 x sqrt(n) for ivf, sqrt(n) for ivfpq).")
     nprobe: int = Field(128, gt=0, description="IVF lists visited per query by kind=ivf.")
     pq_nprobe: int = Field(
-        48, gt=0, description="IVF lists visited per query by kind=ivfpq (48 of 1000 at 1M: recall@10 0.95)."
+        48, gt=0, description="IVF lists visited per query by kind=ivfpq."
     )
     pq_dims: int = Field(
         4,
@@ -222,7 +251,7 @@ class SeparationConfig(_Section):
     device: Literal["auto", "cpu", "cuda"] = "auto"
 
     @model_validator(mode="after")
-    def _overlap_fits(self) -> "SeparationConfig":
+    def _overlap_fits(self) -> SeparationConfig:
         for window in ("block_seconds", "chunk_seconds"):
             if 2 * self.overlap_seconds > getattr(self, window):
                 raise ValueError(
@@ -285,7 +314,8 @@ class Settings(BaseSettings):
         return (init_settings, env_settings, _FileLayer(settings_cls))
 
 
-_FILE_DATA: contextvars.ContextVar[dict[str, Any]] = contextvars.ContextVar("recsys_file_settings", default={})
+_FILE_DATA: contextvars.ContextVar[dict[str, Any]] = contextvars.ContextVar(
+    "recsys_file_settings", default={})  # noqa: B039 - never mutated: each load sets a new dict
 
 
 class _FileLayer(PydanticBaseSettingsSource):
@@ -317,7 +347,8 @@ def read_yaml(path: Path) -> dict[str, Any]:
     except yaml.YAMLError as e:
         raise ValueError(f"{path}: not valid YAML: {e}") from e
     if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected a YAML mapping at the top level, got {type(data).__name__}")
+        raise ValueError(  # noqa: TRY004 - a bad file is a bad value, reported like the others
+            f"{path}: expected a YAML mapping at the top level, got {type(data).__name__}")
     return data
 
 

@@ -25,6 +25,8 @@ from __future__ import annotations
 
 import csv
 import functools
+import hashlib
+import json
 import math
 import multiprocessing
 import os
@@ -36,6 +38,9 @@ from pathlib import Path
 
 import numpy as np
 import soundfile as sf
+
+from recsys.production import ProductionChain, draw_chain, pitch_copy, produce, tempo_copy
+from recsys.voicemodel import RD_RANGE, lf_flow, parallel_formant_response
 
 # --- Phonetics ------------------------------------------------------------------------------
 
@@ -76,6 +81,9 @@ VOICE_TYPES: tuple[tuple[str, str, int, int], ...] = (
     ("female", "high", 58, 79),  # soprano, A#3-G5 (233-784 Hz)
 )
 STYLES = ("legato", "staccato", "pop")
+# Glottal source + vocal tract: Rosenberg pulses through a formant cascade (below), or the
+# LF model through a parallel formant bank (recsys.voicemodel).
+VOICE_MODELS = ("rosenberg_cascade", "lf_parallel")
 
 MIN_SAMPLE_RATE = 8000
 _WAVETABLE_LEN = 2048  # samples per glottal cycle in the wavetables
@@ -127,6 +135,9 @@ class SingerVoice:
     scoop_semitones: float  # onset glide from below on unconnected notes
     articulation: float  # sounded fraction of each note's written length
     attack_s: float
+    voice_model: str = "rosenberg_cascade"  # one of VOICE_MODELS
+    lf_rd: float = 1.0  # lf_parallel: the LF source's shape parameter Rd
+    formant_amps_db: tuple[float, ...] = ()  # lf_parallel: levels of F1-F8 in the parallel bank
 
     @property
     def formant_scale(self) -> float:
@@ -210,18 +221,38 @@ def _singer(name: str, voice_type: int, rng: np.random.Generator) -> SingerVoice
     )
 
 
-def make_singers(n: int, seed: int) -> list[SingerVoice]:
-    """`n` distinct singers, deterministic in `seed`; voice types are balanced (n/4 each)."""
+def _second_model(voice: SingerVoice, rng: np.random.Generator) -> SingerVoice:
+    """The singer made with the LF source and the parallel formant bank (recsys.voicemodel)."""
+    rd = rng.uniform(*RD_RANGE) + (0.3 if voice.style == "pop" else 0.0)  # breathier pop singers
+    amps = (0.0, *(-float(k) * rng.uniform(3.0, 6.5) for k in range(1, 5)), -30.0, -34.0, -38.0)
+    return replace(voice, voice_model="lf_parallel", lf_rd=round(float(rd), 3), formant_amps_db=amps)
+
+
+def make_singers(
+    n: int, seed: int, voice_models: tuple[str, ...] = ("rosenberg_cascade",)
+) -> list[SingerVoice]:
+    """`n` distinct singers, deterministic in `seed`; voice types are balanced (n/4 each).
+
+    `voice_models` (names in VOICE_MODELS) are dealt out in turn, and in turn within each
+    voice type, so every model has low and high, male and female voices; a singer's voice
+    (range, tract, habits) is the same whatever model renders it.
+    """
     if n < 1:
         raise ValueError(f"n must be >= 1 singers, got {n}")
+    unknown = [m for m in voice_models if m not in VOICE_MODELS]
+    if not voice_models or unknown:
+        raise ValueError(f"voice_models must name some of {VOICE_MODELS}, got {voice_models!r}")
     order = np.random.default_rng([seed, 0x5149]).permutation(len(VOICE_TYPES))
     width = max(2, len(str(n - 1)))
-    return [
-        _singer(
+    out = []
+    for i in range(n):
+        voice = _singer(
             f"singer_{i:0{width}d}", int(order[i % len(VOICE_TYPES)]), np.random.default_rng([seed, 1, i])
         )
-        for i in range(n)
-    ]
+        if voice_models[(i + i // len(VOICE_TYPES)) % len(voice_models)] == "lf_parallel":
+            voice = _second_model(voice, np.random.default_rng([seed, 7, i]))
+        out.append(voice)
+    return out
 
 
 # --- Melodies --------------------------------------------------------------------------------
@@ -473,6 +504,20 @@ def _glottal_tables(open_q: float, speed_q: float, sample_rate: int) -> tuple[np
     """
     fine = 8 * _WAVETABLE_LEN
     flow_fine = _rosenberg_flow(np.arange(fine) / fine, open_q, speed_q)
+    flow = _rosenberg_flow(np.arange(_WAVETABLE_LEN) / _WAVETABLE_LEN, open_q, speed_q).astype(np.float32)
+    return _band_limited_tables(flow_fine, sample_rate), flow
+
+
+@functools.lru_cache(maxsize=32)
+def _lf_tables(rd: float, sample_rate: int) -> tuple[np.ndarray, np.ndarray]:
+    """As _glottal_tables for the LF-model source of the second voice model (recsys.voicemodel)."""
+    fine = 8 * _WAVETABLE_LEN
+    flow_fine = lf_flow(np.arange(fine) / fine, rd)
+    return _band_limited_tables(flow_fine, sample_rate), flow_fine[::8].astype(np.float32)
+
+
+def _band_limited_tables(flow_fine: np.ndarray, sample_rate: int) -> np.ndarray:
+    """One cycle of glottal flow (finely sampled) -> its derivative's band-limited wavetables."""
     spectrum = np.fft.rfft(np.diff(flow_fine, append=flow_fine[:1]))  # derivative = radiated
     spectrum[0] = 0.0
     n_harm = _WAVETABLE_LEN // 2 - 1
@@ -488,8 +533,7 @@ def _glottal_tables(open_q: float, speed_q: float, sample_rate: int) -> tuple[np
     full = np.zeros(_WAVETABLE_LEN // 2 + 1, dtype=np.complex128)
     full[1 : n_harm + 1] = spectrum[1 : n_harm + 1]
     tables /= np.sqrt(np.mean(np.fft.irfft(full, _WAVETABLE_LEN) ** 2))
-    flow = _rosenberg_flow(np.arange(_WAVETABLE_LEN) / _WAVETABLE_LEN, open_q, speed_q).astype(np.float32)
-    return tables, flow
+    return tables
 
 
 def _f0_band(f0: np.ndarray | float) -> np.ndarray:
@@ -738,7 +782,10 @@ def _glottal_source(
     phase = np.cumsum(f0 * jitter[cycles].astype(np.float32), dtype=np.float64) / sample_rate
     cycles = phase.astype(np.int64)
     shimmer = 10.0 ** (voice.shimmer_db * np.clip(rng.standard_normal(cycles[-1] + 2), -3, 3) / 20.0)
-    tables, flow = _glottal_tables(round(voice.open_quotient, 3), round(voice.speed_quotient, 3), sample_rate)
+    if voice.voice_model == "lf_parallel":
+        tables, flow = _lf_tables(round(voice.lf_rd, 3), sample_rate)
+    else:
+        tables, flow = _glottal_tables(round(voice.open_quotient, 3), round(voice.speed_quotient, 3), sample_rate)
     level = _upsample(ctrl.level, n, sample_rate)
     band = _f0_band(ctrl.f0)[
         np.minimum((np.arange(n) * (CONTROL_RATE / sample_rate)).astype(np.int64), len(ctrl.f0) - 1)
@@ -808,7 +855,18 @@ def _tract_filter(
     to_rad = 2.0 * np.pi / sample_rate
     bins = np.fft.rfftfreq(win, 1.0 / sample_rate)
     # Formants move slowly (40 ms smoothing): evaluate every third frame and hold.
-    h = _formant_response(freqs[::3] * to_rad, bws[::3] * to_rad, bins * to_rad)
+    parallel = voice.voice_model == "lf_parallel"
+    if parallel:  # the second voice model: F1-F8 in parallel, each at the singer's own level
+        high = np.array(_HIGHER_FORMANTS) * take.formant_scale
+        n_high = int(np.sum(high < 0.47 * sample_rate))
+        all_f = np.concatenate([freqs[::3], np.broadcast_to(high[:n_high], (len(freqs[::3]), n_high))], axis=1)
+        all_b = np.concatenate(
+            [bws[::3], np.broadcast_to(np.array(_HIGHER_BANDWIDTHS[:n_high]), (len(bws[::3]), n_high))], axis=1
+        )
+        amps = np.array(voice.formant_amps_db[: 5 + n_high])
+        h = parallel_formant_response(all_f * to_rad, all_b * to_rad, bins * to_rad, amps)
+    else:
+        h = _formant_response(freqs[::3] * to_rad, bws[::3] * to_rad, bins * to_rad)
     h = np.repeat(h, 3, axis=0)[:n_frames]
 
     # Spectral tilt (dB/octave above 400 Hz), brighter when louder; singer's formant.
@@ -832,7 +890,7 @@ def _tract_filter(
     # response restores the 4-8 kHz energy a 5-formant cascade loses.
     high = np.array(_HIGHER_FORMANTS) * take.formant_scale
     keep = high < 0.47 * sample_rate
-    higher = np.abs(
+    higher = np.ones_like(bins) if parallel else np.abs(
         _formant_response(
             (high[keep] * to_rad)[None, :],
             (np.array(_HIGHER_BANDWIDTHS)[keep] * to_rad)[None, :],
@@ -845,8 +903,8 @@ def _tract_filter(
     # /s/: noise made at the teeth and shaped by the short front cavity only (4-8 kHz for a
     # male tract, capped by Nyquist). It bypasses the whole-tract resonances above: the
     # higher-pole correction alone peaks at 30-70 dB near 7 kHz, made to restore what the
-    # 5-formant cascade's roll-off removes, and applied to the flat /s/ band it turned each
-    # /s/ into a burst tens of dB louder than the singing.
+    # 5-formant cascade's roll-off removes, so applied to the flat /s/ band it would turn
+    # each /s/ into a burst tens of dB louder than the singing.
     fric_weight = ctrl.fricative[at_frames].astype(np.float32)
     fric_centre = min(6200.0 * take.formant_scale, 0.8 * nyq)
     fric = np.exp(-0.5 * (np.log2(np.maximum(bins, 20.0) / fric_centre) / 0.45) ** 2).astype(np.float32)
@@ -1074,15 +1132,26 @@ MANIFEST_COLUMNS = (
     "key_shift",
 )
 STEM_COLUMNS = ("vocals_path", "accompaniment_path")
+VOICE_MODEL_COLUMNS = ("voice_model",)  # with more than the first voice model
+PRODUCTION_COLUMNS = ("snr_db", "highpass_hz", "lowpass_hz", "rt60_s")  # with produced=True
+COPY_COLUMNS = ("copy_of", "copy_kind", "copy_amount")  # with copies=True; empty on originals
+COPY_SEMITONES = 2.0  # a key copy is pitch-shifted this much, up or down
+COPY_RATE = 1.1  # a tempo copy plays this much faster, or 1 / COPY_RATE slower
+STAMP_NAME = ".corpus-stamp.json"
+CORPUS_FORMAT = 1  # bump when the synthesis changes, so that cached catalogs are made again
 
 
-def assign_melodies(n_singers: int, songs_per_singer: int, seed: int) -> list[list[int]]:
-    """Melody index of each song, [singer][song]: about half of each singer's songs use shared
-    melodies sung by 2-4 different singers, the rest unique ones. No singer repeats a melody."""
+def assign_melodies(n_singers: int, songs_per_singer: int, seed: int, common: int = 0) -> list[list[int]]:
+    """Melody index of each song, [singer][song]: `common` melodies sung by every singer (a covers
+    catalog), then about half of the other songs use shared melodies sung by 2-4 different
+    singers, the rest unique ones. No singer repeats a melody."""
+    if not 0 <= common <= songs_per_singer:
+        raise ValueError(f"common melodies must be between 0 and songs_per_singer={songs_per_singer}, got {common}")
     rng = np.random.default_rng([seed, 4])
-    shared_slots = np.full(n_singers, max(1, songs_per_singer // 2) if n_singers > 1 else 0)
-    plan: list[list[int]] = [[] for _ in range(n_singers)]
-    next_id = 0
+    free = songs_per_singer - common
+    shared_slots = np.full(n_singers, max(1, free // 2) if n_singers > 1 and free else 0)
+    plan: list[list[int]] = [list(range(common)) for _ in range(n_singers)]
+    next_id = common
     while np.count_nonzero(shared_slots) >= 2:
         candidates = np.flatnonzero(shared_slots)
         k = min(int(rng.integers(2, 5)), len(candidates))
@@ -1113,6 +1182,9 @@ class _SongJob:
     out_dir: Path
     accompaniment: bool
     accompaniment_db: float
+    chain: ProductionChain | None = None
+    copies: tuple[tuple[str, float], ...] = ()  # ("pitch", semitones) / ("tempo", rate)
+    columns: frozenset[str] = frozenset()  # the optional column groups to fill
 
 
 def _to_int16(x: np.ndarray) -> np.ndarray:
@@ -1127,9 +1199,46 @@ def _write_wav(path: Path, samples: np.ndarray, sample_rate: int) -> None:
         raise OSError(f"could not write {path}: {e}") from e
 
 
-def _render(job: _SongJob) -> dict[str, str]:
-    """Synthesise one song, write its WAV file(s), return its manifest row."""
+def _copy_wave(wave: np.ndarray, kind: str, amount: float, sample_rate: int) -> np.ndarray:
+    if kind == "pitch":
+        return pitch_copy(wave, sample_rate, amount)
+    return tempo_copy(wave, amount)
+
+
+def _copy_rows(job: _SongJob, row: dict[str, str]) -> list[tuple[dict[str, str], str, float]]:
+    """Manifest rows of the song's key- and tempo-changed copies, with (kind, amount)."""
+    out = []
+    for kind, amount in job.copies:
+        tag = f"pitch{amount:+g}" if kind == "pitch" else f"tempo{amount:g}"
+        copy_id = f"{job.song_id}_{tag}"
+        copy = dict(row, song_id=copy_id, path=(Path(job.voice.name) / f"{copy_id}.wav").as_posix(),
+                    copy_of=job.song_id, copy_kind=kind, copy_amount=f"{amount:+g}" if kind == "pitch" else f"{amount:g}")
+        if kind == "pitch":
+            copy["key_shift"] = str(int(row["key_shift"]) + round(amount))
+        else:
+            copy["tempo_bpm"] = f"{job.melody.tempo_bpm * amount:.2f}"
+        out.append((copy, kind, amount))
+    return out
+
+
+def _render(job: _SongJob) -> list[dict[str, str]]:
+    """Synthesise one song (and its copies), write the WAV file(s), return the manifest rows."""
+    if job.chain is None and not job.copies:
+        return _render_song(job)
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the chain and the copies: same bytes in any process
+    try:
+        return _render_song(job)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _render_song(job: _SongJob) -> list[dict[str, str]]:
     vocals = sing(job.voice, job.melody, job.seconds, job.sample_rate, job.seed, transpose=job.transpose)
+    if job.chain is not None:
+        vocals = produce(vocals, job.sample_rate, job.chain)
     singer = job.voice.name
     rel = Path(singer) / f"{job.song_id}.wav"
     row = {
@@ -1144,9 +1253,21 @@ def _render(job: _SongJob) -> dict[str, str]:
         "tempo_bpm": f"{job.melody.tempo_bpm:.2f}",
         "key_shift": str(job.key_shift),
     }
+    if "voice_model" in job.columns:
+        row["voice_model"] = job.voice.voice_model
+    if job.chain is not None:
+        c = job.chain
+        row.update(snr_db=f"{c.snr_db:.2f}", highpass_hz=f"{c.highpass_hz:.1f}", lowpass_hz=f"{c.lowpass_hz:.1f}",
+                   rt60_s=f"{c.rt60_s:.3f}")
+    if "copies" in job.columns:
+        row.update(copy_of="", copy_kind="", copy_amount="")
+    copies = _copy_rows(job, row)
     if not job.accompaniment:
         _write_wav(job.out_dir / rel, _to_int16(vocals), job.sample_rate)
-        return row
+        for copy, kind, amount in copies:
+            wave = _copy_wave(vocals, kind, amount, job.sample_rate)
+            _write_wav(job.out_dir / copy["path"], _to_int16(wave), job.sample_rate)
+        return [row] + [c for c, _, _ in copies]
     key = key_for(job.voice, job.melody) + job.transpose
     backing = accompany(job.melody, key, job.seconds, job.sample_rate, job.seed).astype(np.float64)
     vocals = vocals.astype(np.float64)
@@ -1159,17 +1280,26 @@ def _render(job: _SongJob) -> dict[str, str]:
     if peak > 0.95:  # scale both stems alike so that they still add up to the mix
         vocals *= 0.95 / peak
         backing *= 0.95 / peak
+    _write_stems(job, row, rel, vocals, backing)
+    for copy, kind, amount in copies:
+        v, b = (_copy_wave(x, kind, amount, job.sample_rate) for x in (vocals, backing))
+        _write_stems(job, copy, Path(copy["path"]), v, b)
+    return [row] + [c for c, _, _ in copies]
+
+
+def _write_stems(job: _SongJob, row: dict[str, str], rel: Path, vocals: np.ndarray, backing: np.ndarray) -> None:
+    """Write the mix at `rel` and its two stems; the stems' paths go into `row`."""
     v16, b16 = _to_int16(vocals), _to_int16(backing)
     mix = v16.astype(np.int32) + b16.astype(np.int32)  # the written mix is exactly the stems' sum
+    song_id = row["song_id"]
     stems = {
-        "vocals_path": Path("stems") / singer / f"{job.song_id}.vocals.wav",
-        "accompaniment_path": Path("stems") / singer / f"{job.song_id}.accompaniment.wav",
+        "vocals_path": Path("stems") / job.voice.name / f"{song_id}.vocals.wav",
+        "accompaniment_path": Path("stems") / job.voice.name / f"{song_id}.accompaniment.wav",
     }
     _write_wav(job.out_dir / rel, mix.astype(np.int16), job.sample_rate)
     _write_wav(job.out_dir / stems["vocals_path"], v16, job.sample_rate)
     _write_wav(job.out_dir / stems["accompaniment_path"], b16, job.sample_rate)
     row.update({k: p.as_posix() for k, p in stems.items()})
-    return row
 
 
 def generate_corpus(
@@ -1184,6 +1314,10 @@ def generate_corpus(
     workers: int | None = None,
     progress: Callable[[int, int], None] | None = None,
     key_offset: int = 0,
+    common_melodies: int = 0,
+    produced: bool = False,
+    copies: bool = False,
+    voice_models: tuple[str, ...] = ("rosenberg_cascade",),
 ) -> Path:
     """Write the demo catalog: out_dir/<singer>/<song_id>.wav (16-bit) and out_dir/manifest.csv.
 
@@ -1193,8 +1327,17 @@ def generate_corpus(
     sample for sample); `accompaniment_db` is the backing's RMS relative to the voice.
     `workers`: processes (None: all CPUs, 1: in this process). `key_offset`: every song
     sung that many semitones away from its usual key, all else (voices, takes, tempo)
-    unchanged: the same catalog after a real key change, formants in place. Returns the
-    manifest path.
+    unchanged: the same catalog after a real key change, formants in place.
+    `common_melodies`: that many melodies sung by every singer among their songs (a covers,
+    karaoke or vocal-coaching catalog).
+    `produced`: every song's voice goes through its own random production chain
+    (recsys.production: room, EQ, band limit, noise at 20-40 dB SNR, level), drawn from the
+    seed; the voices and takes are those of the unproduced catalog. `copies`: each singer's
+    first song also gets a copy pitch-shifted by +-COPY_SEMITONES and their second song
+    (the first with one song) a copy COPY_RATE times faster or slower, rows linked by
+    `copy_of`. `voice_models`: the synthesisers dealt out to the singers (VOICE_MODELS).
+    A stamp file in out_dir remembers the arguments: called again with the same ones on a
+    complete catalog, nothing is rewritten. Returns the manifest path.
     """
     if n_singers < 1 or songs_per_singer < 1:
         raise ValueError(
@@ -1206,9 +1349,21 @@ def generate_corpus(
     if workers is not None and workers < 1:
         raise ValueError(f"workers must be >= 1 or None (all CPUs), got {workers}")
     out_dir = Path(out_dir)
+    args = {"format": CORPUS_FORMAT, "n_singers": n_singers, "songs_per_singer": songs_per_singer,
+            "song_seconds": float(song_seconds), "seed": seed, "sample_rate": int(sample_rate),
+            "accompaniment": accompaniment, "accompaniment_db": float(accompaniment_db),
+            "key_offset": key_offset, "common_melodies": common_melodies, "produced": produced,
+            "copies": copies, "voice_models": list(voice_models)}
+    cached = _cached_manifest(out_dir, args)
+    if cached is not None:
+        return cached
     out_dir.mkdir(parents=True, exist_ok=True)
-    singers = make_singers(n_singers, seed)
-    plan = assign_melodies(n_singers, songs_per_singer, seed)
+    (out_dir / STAMP_NAME).unlink(missing_ok=True)
+    singers = make_singers(n_singers, seed, tuple(voice_models))
+    columns = frozenset(
+        name for name, on in (("voice_model", tuple(voice_models) != VOICE_MODELS[:1]), ("copies", copies)) if on
+    )
+    plan = assign_melodies(n_singers, songs_per_singer, seed, common_melodies)
     melodies = make_melodies(1 + max(max(p) for p in plan), seed)
     jobs = []
     for s, voice in enumerate(singers):
@@ -1217,6 +1372,13 @@ def generate_corpus(
             tempo_scale = float(rng.uniform(0.94, 1.06))
             transpose = int(rng.integers(-1, 2)) + key_offset  # the singer's key of the day
             melody = replace(melodies[m], tempo_bpm=round(melodies[m].tempo_bpm * tempo_scale, 2))
+            extra = np.random.default_rng([seed, 6, s, j])  # its own stream: the takes stay as they are
+            chain = draw_chain(extra, sample_rate) if produced else None
+            song_copies: list[tuple[str, float]] = []
+            if copies and j == 0:
+                song_copies.append(("pitch", COPY_SEMITONES * (1.0 if extra.random() < 0.5 else -1.0)))
+            if copies and j == min(1, songs_per_singer - 1):
+                song_copies.append(("tempo", COPY_RATE if extra.random() < 0.5 else round(1.0 / COPY_RATE, 4)))
             jobs.append(
                 _SongJob(
                     voice=voice,
@@ -1230,10 +1392,13 @@ def generate_corpus(
                     out_dir=out_dir,
                     accompaniment=accompaniment,
                     accompaniment_db=float(accompaniment_db),
+                    chain=chain,
+                    copies=tuple(song_copies),
+                    columns=columns,
                 )
             )
     n_workers = min(workers or os.cpu_count() or 1, len(jobs))
-    rows: dict[str, dict[str, str]] = {}
+    rows: dict[str, list[dict[str, str]]] = {}
     if n_workers == 1:
         for job in jobs:
             rows[job.song_id] = _render(job)
@@ -1254,11 +1419,38 @@ def generate_corpus(
                     ) from e
                 if progress is not None:
                     progress(len(rows), len(jobs))
-    columns = MANIFEST_COLUMNS + (STEM_COLUMNS if accompaniment else ())
+    fields = (
+        MANIFEST_COLUMNS
+        + (STEM_COLUMNS if accompaniment else ())
+        + (VOICE_MODEL_COLUMNS if "voice_model" in columns else ())
+        + (PRODUCTION_COLUMNS if produced else ())
+        + (COPY_COLUMNS if copies else ())
+    )
     manifest = out_dir / "manifest.csv"
     with open(manifest, "w", newline="", encoding="utf-8") as f:
-        writer = csv.DictWriter(f, fieldnames=columns, lineterminator="\n")
+        writer = csv.DictWriter(f, fieldnames=fields, lineterminator="\n")
         writer.writeheader()
         for job in jobs:
-            writer.writerow(rows[job.song_id])
+            writer.writerows(rows[job.song_id])
+    stamp = {"arguments": args, "manifest_sha256": hashlib.sha256(manifest.read_bytes()).hexdigest()}
+    (out_dir / STAMP_NAME).write_text(json.dumps(stamp, indent=1, sort_keys=True) + "\n", encoding="utf-8")
+    return manifest
+
+
+def _cached_manifest(out_dir: Path, args: dict) -> Path | None:
+    """The manifest of a complete catalog made with the same arguments, or None."""
+    stamp_path, manifest = out_dir / STAMP_NAME, out_dir / "manifest.csv"
+    try:
+        stamp = json.loads(stamp_path.read_text(encoding="utf-8"))
+        if stamp.get("arguments") != args:
+            return None
+        if hashlib.sha256(manifest.read_bytes()).hexdigest() != stamp.get("manifest_sha256"):
+            return None
+        with open(manifest, newline="", encoding="utf-8") as f:
+            for row in csv.DictReader(f):
+                for key in ("path", *STEM_COLUMNS):
+                    if row.get(key) and not (out_dir / row[key]).is_file():
+                        return None
+    except (OSError, ValueError):
+        return None
     return manifest

@@ -2,7 +2,9 @@
 
 A Searcher holds the catalog's vectors (rows aligned with song ids) and a song
 index of INDEX_WEIGHTS-fused vectors; any weighting is answered exactly through
-`query_for_weights`. Singers are profiles built from their songs:
+`recsys.fusion.Fusion.query`, on similarities calibrated against the catalog's own
+distribution of each modality (songs and singer profiles each have their own).
+Singers are profiles built from their songs:
 
 - "mean": the normalised mean of the singer's timbre and melody vectors, in an
   index of its own (one vector per singer; singers with one song work too);
@@ -13,13 +15,16 @@ Songs without a singer label are their own anonymous profile, keyed "song:<id>".
 
 from __future__ import annotations
 
+import difflib
 from dataclasses import asdict, dataclass
 from typing import Literal
 
 import numpy as np
 
 from recsys.config import IndexConfig
-from recsys.embedding import INDEX_WEIGHTS, Vectors, Weights, fused_scores, query_for_weights
+from recsys.embedding import INDEX_WEIGHTS, Vectors, Weights
+from recsys.errors import UnknownSingerError
+from recsys.fusion import Calibration, Fusion
 from recsys.index import VectorIndex
 
 Aggregation = Literal["mean", "max"]
@@ -57,6 +62,14 @@ def singer_key(song_id: int, singer: str | None) -> str:
     return singer if singer else f"song:{song_id}"
 
 
+def closest_names(name: str, names: list[str], n: int = 3) -> list[str]:
+    """The names most like `name` (case-insensitive; substrings first), for a "did you mean" hint."""
+    lowered = {s.lower(): s for s in names}
+    contains = [s for s in names if name.lower() in s.lower()]
+    close = [lowered[c] for c in difflib.get_close_matches(name.lower(), list(lowered), n=n, cutoff=0.5)]
+    return list(dict.fromkeys(contains + close))[:n]
+
+
 def _unit(x: np.ndarray) -> np.ndarray:
     return (x / max(float(np.linalg.norm(x)), 1e-12)).astype(np.float32)
 
@@ -73,6 +86,7 @@ class Searcher:
         index_cfg: IndexConfig | None = None,
         index: VectorIndex | None = None,
         aggregation: Aggregation = "mean",
+        calibrate: bool = True,
     ) -> None:
         ids = np.asarray(ids, dtype=np.int64)
         if not (len(ids) == len(singers) == len(titles) == len(vectors)):
@@ -101,8 +115,17 @@ class Searcher:
         pm = np.stack([_unit(vectors.melody[self.rows_of_singer[s]].mean(0)) for s in self.singers])
         self.profiles = Vectors(pt, pm)
         self.singer_index = VectorIndex.build(
-            np.arange(len(self.singers), dtype=np.int64), self.profiles.fused(INDEX_WEIGHTS), IndexConfig(kind="flat")
+            np.arange(len(self.singers), dtype=np.int64), self.profiles.fused(INDEX_WEIGHTS),
+            IndexConfig(kind="flat", use_gpu=cfg.use_gpu)
         )
+        self.song_calibration = Calibration.fit(vectors) if calibrate else Calibration()
+        self.singer_calibration = Calibration.fit(self.profiles) if calibrate else Calibration()
+
+    def song_fusion(self, weights: Weights) -> Fusion:
+        return Fusion(weights, self.song_calibration)
+
+    def singer_fusion(self, weights: Weights) -> Fusion:
+        return Fusion(weights, self.singer_calibration)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -116,9 +139,7 @@ class Searcher:
     def singer_vectors(self, name: str) -> tuple[np.ndarray, np.ndarray]:
         """The singer's profile (mean of its songs) as (timbre, melody)."""
         if name not in self.rows_of_singer:
-            close = [s for s in self.singers if name.lower() in s.lower()][:5]
-            hint = f"; did you mean {', '.join(close)}?" if close else ""
-            raise KeyError(f"no singer named {name!r} in the catalog{hint}")
+            raise UnknownSingerError(name, closest_names(name, self.singers))
         i = self.singer_pos[name]
         return self.profiles.timbre[i], self.profiles.melody[i]
 
@@ -136,7 +157,7 @@ class Searcher:
         """Top-k songs for one query vector pair, best first."""
         if k <= 0:
             raise ValueError(f"k must be positive, got {k}")
-        xq = query_for_weights(timbre[None], melody[None], weights)
+        xq = self.song_fusion(weights).query(timbre[None], melody[None])
         want = k + len(exclude_ids)
         if exclude_singer is not None:
             want += len(self.rows_of_singer.get(exclude_singer, ()))
@@ -153,7 +174,7 @@ class Searcher:
             return []
         ct = self.vectors.timbre[rows] @ t
         cm = self.vectors.melody[rows] @ m
-        score = fused_scores(ct, cm, weights)
+        score = self.song_fusion(weights).scores(ct, cm)
         hits = [
             SongHit(int(self.ids[r]), self.singer_of[r], self.titles[r], float(s), float(a), float(b))
             for r, s, a, b in zip(rows, score, ct, cm)
@@ -195,19 +216,21 @@ class Searcher:
     def _singers_by_profile(
         self, t: np.ndarray, m: np.ndarray, k: int, weights: Weights, exclude_singer: str | None
     ) -> list[SingerHit]:
-        xq = query_for_weights(t[None], m[None], weights)
+        fusion = self.singer_fusion(weights)
+        xq = fusion.query(t[None], m[None])
         _, I = self.singer_index.search(xq, min(k + 1, len(self.singers)))
         idx = np.array([i for i in I[0] if i >= 0 and self.singers[i] != exclude_singer][:k], dtype=np.int64)
         if len(idx) == 0:
             return []
         ct = self.profiles.timbre[idx] @ t
         cm = self.profiles.melody[idx] @ m
-        score = fused_scores(ct, cm, weights)
+        score = fusion.scores(ct, cm)
         hits = []
         for i, s, a, b in zip(idx, score, ct, cm):
             name = self.singers[i]
             rows = self.rows_of_singer[name]
-            best_row = rows[int(np.argmax(fuse_rows(self.vectors, rows, t, m, weights)))]
+            best_row = rows[int(np.argmax(self.song_fusion(weights).scores(self.vectors.timbre[rows] @ t,
+                                                                           self.vectors.melody[rows] @ m)))]
             hits.append(SingerHit(name, float(s), float(a), float(b), len(rows), int(self.ids[best_row])))
         return sorted(hits, key=lambda h: (-h.score, h.singer))
 
@@ -236,9 +259,4 @@ class Searcher:
         return sorted(hits, key=lambda h: (-h.score, h.singer))[:k]
 
 
-def fuse_rows(vectors: Vectors, rows: np.ndarray, t: np.ndarray, m: np.ndarray, weights: Weights) -> np.ndarray:
-    """Fused scores of the given rows against one query."""
-    return fused_scores(vectors.timbre[rows] @ t, vectors.melody[rows] @ m, weights)
-
-
-__all__ = ["Searcher", "SongHit", "SingerHit", "singer_key", "AGGREGATIONS"]
+__all__ = ["AGGREGATIONS", "Searcher", "SingerHit", "SongHit", "singer_key"]

@@ -25,14 +25,15 @@ def test_layer_precedence(tmp_path: Path, monkeypatch):
     manifest = tmp_path / "m.yaml"
     manifest.write_text("settings:\n  audio: {sample_rate: 22050, chunk_seconds: 5.0}\n  features: {n_mels: 64}\n")
     config = tmp_path / "c.yaml"
-    config.write_text("audio: {sample_rate: 24000}\nfusion: {w_timbre: 0.5}\n")
+    config.write_text("audio: {sample_rate: 24000}\nfusion: {song: {timbre: 0.25}}\n")
     monkeypatch.setenv("RECSYS_AUDIO__SAMPLE_RATE", "32000")
-    monkeypatch.setenv("RECSYS_FUSION__W_MELODY", "0.9")
+    monkeypatch.setenv("RECSYS_FUSION__SONG__MELODY", "0.9")
     s = load_settings(config_file=config, manifest_file=manifest)
     assert s.audio.sample_rate == 32000  # env beats both files
     assert s.audio.chunk_seconds == 5.0  # manifest value survives the merge
     assert s.features.n_mels == 64
-    assert (s.fusion.w_timbre, s.fusion.w_melody) == (0.5, 0.9)
+    assert (s.fusion.song.timbre, s.fusion.song.melody) == (0.25, 0.9)
+    assert (s.fusion.singer.timbre, s.fusion.singer.melody) == (1.0, 0.0)  # the other questions keep theirs
     s = load_settings(config_file=config, manifest_file=manifest, workspace=tmp_path / "ws", device="cpu")
     assert s.workspace == tmp_path / "ws" and s.device == "cpu"
 
@@ -51,7 +52,8 @@ def test_workspace_from_recsys_home_and_default_db(tmp_path, monkeypatch):
     [
         ({"audio": {"normalization": "loud"}}, "normalization"),
         ({"features": {"win_length": 1024, "n_fft": 512}}, "win_length"),
-        ({"fusion": {"w_timbre": 0, "w_melody": 0}}, "both be 0"),
+        ({"fusion": {"melody": {"timbre": 0, "melody": 0}}}, "both be 0"),
+        ({"fusion": {"w_timbre": 0.7}}, "w_timbre"),  # the old flat weights are gone: named, not ignored
         ({"audio": {"sampel_rate": 8000}}, "sampel_rate"),
     ],
 )

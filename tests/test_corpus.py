@@ -347,3 +347,19 @@ def test_key_offset_sings_the_same_catalog_in_another_key(tmp_path):
         wave_b, _ = sf.read(str(up.parent / b["path"]))
         # The same take in another key: same length, other samples.
         assert wave_a.shape == wave_b.shape and not np.array_equal(wave_a, wave_b)
+
+
+# The digest of a small default catalog as generated before the produced-catalog options existed:
+# with none of them, the catalog stays byte for byte what it was (same machine and libraries).
+DEFAULT_CATALOG_DIGEST = "b146a846aef890c29ca3baa5ac65d2e0a19afae8540999aaf51f9bbe94301632"
+
+
+def test_default_catalog_is_unchanged_by_the_new_options(tmp_path):
+    import hashlib
+
+    from recsys.corpus import STAMP_NAME
+
+    generate_corpus(tmp_path, n_singers=5, songs_per_singer=2, song_seconds=4.0, seed=3, workers=1)
+    files = {k: hashlib.sha256(v).hexdigest() for k, v in read_tree(tmp_path).items() if k != STAMP_NAME}
+    digest = hashlib.sha256("".join(f"{k}:{v}\n" for k, v in sorted(files.items())).encode()).hexdigest()
+    assert digest == DEFAULT_CATALOG_DIGEST, "the default synthetic catalog changed"
