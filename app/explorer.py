@@ -5,7 +5,10 @@
 
 Without --workspace / --db the usual RECSYS_HOME / RECSYS_DB_URL environment applies.
 A thin page over recsys.api.Recommender and app/views.py; the Recommender (models, index)
-and the maps are cached for the life of the server.
+and the maps are cached for the life of the server. Filters and colours are the catalog's
+own categorical metadata columns, given or predicted (app.views.catalog_columns). The map
+the page opens on (recsys.projection.FIRST_PAGE_MAPS) is fitted by the jobs that write
+vectors, and app/server.py runs the page once before the first visitor.
 """
 
 from __future__ import annotations
@@ -21,7 +24,8 @@ from app import views
 from recsys.api import Recommender
 from recsys.config import Settings, load_settings
 from recsys.embedding import Weights
-from recsys.projection import MAP_KINDS, WEIGHTINGS
+from recsys.errors import RecsysError
+from recsys.projection import FIRST_PAGE_MAPS, MAP_KINDS, WEIGHTINGS
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -38,15 +42,17 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 @st.cache_resource(show_spinner="Loading the catalog, models and index...")
 def load_recommender(_settings: Settings, key: str) -> Recommender:
     """One Recommender per effective configuration (`key`), shared by every session."""
-    rec = Recommender(_settings)
+    rec = Recommender.from_settings(_settings)
     _ = rec.searcher, rec.embedder  # load models and index now, once (an assignment: no Streamlit "magic")
     return rec
 
 
 @st.cache_resource(show_spinner=False)
 def load_tables(_rec: Recommender, key: str):
+    """The song and singer tables and the catalog's categorical metadata columns."""
     songs = views.song_table(_rec.songs())
-    return songs, views.singer_table(songs)
+    columns = views.catalog_columns(songs)
+    return songs, views.singer_table(songs, columns), columns
 
 
 @st.cache_resource(show_spinner="Fitting the map (first time for this model and weighting)...")
@@ -62,13 +68,15 @@ def _open_singer_from_map() -> None:
 
 
 def _audio(label: str, path: str) -> None:
-    st.caption(label)
-    st.audio(path)
+    """A song's player, folded: the browser draws no audio element, and fetches no audio, until it is opened
+    (open players made the first page load wait for them)."""
+    with st.expander(f"Listen: {label}"):
+        st.audio(path)
 
 
-def _results(singers: list, songs: list | None, weights: Weights, table, what: str) -> None:
+def _results(rec: Recommender, singers: list, songs: list | None, weights: Weights, table, what: str) -> None:
     """A singer ranking (and optional song ranking) with the score split and audio of the top singers."""
-    frame = views.singer_hits_frame(singers, weights)
+    frame = views.singer_hits_frame(singers, views.singer_fusion(rec, weights))
     if frame.empty:
         st.info("No singer matches the filters.")
         return
@@ -88,7 +96,7 @@ def _results(singers: list, songs: list | None, weights: Weights, table, what: s
     st.plotly_chart(views.split_figure(frame))
     if songs is not None:
         st.markdown("**Closest songs**")
-        st.dataframe(views.song_hits_frame(songs, weights), hide_index=True)
+        st.dataframe(views.song_hits_frame(songs, views.song_fusion(rec, weights)), hide_index=True)
     cols = st.columns(min(3, len(frame)))
     for col, (_, hit) in zip(cols, frame.head(3).iterrows()):
         with col:
@@ -108,11 +116,11 @@ def main() -> None:
             **overrides,
         )
         rec = load_recommender(settings, settings.model_dump_json())
-    except (ValueError, KeyError, OSError) as e:
+    except (RecsysError, ValueError, KeyError, OSError) as e:  # RecsysError: the cause, then the next step
         st.error(f"Cannot open the workspace: {e}")
         st.stop()
     key = f"{rec.settings.database_url}|{rec.model_version}"
-    songs, singers = load_tables(rec, key)
+    songs, singers, columns = load_tables(rec, key)
     st.session_state["_singers"] = list(rec.searcher.singers)
     default_w = rec.default_weights()
 
@@ -131,21 +139,38 @@ def main() -> None:
         st.caption(f"timbre {weights.timbre:.2f} / melody {weights.melody:.2f}")
         k = st.slider("Results (k)", 1, 20, 5, key="k")
         st.subheader("Filters")
+        if not columns:
+            st.caption("The catalog's metadata has no categorical column to filter on.")
         filters = {
-            col: st.multiselect(col.capitalize(), options, key=f"filter_{col}", placeholder="any")
-            for col, options in views.filter_options(singers).items()
+            c.name: st.multiselect(c.label, c.values, key=f"filter_{c.name}", placeholder="any")
+            for c in columns
         }
-        allowed = views.allowed_singers(singers, filters)
+        song_ids = views.allowed_songs(songs, filters)
+        allowed = views.allowed_singers(songs, song_ids)
         st.subheader("Map")
-        what = st.radio("Points", MAP_KINDS, key="map_what", horizontal=True)
+        first_what, first_weighting = FIRST_PAGE_MAPS[0]  # the map the jobs fit ahead of the first visit
+        what = st.radio(
+            "Points", MAP_KINDS, index=MAP_KINDS.index(first_what), key="map_what", horizontal=True
+        )
         weighting = st.selectbox(
             "Map weighting",
             WEIGHTINGS,
+            index=WEIGHTINGS.index(first_weighting),
             key="map_weighting",
             help=f"fused uses the configured weights (timbre {default_w.timbre:g}, "
             f"melody {default_w.melody:g})",
         )
-        color = st.selectbox("Colour by", views.COLOR_COLUMNS[what], key="map_color")
+        colors = views.color_options(columns)
+        first = next(
+            (c.name for c in columns if c.per_singer), next(iter(colors))
+        )  # a singer's own attribute
+        color = st.selectbox(
+            "Colour by",
+            list(colors),
+            index=list(colors).index(first),
+            format_func=colors.get,
+            key="map_color",
+        )
 
     st.title("Singer similarity explorer")
     st.caption(
@@ -161,10 +186,10 @@ def main() -> None:
         )
         hits = views.singers_like_singer(rec, singer, k, weights, allowed)
         me = singers.loc[singer]
-        tags = ", ".join(str(me[c]) for c in views.FILTER_COLUMNS if c in me and me[c] is not None)
+        tags = ", ".join(me[c.name] for c in columns if c.per_singer and isinstance(me.get(c.name), str))
         song = songs.loc[int(me.song_id)]
         _audio(f"{singer} ({tags}): {song.title or song.song_id}", song.path)
-        _results(hits, None, weights, songs, singer)
+        _results(rec, hits, None, weights, songs, singer)
 
     with query_tab:
         query = None
@@ -202,8 +227,9 @@ def main() -> None:
             if query.song_id is not None and upload is not None:
                 st.caption(f"This recording is catalog song #{query.song_id}; it is left out of the results.")
             _results(
+                rec,
                 views.singers_like_query(rec, query, k, weights, allowed),
-                views.songs_like_query(rec, query, k, weights, allowed),
+                views.songs_like_query(rec, query, k, weights, song_ids),
                 weights,
                 songs,
                 query.label,
@@ -235,12 +261,18 @@ def main() -> None:
                 + ")"
             )
             st.dataframe(errors, hide_index=True)
+        shown = views.songs_frame(songs, columns, song_ids)
+        st.markdown(
+            f"**Songs** ({len(shown)} of {len(songs)}"
+            + (" match the filters)" if song_ids is not None else ")")
+        )
+        st.dataframe(shown, hide_index=True)
 
     with map_box:
         data = load_map(rec, key, what, weighting)
-        frame = views.map_frame(data, singers, songs)
-        if allowed is not None:
-            frame = frame[frame.singer.isin(allowed)]
+        frame = views.map_frame(data, singers, songs, columns, clusters=color == views.CLUSTER)
+        if song_ids is not None:  # songs matching the filters, or the singers of those songs
+            frame = frame[frame.point.isin(song_ids if what == "songs" else allowed)]
         query_xy = views.place_query(data, query) if query is not None else None
         note = data.cmap.projection.note_
         st.caption(

@@ -10,6 +10,7 @@ import tempfile
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -19,19 +20,19 @@ import plotly.graph_objects as go
 
 from recsys import catalog
 from recsys.api import Recommender
-from recsys.audio import AudioError
+from recsys.audio import AudioError, probe
 from recsys.config import AUDIO_EXTENSIONS
 from recsys.embedding import Vectors, Weights
+from recsys.fusion import Fusion
 from recsys.projection import CatalogMap, cluster_labels, map_rows
 from recsys.search import SingerHit, SongHit, singer_key
 
 MAX_UPLOAD_MB = 50  # the explorer's default; `recsys app` passes the same to streamlit's server.maxUploadSize
 UPLOAD_TYPES = tuple(ext.lstrip(".") for ext in AUDIO_EXTENSIONS)  # wav, flac, ogg, mp3
-FILTER_COLUMNS = ("gender", "register", "style")  # singer-level metadata the sidebar filters on
-COLOR_COLUMNS = {
-    "singers": ("gender", "register", "style", "cluster"),
-    "songs": ("gender", "register", "style", "melody_id", "cluster"),
-}
+MAX_CATEGORIES = 50  # a metadata column with more distinct values is no filter or colour
+TABLE_COLUMNS = ("song_id", "singer", "title", "path")  # the song table's own columns, not metadata
+MAP_COLUMNS = ("point", "x", "y", "cluster", "n_songs")  # the explorer's own, so never a metadata column's
+CLUSTER = "cluster"  # the colour of k-means clusters, offered beside the metadata columns
 H = TypeVar("H")
 
 
@@ -57,8 +58,9 @@ def handle_upload(name: str, data: bytes, rec: Recommender, max_bytes: int = MAX
     """Check an uploaded file's type and size, decode it through the library and embed it.
 
     The bytes go to a temporary file with the upload's suffix (decoding goes by extension).
-    Raises UploadError, naming the file, for a wrong type, an empty or oversized upload, and
-    anything recsys.audio rejects (not audio, truncated, silent...).
+    Raises UploadError, naming the file, for a wrong type, an empty or oversized upload, audio
+    longer than audio.max_query_seconds, and anything recsys.audio rejects (not audio,
+    truncated, silent...).
     """
     suffix = Path(name).suffix.lower()
     if suffix not in AUDIO_EXTENSIONS:
@@ -75,7 +77,14 @@ def handle_upload(name: str, data: bytes, rec: Recommender, max_bytes: int = MAX
     with tempfile.TemporaryDirectory(prefix="recsys-upload-") as tmp:
         path = Path(tmp) / f"query{suffix}"
         path.write_bytes(data)
+        limit = rec.embedder.audio_cfg.max_query_seconds
         try:
+            seconds = probe(path).duration
+            if limit is not None and seconds > limit:
+                raise UploadError(
+                    f"{name}: the recording lasts {seconds / 60:.1f} min, longer than the {limit / 60:g} min "
+                    f"a query may last (audio.max_query_seconds={limit:g}); upload an excerpt"
+                )
             v = rec.embedder.embed(path)
         except AudioError as e:
             raise UploadError(f"{name}: cannot use this file ({e.cause}): {e.explanation}") from e
@@ -125,34 +134,96 @@ def song_table(songs: list[dict[str, Any]]) -> pd.DataFrame:
     return table.set_index("song_id", drop=False).sort_index()
 
 
-def singer_table(songs: pd.DataFrame) -> pd.DataFrame:
-    """One row per singer, indexed by name: n_songs, the most common value of each filter column,
-    and a representative song (the first by id)."""
+@dataclass(frozen=True)
+class Column:
+    """A categorical metadata column of the catalog: its name and the values its songs take."""
+
+    name: str
+    values: tuple[str, ...]  # sorted; a probe's predictions carry PREDICTED_SUFFIX
+    predicted: bool  # every value is a prediction (no song gives one)
+    per_singer: bool = False  # each singer's songs share one value (gender, label), unlike a per-song melody
+
+    @property
+    def label(self) -> str:
+        name = self.name.replace("_", " ")
+        return name[:1].upper() + name[1:] + (PREDICTED_SUFFIX if self.predicted else "")
+
+
+def catalog_columns(songs: pd.DataFrame, max_values: int = MAX_CATEGORIES) -> list[Column]:
+    """The song table's metadata columns that filters and colours can use, in table order.
+
+    Any column qualifies, whatever its name, when it takes 1 to `max_values` distinct
+    values and they are not all numbers: a number-valued column (tempo, key shift) is a
+    measurement, and a column of hundreds of values is no category.
+    """
+    out = []
+    for name in songs.columns:
+        if name in TABLE_COLUMNS or name in MAP_COLUMNS:
+            continue
+        values = sorted({v for v in songs[name] if isinstance(v, str) and v != ""})
+        given = [v for v in values if not v.endswith(PREDICTED_SUFFIX)]
+        if not 1 <= len(values) <= max_values or all(
+            _is_number(v.removesuffix(PREDICTED_SUFFIX)) for v in values
+        ):
+            continue
+        per_singer = bool((songs.groupby("singer")[name].nunique(dropna=True) <= 1).all())
+        out.append(Column(str(name), tuple(values), predicted=not given, per_singer=per_singer))
+    return out
+
+
+def color_options(columns: Sequence[Column]) -> dict[str, str]:
+    """What a map can be coloured by (column name -> label): the categorical columns, then clusters."""
+    return {**{c.name: c.label for c in columns}, CLUSTER: CLUSTER}
+
+
+def _is_number(value: str) -> bool:
+    try:
+        float(value)
+    except ValueError:
+        return False
+    return True
+
+
+def singer_table(songs: pd.DataFrame, columns: Sequence[Column] | None = None) -> pd.DataFrame:
+    """One row per singer, indexed by name: n_songs, a representative song (the first by id) and,
+    for each categorical column (default: catalog_columns), the most common value of its songs."""
+    names = [c.name for c in (catalog_columns(songs) if columns is None else columns)]
     rows = []
     for name, group in songs.groupby("singer", sort=True):
         row: dict[str, Any] = {"singer": name, "n_songs": len(group), "song_id": int(group.song_id.iloc[0])}
-        for col in FILTER_COLUMNS:
-            if col in group:
-                values = [v for v in group[col] if isinstance(v, str)]
-                row[col] = Counter(values).most_common(1)[0][0] if values else None
+        for col in names:
+            values = [v for v in group[col] if isinstance(v, str)] if col in group else []
+            row[col] = Counter(values).most_common(1)[0][0] if values else None
         rows.append(row)
-    return pd.DataFrame(rows).set_index("singer", drop=False)
+    return pd.DataFrame(rows, columns=None if rows else ["singer", "n_songs", "song_id", *names]).set_index(
+        "singer", drop=False
+    )
 
 
-def filter_options(singers: pd.DataFrame) -> dict[str, list[str]]:
-    """The values each filter column takes in the catalog (columns it lacks are left out)."""
-    return {col: sorted(singers[col].dropna().unique().tolist()) for col in FILTER_COLUMNS if col in singers}
-
-
-def allowed_singers(singers: pd.DataFrame, filters: dict[str, Sequence[str]]) -> set[str] | None:
-    """Singers matching every non-empty filter; None when no filter is set."""
+def allowed_songs(songs: pd.DataFrame, filters: dict[str, Sequence[str]]) -> set[int] | None:
+    """Ids of the songs matching every non-empty filter (column -> values); None when no filter is set."""
     active = {col: set(values) for col, values in filters.items() if values}
     if not active:
         return None
-    keep = np.ones(len(singers), dtype=bool)
+    keep = np.ones(len(songs), dtype=bool)
     for col, values in active.items():
-        keep &= singers[col].isin(values).to_numpy()
-    return set(singers.index[keep])
+        keep &= songs[col].isin(values).to_numpy() if col in songs else False
+    return {int(i) for i in songs.index[keep]}
+
+
+def allowed_singers(songs: pd.DataFrame, song_ids: set[int] | None) -> set[str] | None:
+    """The singers of `song_ids` (a singer passes the filters with any one matching song); None: all."""
+    if song_ids is None:
+        return None
+    return set(songs.loc[sorted(song_ids), "singer"])
+
+
+def songs_frame(
+    songs: pd.DataFrame, columns: Sequence[Column], song_ids: set[int] | None = None
+) -> pd.DataFrame:
+    """The catalog's songs (those of `song_ids` when given): id, singer, title and the categorical columns."""
+    shown = songs if song_ids is None else songs.loc[sorted(song_ids)]
+    return shown[["song_id", "singer", "title", *[c.name for c in columns]]].reset_index(drop=True)
 
 
 # Rankings ----------------------------------------------------------------------------------------
@@ -195,24 +266,44 @@ def singers_like_query(
 
 
 def songs_like_query(
-    rec: Recommender, q: Query, k: int, weights: Weights, allowed: set[str] | None = None
+    rec: Recommender, q: Query, k: int, weights: Weights, allowed: set[int] | None = None
 ) -> list[SongHit]:
+    """The k songs closest to the query among `allowed` song ids (None: all)."""
     sr = rec.searcher
     return top_k(
         lambda n: sr.similar_songs(q.timbre, q.melody, n, weights, exclude_ids=q.exclude_ids),
         k,
         len(sr),
-        _keep(allowed),
+        None if allowed is None else (lambda h: h.song_id in allowed),
     )
 
 
-def score_parts(timbre: np.ndarray, melody: np.ndarray, weights: Weights) -> tuple[np.ndarray, np.ndarray]:
-    """The timbre and melody shares of fused scores: they sum to the score (see recsys.embedding)."""
-    a2, b2 = weights.timbre**2, weights.melody**2
-    return a2 * np.asarray(timbre) / (a2 + b2), b2 * np.asarray(melody) / (a2 + b2)
+def singer_fusion(rec: Recommender, weights: Weights) -> Fusion:
+    """How singer hits were scored: on the profiles' calibration, or the songs' when a singer scores
+    as its best song ("max" aggregation)."""
+    sr = rec.searcher
+    return sr.singer_fusion(weights) if sr.aggregation == "mean" else sr.song_fusion(weights)
 
 
-def singer_hits_frame(hits: list[SingerHit], weights: Weights) -> pd.DataFrame:
+def song_fusion(rec: Recommender, weights: Weights) -> Fusion:
+    """How song hits were scored."""
+    return rec.searcher.song_fusion(weights)
+
+
+def score_parts(timbre: np.ndarray, melody: np.ndarray, fusion: Fusion) -> tuple[np.ndarray, np.ndarray]:
+    """The timbre and melody shares of fused scores: each modality's weighted, calibrated evidence.
+
+    The score is affine in the two cosines (recsys.fusion), so the score with one
+    modality held at its catalog mean is the other's share, and the shares sum to the score.
+    """
+    ct, cm = np.asarray(timbre, np.float64), np.asarray(melody, np.float64)
+    cal = fusion.calibration
+    return fusion.scores(ct, np.full_like(cm, cal.melody_mean)), fusion.scores(
+        np.full_like(ct, cal.timbre_mean), cm
+    )
+
+
+def singer_hits_frame(hits: list[SingerHit], fusion: Fusion) -> pd.DataFrame:
     """rank, singer, score, timbre/melody cosines, their shares of the score, n_songs, best_song_id."""
     columns = [
         "rank",
@@ -229,10 +320,10 @@ def singer_hits_frame(hits: list[SingerHit], weights: Weights) -> pd.DataFrame:
         [h.as_dict() for h in hits],
         columns=[c for c in columns if c not in ("rank", "timbre_part", "melody_part")],
     )
-    return _with_parts(frame, weights)[columns]
+    return _with_parts(frame, fusion)[columns]
 
 
-def song_hits_frame(hits: list[SongHit], weights: Weights) -> pd.DataFrame:
+def song_hits_frame(hits: list[SongHit], fusion: Fusion) -> pd.DataFrame:
     """rank, song_id, title, singer, score, timbre/melody cosines and their shares of the score."""
     columns = [
         "rank",
@@ -248,13 +339,13 @@ def song_hits_frame(hits: list[SongHit], weights: Weights) -> pd.DataFrame:
     frame = pd.DataFrame(
         [h.as_dict() for h in hits], columns=["song_id", "singer", "title", "score", "timbre", "melody"]
     )
-    return _with_parts(frame, weights)[columns]
+    return _with_parts(frame, fusion)[columns]
 
 
-def _with_parts(frame: pd.DataFrame, weights: Weights) -> pd.DataFrame:
+def _with_parts(frame: pd.DataFrame, fusion: Fusion) -> pd.DataFrame:
     frame = frame.copy()
     frame.insert(0, "rank", np.arange(1, len(frame) + 1))
-    tp, mp = score_parts(frame["timbre"].to_numpy(float), frame["melody"].to_numpy(float), weights)
+    tp, mp = score_parts(frame["timbre"].to_numpy(float), frame["melody"].to_numpy(float), fusion)
     frame["timbre_part"], frame["melody_part"] = tp, mp
     return frame
 
@@ -284,19 +375,25 @@ def split_figure(frame: pd.DataFrame, label: str = "singer") -> go.Figure:
 
 @dataclass(frozen=True)
 class MapData:
-    """A catalog map plus what colours it: k-means clusters of the rows it was fitted on."""
+    """A catalog map, the rows it was fitted on, and their k-means clusters (computed when first asked:
+    a page coloured by metadata never pays for scikit-learn's import and the fit)."""
 
     what: str
     weighting: str
     cmap: CatalogMap
-    clusters: np.ndarray  # (n,) int
+    x: np.ndarray  # (n, d) the rows of the map
     weights: Weights  # of the fused weighting
+
+    @cached_property
+    def clusters(self) -> np.ndarray:
+        """(n,) int cluster of each point."""
+        return cluster_labels(self.x)
 
 
 def catalog_map(rec: Recommender, what: str, weighting: str) -> MapData:
     """The saved map of singers (profiles) or songs under `weighting`; fitted and saved if stale."""
     cmap, x = rec.catalog_map(what, weighting)
-    return MapData(what, weighting, cmap, cluster_labels(x), rec.default_weights())
+    return MapData(what, weighting, cmap, x, rec.default_weights())
 
 
 def place_query(m: MapData, q: Query) -> np.ndarray:
@@ -305,8 +402,15 @@ def place_query(m: MapData, q: Query) -> np.ndarray:
     return m.cmap.projection.transform(x)[0]
 
 
-def map_frame(m: MapData, singers: pd.DataFrame, songs: pd.DataFrame) -> pd.DataFrame:
-    """One row per map point: key (singer or song id), x, y, singer, title, the colour columns as strings."""
+def map_frame(
+    m: MapData,
+    singers: pd.DataFrame,
+    songs: pd.DataFrame,
+    columns: Sequence[Column] = (),
+    clusters: bool = True,
+) -> pd.DataFrame:
+    """One row per map point: point (singer or song id), x, y, singer, title, cluster (with
+    `clusters`) and the categorical `columns` as strings ("unknown" where a point has no value)."""
     xy = m.cmap.projection.embedding_
     if m.what == "singers":
         frame = singers.loc[m.cmap.keys].reset_index(drop=True)
@@ -314,10 +418,11 @@ def map_frame(m: MapData, singers: pd.DataFrame, songs: pd.DataFrame) -> pd.Data
     else:
         frame = songs.loc[m.cmap.keys].reset_index(drop=True)
     frame = frame.copy()
-    frame["key"] = m.cmap.keys  # singer name or song id
+    frame["point"] = m.cmap.keys  # singer name or song id
     frame["x"], frame["y"] = xy[:, 0], xy[:, 1]
-    frame["cluster"] = [f"cluster {c}" for c in m.clusters]
-    for col in COLOR_COLUMNS[m.what]:
+    if clusters:
+        frame[CLUSTER] = [f"cluster {c}" for c in m.clusters]
+    for col in [c.name for c in columns]:
         if col not in frame:
             frame[col] = None
         frame[col] = frame[col].fillna("unknown").astype(str)
@@ -332,7 +437,7 @@ def map_figure(
     query_label: str = "query",
     labels: bool = False,
 ) -> go.Figure:
-    """Scatter coloured by `color`; hover shows singer and song; customdata is (singer, title, key).
+    """Scatter coloured by `color`; hover shows singer and song; customdata is (singer, title, point).
 
     The selected singer's points get a black ring; a query is a red star; `labels` writes the singer names.
     """
@@ -355,7 +460,7 @@ def map_figure(
                     [
                         group["singer"].astype(str),
                         group["title"].fillna("").astype(str),
-                        group["key"].astype(str),
+                        group["point"].astype(str),
                     ],
                     axis=1,
                 ),

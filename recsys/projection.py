@@ -14,6 +14,8 @@ out by PCA instead (UMAP needs a neighbourhood graph); `note_` says which happen
 
 Saved maps live under <workspace>/projections/<model_version>/<what>-<weighting>.npz, with
 the rows they were fitted on, so :func:`load_or_fit` refits exactly when those rows change.
+The jobs that change a pair's vectors (re-embedding, ingest with embedding) end with
+:func:`fit_default_maps`, so the explorer's first visitor loads maps instead of fitting them.
 """
 
 from __future__ import annotations
@@ -26,16 +28,22 @@ import warnings
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
 from recsys.embedding import Vectors, Weights, fuse
 
+if TYPE_CHECKING:
+    from recsys.api import Recommender
+
 MapKind = Literal["singers", "songs"]
 Weighting = Literal["fused", "timbre", "melody"]
 MAP_KINDS: tuple[str, ...] = ("singers", "songs")
 WEIGHTINGS: tuple[str, ...] = ("fused", "timbre", "melody")
+FIRST_PAGE_MAPS: tuple[tuple[str, str], ...] = (
+    ("singers", "fused"),
+)  # (what, weighting) the explorer opens on
 PCA_MAX_POINTS = 3  # up to this many points, the map is PCA's (UMAP needs a neighbourhood graph)
 _FORMAT = 1  # version of the saved file layout
 
@@ -54,7 +62,8 @@ class Projection:
 
     def _validate_parameters(self) -> None:
         if isinstance(self.n_neighbors, bool) or not isinstance(self.n_neighbors, (int, np.integer)):
-            raise ValueError(f"n_neighbors must be an integer >= 2, got {self.n_neighbors!r}")
+            # ValueError for every bad hyperparameter, as umap and scikit-learn estimators raise
+            raise ValueError(f"n_neighbors must be an integer >= 2, got {self.n_neighbors!r}")  # noqa: TRY004
         if self.n_neighbors < 2:
             raise ValueError(
                 f"n_neighbors must be >= 2 (a point and at least one neighbour), got {self.n_neighbors}"
@@ -337,6 +346,17 @@ def _stale(
     return None
 
 
+def fit_default_maps(
+    rec: Recommender, maps: tuple[tuple[str, str], ...] = FIRST_PAGE_MAPS
+) -> list[CatalogMap]:
+    """Fit and save (or find up to date) the maps the explorer's first page shows, for `rec`'s pair.
+
+    Called by the jobs that change the vectors, after them: fitting UMAP takes the
+    numba compilation plus the fit, which a first page load must not wait for.
+    """
+    return [rec.catalog_map(what, weighting)[0] for what, weighting in maps]
+
+
 def cluster_labels(x: np.ndarray, n_clusters: int | None = None, seed: int = 0) -> np.ndarray:
     """x (n, d) -> (n,) int cluster ids by k-means; default about sqrt(n / 2) clusters, 2..10."""
     from sklearn.cluster import KMeans
@@ -354,11 +374,13 @@ def cluster_labels(x: np.ndarray, n_clusters: int | None = None, seed: int = 0) 
 
 
 __all__ = [
+    "FIRST_PAGE_MAPS",
     "MAP_KINDS",
     "WEIGHTINGS",
     "CatalogMap",
     "Projection",
     "cluster_labels",
+    "fit_default_maps",
     "load_or_fit",
     "map_rows",
     "projection_path",

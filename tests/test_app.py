@@ -17,11 +17,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
+from explorer_helpers import LABELS, label_of, labelled_catalog, singers_with
 
 from app import views
+from recsys import catalog
 from recsys.api import Recommender
 from recsys.config import load_settings
 from recsys.embedding import Weights
+from recsys.projection import FIRST_PAGE_MAPS, projection_path
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = str(REPO / "app" / "explorer.py")
@@ -144,20 +147,92 @@ def test_top_k_fetches_more_until_enough_pass_the_filter():
 
 def test_filters_and_score_split(rec):
     songs = views.song_table(rec.songs())
-    singers = views.singer_table(songs)
+    columns = views.catalog_columns(songs)
+    singers = views.singer_table(songs, columns)
     assert len(singers) == 6 and singers.n_songs.sum() == len(songs) == 18
-    options = views.filter_options(singers)
-    assert set(options) == {"gender", "register", "style"}
-    assert views.allowed_singers(singers, {"gender": []}) is None
+    options = {c.name: list(c.values) for c in columns}
+    assert list(options) == ["melody_id", "gender", "register", "style"]  # tempo_bpm, key_shift: numbers
+    assert [c.name for c in columns if c.per_singer] == ["gender", "register", "style"]
+    assert views.allowed_songs(songs, {"gender": []}) is None
+    assert views.allowed_singers(songs, None) is None
     gender = options["gender"][0]
-    allowed = views.allowed_singers(singers, {"gender": [gender]})
+    song_ids = views.allowed_songs(songs, {"gender": [gender]})
+    assert song_ids == set(songs.index[songs.gender == gender])
+    allowed = views.allowed_singers(songs, song_ids)
     assert allowed == set(singers.index[singers.gender == gender]) and 0 < len(allowed) < 6
     name = min(set(singers.index) - allowed)
     hits = views.singers_like_singer(rec, name, 5, Weights(0.6, 0.4), allowed)
     assert hits and {h.singer for h in hits} <= allowed
-    frame = views.singer_hits_frame(hits, Weights(0.6, 0.4))
+    frame = views.singer_hits_frame(hits, views.singer_fusion(rec, Weights(0.6, 0.4)))
     np.testing.assert_allclose(frame.timbre_part + frame.melody_part, frame.score, atol=1e-5)
     assert frame["rank"].tolist() == list(range(1, len(hits) + 1))
+
+
+def _song(i: int, singer: str, metadata: dict, predicted: dict | None = None) -> dict:
+    return {
+        "id": i,
+        "singer": singer,
+        "title": f"t{i}",
+        "path": f"/s/{i}.wav",
+        "metadata": metadata,
+        "predicted": predicted or {},
+    }
+
+
+def test_every_categorical_column_given_or_predicted_is_offered():
+    calm = {"mood": {"value": "calm", "confidence": 0.8}}
+    songs = views.song_table(
+        [
+            _song(1, "a", {"label": "Motown", "tempo_bpm": "120.5", "isrc": "x1", "gender": "female"}, calm),
+            _song(
+                2,
+                "a",
+                {"label": "Sub Pop", "tempo_bpm": "98", "isrc": "x2"},
+                {"gender": {"value": "female", "confidence": 0.9}, **calm},
+            ),
+            _song(
+                3,
+                "b",
+                {"label": "Motown", "isrc": "x3", "gender": "male"},
+                {"mood": {"value": "bright", "confidence": 0.7}, "gender": {"value": "female"}},
+            ),
+            _song(4, "b", {"isrc": "x4"}),
+        ]
+    )
+    columns = {c.name: c for c in views.catalog_columns(songs, max_values=3)}
+    # tempo_bpm holds numbers; isrc has 4 distinct values, over max_values.
+    assert list(columns) == ["label", "gender", "mood"]
+    assert columns["label"].values == ("Motown", "Sub Pop") and columns["label"].label == "Label"
+    assert not columns["label"].per_singer and columns["mood"].per_singer  # singer a has two labels, one mood
+    assert views.catalog_columns(songs.drop(index=2), max_values=3)[0].per_singer  # label: one per singer
+    # A prediction fills in a missing value only, marked as such; a given value wins.
+    assert columns["gender"].values == ("female", "female (predicted)", "male")
+    assert not columns["gender"].predicted and columns["gender"].label == "Gender"
+    assert columns["mood"].predicted and columns["mood"].label == "Mood (predicted)"
+    assert columns["mood"].values == ("bright (predicted)", "calm (predicted)")
+    assert views.color_options(list(columns.values())) == {
+        "label": "Label",
+        "gender": "Gender",
+        "mood": "Mood (predicted)",
+        "cluster": "cluster",
+    }
+    # Filters select songs; a singer passes with any one matching song.
+    ids = views.allowed_songs(songs, {"label": ["Sub Pop"], "gender": []})
+    assert ids == {2} and views.allowed_singers(songs, ids) == {"a"}
+    assert views.allowed_songs(songs, {"label": ["Motown"], "mood": ["calm (predicted)"]}) == {1}
+    singers = views.singer_table(songs, list(columns.values()))
+    assert singers.loc["a", "mood"] == "calm (predicted)" and singers.loc["b", "label"] == "Motown"
+    frame = views.songs_frame(songs, list(columns.values()), {1, 3})
+    assert views.songs_frame(songs, list(columns.values())).song_id.tolist() == [1, 2, 3, 4]
+    assert frame.song_id.tolist() == [1, 3] and frame.columns.tolist() == [
+        "song_id",
+        "singer",
+        "title",
+        "label",
+        "gender",
+        "mood",
+    ]
+    assert views.catalog_columns(views.song_table([])) == []
 
 
 def test_singer_from_selection():
@@ -170,7 +245,7 @@ def test_singer_from_selection():
 # The `recsys app` command ----------------------------------------------------------------------------
 
 
-def test_recsys_app_launches_streamlit_on_the_workspace(monkeypatch, tmp_path):
+def test_recsys_app_launches_streamlit_on_the_workspace(monkeypatch, app_ws, tmp_path):
     import subprocess
 
     from typer.testing import CliRunner
@@ -184,30 +259,65 @@ def test_recsys_app_launches_streamlit_on_the_workspace(monkeypatch, tmp_path):
         return 0
 
     monkeypatch.setattr(subprocess, "call", fake_call)
-    url = f"sqlite:///{tmp_path / 'other.db'}"
-    result = CliRunner().invoke(cli, ["--workspace", str(tmp_path), "--db", url, "app", "--port", "8765"])
+    url = f"sqlite:///{app_ws / 'catalog.db'}"  # a catalog and trained models: what `app` checks first
+    result = CliRunner().invoke(cli, ["--workspace", str(app_ws), "--db", url, "app", "--port", "8765"])
     assert result.exit_code == 0, result.output
     cmd = seen["cmd"]
     assert cmd[1:4] == ["-m", "streamlit", "run"] and Path(cmd[4]) == REPO / "app" / "explorer.py"
     assert cmd[cmd.index("--server.port") + 1] == "8765"
     assert cmd[cmd.index("--server.headless") + 1] == "true"
-    assert cmd[cmd.index("--") + 1 :] == ["--workspace", str(tmp_path)]
+    assert cmd[cmd.index("--") + 1 :] == ["--workspace", str(app_ws)]
     assert seen["env"]["RECSYS_DB_URL"] == url and url not in " ".join(cmd)  # no password on the command line
 
     # A --config given to recsys reaches the explorer, which then serves those settings.
     config = tmp_path / "cfg.yaml"
-    config.write_text("fusion: {w_timbre: 0.2, w_melody: 0.8}\n")
-    result = CliRunner().invoke(cli, ["--workspace", str(tmp_path), "--config", str(config), "app"])
+    config.write_text("fusion: {song: {timbre: 0.2, melody: 0.8}}\n")
+    result = CliRunner().invoke(cli, ["--workspace", str(app_ws), "--config", str(config), "app"])
     assert result.exit_code == 0, result.output
     explorer_argv = seen["cmd"][seen["cmd"].index("--") + 1 :]
     assert explorer_argv[explorer_argv.index("--config") + 1] == str(config.resolve())
     from app.explorer import parse_args
-
     from recsys.config import load_settings
 
     args = parse_args(explorer_argv)
-    assert args.config == str(config.resolve()) and args.workspace == str(tmp_path)
-    assert load_settings(config_file=Path(args.config)).fusion.w_melody == 0.8
+    assert args.config == str(config.resolve()) and args.workspace == str(app_ws)
+    assert load_settings(config_file=Path(args.config)).fusion.song.melody == 0.8
+
+
+def test_serve_runs_the_page_once_before_it_says_the_explorer_is_ready(monkeypatch):
+    from app import server
+
+    events: list = []
+
+    class FakeServer:
+        returncode = None
+
+        def poll(self):
+            return self.returncode
+
+        def wait(self, timeout=None):
+            events.append("serving until stopped")
+            self.returncode = 0
+            return 0
+
+        def terminate(self):
+            events.append("terminate")
+
+    def popen(cmd, env=None):
+        events.append(("start", cmd, env))
+        return FakeServer()
+
+    monkeypatch.setattr(server.subprocess, "Popen", popen)
+    monkeypatch.setattr(server, "wait_until_up", lambda port, proc, host: events.append(("up", port, host)))
+    monkeypatch.setattr(server, "warm", lambda port, host: events.append("warm") or "ok")
+    code = server.serve(["--workspace", "ws"], 8765, {"RECSYS_DEVICE": "cpu"}, on_ready=events.append)
+    assert code == 0
+    (_, cmd, env), *rest = events
+    assert cmd[1:5] == ["-m", "streamlit", "run", str(server.SCRIPT)] and env == {"RECSYS_DEVICE": "cpu"}
+    assert cmd[cmd.index("--server.port") + 1] == "8765"
+    assert cmd[cmd.index("--server.scriptHealthCheckEnabled") + 1] == "true"
+    assert cmd[cmd.index("--") + 1 :] == ["--workspace", "ws"]
+    assert rest == [("up", 8765, "127.0.0.1"), "warm", "ok", "serving until stopped"]
 
 
 # The page under AppTest ------------------------------------------------------------------------------
@@ -221,6 +331,12 @@ def at(app_ws, monkeypatch):
     monkeypatch.setenv("RECSYS_DEVICE", "cpu")
     monkeypatch.delenv("RECSYS_DB_URL", raising=False)
     return AppTest.from_file(SCRIPT, default_timeout=300)
+
+
+def _page_weights(at) -> Weights:
+    """The weights the page ranks with: its timbre slider, and the melody weight that completes it."""
+    w = at.slider(key="w_timbre").value
+    return Weights(w, round(1.0 - w, 6))
 
 
 def _singer_ranking(at):
@@ -251,19 +367,27 @@ def test_page_renders_every_section(at, app_ws, rec):
     assert not at.error
     for key in ("w_timbre", "k"):
         assert at.slider(key=key).value is not None
-    assert {m.key for m in at.multiselect} == {"filter_gender", "filter_register", "filter_style"}
+    assert [m.key for m in at.multiselect] == [
+        "filter_melody_id",
+        "filter_gender",
+        "filter_register",
+        "filter_style",
+    ]
+    assert at.multiselect(key="filter_gender").label == "Gender"
     assert at.radio(key="map_what").options == ["singers", "songs"]
     assert at.selectbox(key="map_weighting").options == ["fused", "timbre", "melody"]
     assert "cluster" in at.selectbox(key="map_color").options
+    assert at.selectbox(key="map_color").value == "gender"  # the first attribute of a singer, not of a song
     assert [t.label for t in at.tabs] == ["Singer", "Query by song", "Catalog"]
     # Singer view: top-5 singers like the selected one, with the split and audio.
     singer = at.selectbox(key="singer").value
     ranking = _singer_ranking(at)
     assert len(ranking) == 5 and singer not in ranking.singer.tolist()
-    assert ranking.singer.tolist() == [h.singer for h in rec.similar_singers(singer, 5, Weights(0.7, 0.3))]
+    assert ranking.singer.tolist() == [h.singer for h in rec.similar_singers(singer, 5, _page_weights(at))]
     np.testing.assert_allclose(ranking.timbre_part + ranking.melody_part, ranking.score, atol=1e-5)
     assert any(f"Best match for {singer}: **{ranking.singer[0]}**" in m.value for m in at.markdown)
     assert len(at.get("audio")) == 4  # the selected singer + the top 3
+    assert [e.label.startswith("Listen: ") for e in at.expander] == [True] * 4  # folded until opened
     # The map (fitted once, saved under the model version) and the split bar chart.
     assert (app_ws / "projections" / rec.model_version / "singers-fused.npz").is_file()
     figures = _figures(at)
@@ -273,8 +397,11 @@ def test_page_renders_every_section(at, app_ws, rec):
     metrics = {m.label: m.value for m in at.metric}
     assert metrics["Singers"] == "6" and metrics["Songs"] == "18" and metrics["Ingestion errors"] == "1"
     runs, errors = at.tabs[2].dataframe[0].value, at.tabs[2].dataframe[1].value
-    assert len(runs) == 2 and runs.failed.tolist() == [1, 0]
+    # newest first: the failed ingestion, the demo's embedding job (a run too), its ingestion
+    assert len(runs) == 3 and runs.failed.tolist() == [1, 0, 0] and runs.source[1].startswith("reembed ")
     assert errors.path.str.endswith("broken.wav").all() and errors.cause.tolist() == ["unreadable"]
+    catalog_songs = at.tabs[2].dataframe[2].value
+    assert len(catalog_songs) == 18 and {"gender", "melody_id"} <= set(catalog_songs.columns)
     # The query tab waits for a query.
     assert any("Upload a recording or pick a catalog song" in i.value for i in at.tabs[1].info)
 
@@ -288,10 +415,13 @@ def test_weight_slider_changes_the_ranking(at, rec):
     at.slider(key="w_timbre").set_value(0.0).run()
     melody_only = _singer_ranking(at)
     assert not at.exception
-    # Scores are the timbre cosines alone, then the melody cosines alone...
-    np.testing.assert_allclose(timbre_only.score, timbre_only.timbre, atol=1e-5)
-    np.testing.assert_allclose(melody_only.score, melody_only.melody, atol=1e-5)
+    # Scores are the timbre evidence alone, then the melody evidence alone (calibrated cosines)...
+    np.testing.assert_allclose(timbre_only.score, timbre_only.timbre_part, atol=1e-5)
+    np.testing.assert_allclose(timbre_only.melody_part, 0, atol=1e-6)
+    np.testing.assert_allclose(melody_only.score, melody_only.melody_part, atol=1e-5)
+    np.testing.assert_allclose(melody_only.timbre_part, 0, atol=1e-6)
     assert (np.diff(timbre_only.score) <= 1e-7).all() and (np.diff(melody_only.score) <= 1e-7).all()
+    assert (np.diff(timbre_only.timbre) <= 1e-6).all() and (np.diff(melody_only.melody) <= 1e-6).all()
     # ...the rendered values change with the slider, and match the library.
     assert not np.allclose(timbre_only.score.to_numpy(), melody_only.score.to_numpy())
     for frame, w in ((timbre_only, Weights(1, 0)), (melody_only, Weights(0, 1))):
@@ -325,7 +455,7 @@ def test_query_by_catalog_song_ranks_and_marks_the_map(at, rec):
     assert not at.exception
     query_tab = at.tabs[1]
     singers, songs = query_tab.dataframe[0].value, query_tab.dataframe[1].value
-    ref = rec.search_song(song_id, 5, Weights(0.7, 0.3))
+    ref = rec.search_song(song_id, 5, _page_weights(at))
     assert singers.singer.tolist() == [h.singer for h in ref.singers]
     assert songs.song_id.tolist() == [h.song_id for h in ref.songs] and song_id not in songs.song_id.tolist()
     np.testing.assert_allclose(songs.timbre_part + songs.melody_part, songs.score, atol=1e-5)
@@ -357,3 +487,88 @@ def test_a_workspace_without_models_shows_an_error(tmp_path, monkeypatch):
     at = AppTest.from_file(SCRIPT, default_timeout=120).run()
     assert not at.exception
     assert len(at.error) == 1 and at.error[0].value.startswith("Cannot open the workspace")
+    assert "recsys train" in at.error[0].value  # the next step
+
+
+# A catalog of the user's own: a metadata column the code never names, maps fitted by the job ----------
+
+
+@pytest.fixture(scope="module")
+def labelled_ws(demo_workspace: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A new catalog with a `label` column, ingested, then embedded by `embed_catalog` (the demo's models).
+
+    Its songs also get a probe-style prediction of `mood`, an attribute no song gives.
+    """
+    ws = tmp_path_factory.mktemp("labelled-ws")
+    shutil.copytree(demo_workspace / "models", ws / "models")
+    rec = _rec(ws)
+    assert rec.ingest(labelled_catalog(ws / "corpus"), workers=1).ingested == 12
+    summary = rec.embed_catalog()
+    assert summary.embedded == 12 and summary.index_size == 12
+    with catalog.session_scope(rec.sessions) as s:
+        for song in catalog.list_songs(s):
+            mood = "calm" if song.singer.name < "singer_03" else "bright"
+            song.predicted = {**(song.predicted or {}), "mood": {"value": mood, "confidence": 0.8}}
+    return ws
+
+
+def test_embed_catalog_fits_the_maps_of_the_first_page(labelled_ws):
+    rec = _rec(labelled_ws)
+    for what, weighting in FIRST_PAGE_MAPS:
+        assert projection_path(labelled_ws, rec.model_version, what, weighting).is_file()
+        assert rec.catalog_map(what, weighting)[0].status == "loaded"
+
+
+@pytest.fixture
+def labelled_at(labelled_ws, monkeypatch):
+    from streamlit.testing.v1 import AppTest
+
+    monkeypatch.setenv("RECSYS_HOME", str(labelled_ws))
+    monkeypatch.setenv("RECSYS_DEVICE", "cpu")
+    monkeypatch.delenv("RECSYS_DB_URL", raising=False)
+    return AppTest.from_file(SCRIPT, default_timeout=300)
+
+
+@pytest.mark.slow
+def test_page_filters_and_colours_by_a_column_it_has_never_heard_of(labelled_at, labelled_ws, monkeypatch):
+    from recsys import projection
+
+    def no_fit(*args, **kwargs):
+        raise AssertionError("the first page load fitted UMAP: the job should have fitted its map")
+
+    umap_fit = projection._umap_fit
+    monkeypatch.setattr(projection, "_umap_fit", no_fit)
+    at = labelled_at.run()
+    assert not at.exception, at.exception
+    assert any("map loaded" in c.value for c in at.caption)
+    label = at.multiselect(key="filter_label")
+    assert label.label == "Label" and label.options == list(LABELS)
+    mood = at.multiselect(key="filter_mood")
+    assert mood.label == "Mood (predicted)" and mood.options == ["bright (predicted)", "calm (predicted)"]
+    assert {"Label", "Mood (predicted)", "cluster"} <= set(at.selectbox(key="map_color").options)
+
+    label.set_value(["Motown"])
+    at.selectbox(key="map_color").set_value("label").run()
+    assert not at.exception, at.exception
+    songs = {s["id"]: s for s in _rec(labelled_ws).songs()}
+    motown = {i for i, s in songs.items() if s["metadata"]["label"] == "Motown"}
+    assert len(motown) == 5
+    table = at.tabs[2].dataframe[-1].value
+    assert set(table.song_id) == motown and set(table.label) == {"Motown"}
+    assert any("5 of 12 match the filters" in m.value for m in at.markdown)
+    traces = _map(at)
+    assert {c[0] for t in traces for c in t["customdata"]} == singers_with("Motown")
+    ranking = _singer_ranking(
+        at
+    )  # singers like singer_00 (a Blue Note singer), among those with a Motown song
+    assert set(ranking.singer) == singers_with("Motown")
+
+    monkeypatch.setattr(projection, "_umap_fit", umap_fit)  # the song map is not on the first page
+    at.radio(key="map_what").set_value("songs").run()
+    assert not at.exception, at.exception
+    points = {int(c[2]) for t in _map(at) for c in t["customdata"]}
+    assert points == motown
+    assert {t["name"] for t in _map(at)} == {"Motown"}  # coloured by label
+    for song_id in points:
+        s = songs[song_id]
+        assert label_of(s["singer"], Path(s["path"]).stem) == "Motown"

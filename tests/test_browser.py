@@ -1,6 +1,7 @@
 """The explorer in a real browser: `streamlit run app/explorer.py` on a free port, driven by Debian's
-chromium through Playwright: open a singer from the map, upload a recording, read the ranking, and
-save a screenshot to test-artifacts/explorer.png.
+chromium through Playwright, on a catalog whose manifest has a column the code never names (`label`):
+open a singer from the map, upload a recording, read the ranking, filter by label, and save a
+screenshot to test-artifacts/explorer.png.
 """
 
 from __future__ import annotations
@@ -9,9 +10,7 @@ import os
 import re
 import shutil
 import socket
-import sqlite3
 import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -19,11 +18,11 @@ from pathlib import Path
 
 import pytest
 import soundfile as sf
+from explorer_helpers import labelled_catalog, singers_with
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 REPO = Path(__file__).resolve().parents[1]
-SCRIPT = REPO / "app" / "explorer.py"
 ARTIFACTS = REPO / "test-artifacts"
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -39,24 +38,50 @@ CHROMIUM_ARGS = [
 
 @pytest.fixture(scope="module")
 def browser_ws(demo_workspace: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A writable copy of the demo workspace whose default map is already fitted and saved.
+    """A new catalog with a `label` column the code never names, registered and embedded by one
+    `ingest --embed` job under the demo's models.
 
-    Fitting here, in the test process, reuses umap's compiled code when other tests ran first;
-    the server then only loads the saved map.
+    The job fits the explorer's first-page map, so the server only loads it. The song map,
+    which the test also opens, is fitted here too: the server then never compiles umap.
     """
-    from app import views
+    from pipelines.ingest import run_ingest
+    from pipelines.runners import LocalRunner
     from recsys.api import Recommender
     from recsys.config import load_settings
+    from recsys.projection import FIRST_PAGE_MAPS, fit_default_maps, projection_path
 
     ws = tmp_path_factory.mktemp("browser-ws")
-    for part in ("models", "index"):
-        shutil.copytree(demo_workspace / part, ws / part)
-    with sqlite3.connect(demo_workspace / "catalog.db") as src, sqlite3.connect(ws / "catalog.db") as dst:
-        src.backup(dst)
-    views.catalog_map(
-        Recommender(load_settings(manifest_file=None, workspace=ws, device="cpu")), "singers", "fused"
-    )
+    shutil.copytree(demo_workspace / "models", ws / "models")
+    settings = load_settings(manifest_file=None, workspace=ws, device="cpu")
+    summary = run_ingest(labelled_catalog(ws / "corpus"), settings, embed=True, runner=LocalRunner(1))
+    assert summary.embedded == 12
+    rec = Recommender(settings)
+    assert all(projection_path(ws, rec.model_version, *m).is_file() for m in FIRST_PAGE_MAPS)
+    fit_default_maps(rec, (("songs", "fused"),))
     return ws
+
+
+def _map_points(page) -> list[list[str]]:
+    """customdata (singer, title, point) of every catalog point of the map (the figure of scatter traces)."""
+    return page.evaluate(
+        """() => {
+            const plots = [...document.querySelectorAll('.js-plotly-plot')];
+            const map = plots.find(gd => (gd.data || []).some(t => t.type === 'scatter'));
+            if (!map) return [];
+            return map.data.filter(t => t.customdata).flatMap(t => Array.from(t.customdata, c => Array.from(c)));
+        }"""
+    )
+
+
+def _wait_for_points(page, check, timeout: float = 60.0) -> list[list[str]]:
+    """The map's points once `check(points)` holds (Streamlit reruns, then plotly redraws)."""
+    deadline, points = time.monotonic() + timeout, []
+    while time.monotonic() < deadline:
+        points = _map_points(page)
+        if points and check(points):
+            return points
+        page.wait_for_timeout(250)
+    pytest.fail(f"the map did not show the expected points within {timeout:.0f} s; it shows {points}")
 
 
 def _free_port() -> int:
@@ -93,7 +118,14 @@ def test_explorer_in_chromium(browser_ws: Path, tmp_path: Path):
         )
     from playwright.sync_api import sync_playwright
 
+    from app.server import streamlit_command, warm
+    from recsys.api import Recommender
+    from recsys.config import load_settings
     from recsys.corpus import make_melodies, make_singers, sing
+
+    songs = Recommender(load_settings(manifest_file=None, workspace=browser_ws)).songs()
+    motown = {s["id"] for s in songs if s["metadata"].get("label") == "Motown"}
+    assert len(motown) == 5
 
     take = tmp_path / "take.wav"  # a new take by the catalog's third singer, not in the catalog
     sf.write(take, sing(make_singers(6, 0)[2], make_melodies(3, 0)[1], 6.0, 16000, seed=7), 16000)
@@ -101,28 +133,13 @@ def test_explorer_in_chromium(browser_ws: Path, tmp_path: Path):
     port, log = _free_port(), tmp_path / "streamlit.log"
     env = {**os.environ, "RECSYS_DEVICE": "cpu"}
     env.pop("RECSYS_DB_URL", None)
-    cmd = [
-        sys.executable,
-        "-m",
-        "streamlit",
-        "run",
-        str(SCRIPT),
-        "--server.port",
-        str(port),
-        "--server.address",
-        "127.0.0.1",
-        "--server.headless",
-        "true",
-        "--browser.gatherUsageStats",
-        "false",
-        "--",
-        "--workspace",
-        str(browser_ws),
-    ]
+    # As app.server.serve starts it: the script health check on, the page run once before any visitor.
+    cmd = streamlit_command(["--workspace", str(browser_ws)], port, "127.0.0.1")
     with log.open("wb") as out:
         proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
     try:
         _wait_healthy(port, proc, log)
+        assert warm(port) == "ok", log.read_text()[-3000:]
         with sync_playwright() as p:
             browser = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
             try:
@@ -152,7 +169,23 @@ def test_explorer_in_chromium(browser_ws: Path, tmp_path: Path):
                 page.locator("[data-testid='stFileUploader'] input[type=file]").set_input_files(str(take))
                 result = page.get_by_text(re.compile(r"^Best match for take\.wav"))
                 result.wait_for(timeout=60_000)
-                assert re.search(r"Best match for take\.wav: singer_0\d \(score 0\.\d+", result.inner_text())
+                # a calibrated score (recsys.fusion), then the two cosines
+                assert re.search(
+                    r"Best match for take\.wav: singer_0\d \(score -?\d+\.\d+: timbre 0\.\d+",
+                    result.inner_text(),
+                )
+
+                # Filter by the catalog's own `label` column (given in its manifest, named nowhere in the code).
+                page.locator("[data-testid='stMultiSelect']").filter(has_text="Label").click()
+                page.get_by_role("option", name="Motown", exact=True).click()
+                page.keyboard.press("Escape")
+                wanted = singers_with("Motown")
+                _wait_for_points(page, lambda pts: {p[0] for p in pts} == wanted)
+                page.get_by_role("tab", name="Catalog").click()
+                page.get_by_text(f"({len(motown)} of 12 match the filters)").wait_for(timeout=30_000)
+                # On the song map only the Motown songs remain.
+                page.get_by_text("songs", exact=True).click()  # the map's "Points" radio
+                _wait_for_points(page, lambda pts: {p[2] for p in pts} == {str(i) for i in motown})
                 page.screenshot(path=str(ARTIFACTS / "explorer.png"), full_page=True)
             finally:
                 browser.close()

@@ -13,8 +13,10 @@ from sklearn.metrics import adjusted_rand_score
 
 from recsys.embedding import Vectors, Weights, fuse
 from recsys.projection import (
+    FIRST_PAGE_MAPS,
     Projection,
     cluster_labels,
+    fit_default_maps,
     load_or_fit,
     map_rows,
     projection_path,
@@ -188,3 +190,86 @@ def test_cluster_labels_find_separated_groups():
     assert adjusted_rand_score(labels, cluster_labels(x, 4)) == 1.0
     assert len(set(cluster_labels(x))) == 4  # default: round(sqrt(40 / 2)) clusters
     assert cluster_labels(x[:1]).tolist() == [0]
+
+
+# The jobs that change the vectors fit the explorer's first-page maps -------------------------------
+
+
+def _small_catalog(root, n_songs: int = 6):
+    """A workspace with the demo's trained models and manifests of a new 6-song catalog: the first
+    5 songs, then the last one."""
+    import csv
+
+    from recsys.corpus import generate_corpus
+
+    manifest = generate_corpus(
+        root / "corpus", n_singers=n_songs, songs_per_singer=1, song_seconds=4.0, seed=3, workers=1
+    )
+    with manifest.open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    parts = []
+    for name, part in (("first.csv", rows[:-1]), ("last.csv", rows[-1:])):
+        path = manifest.with_name(name)
+        with path.open("w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(part)
+        parts.append(path)
+    return parts
+
+
+@pytest.fixture
+def fresh_ws(demo_workspace, tmp_path):
+    import shutil
+
+    from recsys.config import load_settings
+
+    shutil.copytree(demo_workspace / "models", tmp_path / "models")
+    settings = load_settings(manifest_file=None, workspace=tmp_path, device="cpu")
+    return settings, *_small_catalog(tmp_path)
+
+
+def _first_page_paths(settings):
+    from recsys.api import Recommender
+
+    rec = Recommender(settings)
+    return rec, [projection_path(settings.workspace, rec.model_version, *m) for m in FIRST_PAGE_MAPS]
+
+
+@pytest.mark.slow  # embeds songs with the demo workspace's models
+def test_ingest_with_embedding_fits_the_first_page_maps_unless_told_not_to(fresh_ws):
+    from pipelines.ingest import run_ingest
+    from pipelines.runners import LocalRunner
+
+    settings, first, last = fresh_ws
+    assert run_ingest(first, settings, embed=True, runner=LocalRunner(1)).embedded == 5
+    rec, paths = _first_page_paths(settings)
+    assert all(p.is_file() for p in paths)
+    assert [rec.catalog_map(*m)[0].status for m in FIRST_PAGE_MAPS] == ["loaded"] * len(FIRST_PAGE_MAPS)
+    saved = [p.read_bytes() for p in paths]
+    assert run_ingest(last, settings, embed=True, runner=LocalRunner(1), fit_maps=False).embedded == 1
+    assert [p.read_bytes() for p in paths] == saved  # left stale: the next visitor refits
+    rec, _ = _first_page_paths(settings)
+    assert "catalog vectors changed" in rec.catalog_map(*FIRST_PAGE_MAPS[0])[0].status  # refitted and saved
+    # A re-run that embeds nothing (every song has its vectors) leaves the maps alone.
+    saved = [p.read_bytes() for p in paths]
+    assert run_ingest(last, settings, embed=True, runner=LocalRunner(1)).embedded == 0
+    assert [p.read_bytes() for p in paths] == saved
+
+
+@pytest.mark.slow  # embeds songs with the demo workspace's models
+def test_reembed_can_leave_the_maps_to_later(fresh_ws):
+    from pipelines.ingest import run_ingest
+    from pipelines.reembed import reembed
+    from pipelines.runners import LocalRunner
+
+    settings, first, _ = fresh_ws
+    run_ingest(first, settings, runner=LocalRunner(1))
+    summary = reembed(settings, runner=LocalRunner(1), fit_maps=False)
+    assert summary.embedded == 5 and summary.index_size == 5
+    rec, paths = _first_page_paths(settings)
+    assert not any(p.exists() for p in paths)
+    maps = fit_default_maps(rec)
+    assert [m.status for m in maps] == ["fitted (no saved map)"] * len(FIRST_PAGE_MAPS)
+    assert all(p.is_file() for p in paths) and len(maps[0].keys) == 5
+    assert [m.status for m in fit_default_maps(rec)] == ["loaded"] * len(FIRST_PAGE_MAPS)
