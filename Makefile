@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed-stamp
 EXTRAS ?= dev,ray,pitch,speaker
 WORKSPACE ?= demo-workspace
 
-.PHONY: demo test bench install clean-demo
+.PHONY: demo test lint bench install install-gpu clean-demo
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -16,11 +16,24 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-demo: $(STAMP)
+GPU_STAMP := $(VENV)/.gpu-stamp
+# faiss-gpu replaces faiss-cpu (the two packages write the same files): a swap, not an extra.
+$(GPU_STAMP): $(STAMP)
+	$(PY) -m pip uninstall -y -q faiss-cpu
+	$(PY) -m pip install --quiet --force-reinstall --no-deps "faiss-gpu-cu12>=1.13,<1.15" \
+		"nvidia-cuda-runtime-cu12>=12.1" "nvidia-cublas-cu12>=12.1"
+	@touch $(GPU_STAMP)
+
+install-gpu: $(GPU_STAMP)
+
+demo: $(STAMP) $(if $(GPU),$(GPU_STAMP))
 	$(VENV)/bin/recsys --workspace $(WORKSPACE) demo
 
 test: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
 
 bench: $(STAMP)
 	$(PY) bench/run_all.py
