@@ -169,7 +169,7 @@ def test_ingest_train_search_needs_no_other_step(tmp_path):
     def run(*args: str) -> subprocess.CompletedProcess:
         return subprocess.run([*base, *args], check=False, capture_output=True, text=True, env=env, timeout=600)
 
-    query = sorted((tmp_path / "songs").glob("singer_*/*.wav"))[0]
+    query = min((tmp_path / "songs").glob("singer_*/*.wav"))
     for step in (["ingest", str(manifest)], ["train"], ["search", str(query), "--json"]):
         out = run(*step)
         assert out.returncode == 0 and "Traceback" not in out.stderr, (step, out.stderr[-2000:])
