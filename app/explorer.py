@@ -1,14 +1,18 @@
 """The similarity explorer: a map of the catalog, singers who sound alike, and query by song.
 
-    recsys --workspace DIR app [--port N]
+    recsys --workspace DIR app [--port N] [--address A]
     streamlit run app/explorer.py -- --workspace DIR [--db URL] [--config FILE] [--manifest FILE] [--max-upload-mb 50]
 
 Without --workspace / --db the usual RECSYS_HOME / RECSYS_DB_URL environment applies.
 A thin page over recsys.api.Recommender and app/views.py; the Recommender (models, index)
-and the maps are cached for the life of the server. Filters and colours are the catalog's
-own categorical metadata columns, given or predicted (app.views.catalog_columns). The map
-the page opens on (recsys.projection.FIRST_PAGE_MAPS) is fitted by the jobs that write
-vectors, and app/server.py runs the page once before the first visitor.
+and the maps are cached for the life of the server. The rankings answer one of the
+questions of `recsys search --by` (similar singers, similar songs, same melody), each with
+its configured weights (settings.fusion), which the weight slider starts from. Filters and
+colours are the catalog's own categorical metadata columns, given or predicted
+(app.views.catalog_columns). The map the page opens on (recsys.projection.FIRST_PAGE_MAPS)
+is fitted by the jobs that write vectors; `recsys app` serves the page through
+app/server.py, which runs it once before the first visitor; the Catalog tab is made only
+while it is open.
 """
 
 from __future__ import annotations
@@ -49,15 +53,21 @@ def load_recommender(_settings: Settings, key: str) -> Recommender:
 
 @st.cache_resource(show_spinner=False)
 def load_tables(_rec: Recommender, key: str):
-    """The song and singer tables and the catalog's categorical metadata columns."""
+    """The song and singer tables, the catalog's categorical metadata columns and each song's label
+    (computed once: a label per song on every run was a third of a page run)."""
     songs = views.song_table(_rec.songs())
     columns = views.catalog_columns(songs)
-    return songs, views.singer_table(songs, columns), columns
+    return songs, views.singer_table(songs, columns), columns, views.song_labels(songs)
 
 
 @st.cache_resource(show_spinner="Fitting the map (first time for this model and weighting)...")
 def load_map(_rec: Recommender, key: str, what: str, weighting: str) -> views.MapData:
     return views.catalog_map(_rec, what, weighting)
+
+
+def _use_question_weights(asked: dict[str, Weights]) -> None:
+    """on_change of the question: the weight slider moves to the chosen question's weights."""
+    st.session_state["w_timbre"] = views.timbre_share(asked[st.session_state["question"]])
 
 
 def _open_singer_from_map() -> None:
@@ -104,6 +114,37 @@ def _results(rec: Recommender, singers: list, songs: list | None, weights: Weigh
             _audio(f"{hit.singer}: {row.title or row.song_id}", row.path)
 
 
+def _catalog(rec: Recommender, songs, columns, song_ids: set[int] | None) -> None:
+    """The Catalog tab: counts, recent ingestion runs and errors, and the songs matching the filters."""
+    stats = rec.stats()
+    cols = st.columns(5)
+    cols[0].metric("Singers", stats.n_singers)
+    cols[1].metric("Songs", stats.n_songs)
+    cols[2].metric("Audio (min)", f"{stats.total_duration_s / 60:.1f}")
+    cols[3].metric("Ingestion runs", stats.n_runs)
+    cols[4].metric("Ingestion errors", stats.n_errors)
+    st.markdown(
+        "**Songs by status**: " + ", ".join(f"{status} {n}" for status, n in stats.songs_by_status.items())
+    )
+    st.markdown("**Recent ingestion runs**")
+    st.dataframe(views.runs_frame(rec), hide_index=True)
+    errors = views.errors_frame(rec)
+    if errors.empty:
+        st.success("No ingestion errors.")
+    else:
+        st.markdown(
+            "**Recent ingestion errors** ("
+            + ", ".join(f"{c} {n}" for c, n in stats.errors_by_cause.items())
+            + ")"
+        )
+        st.dataframe(errors, hide_index=True)
+    shown = views.songs_frame(songs, columns, song_ids)
+    st.markdown(
+        f"**Songs** ({len(shown)} of {len(songs)}" + (" match the filters)" if song_ids is not None else ")")
+    )
+    st.dataframe(shown, hide_index=True)
+
+
 def main() -> None:
     st.set_page_config(page_title="singer-recsys explorer", layout="wide")
     args = parse_args(sys.argv[1:])
@@ -120,23 +161,39 @@ def main() -> None:
         st.error(f"Cannot open the workspace: {e}")
         st.stop()
     key = f"{rec.settings.database_url}|{rec.model_version}"
-    songs, singers, columns = load_tables(rec, key)
+    songs, singers, columns, song_labels = load_tables(rec, key)
     st.session_state["_singers"] = list(rec.searcher.singers)
-    default_w = rec.default_weights()
+    default_w = rec.default_weights()  # the 'song' question's: what the fused maps use
+    asked = views.question_weights(rec)  # settings.fusion, as `recsys search --by` reads it
+    # The slider starts from the default question's weights; choosing a question moves it to that one's.
+    st.session_state.setdefault("w_timbre", views.timbre_share(asked[views.DEFAULT_QUESTION]))
 
     with st.sidebar:
         st.header("Controls")
+        question = st.radio(
+            "Question",
+            list(asked),
+            index=list(asked).index(views.DEFAULT_QUESTION),
+            format_func=views.QUESTION_LABELS.get,
+            key="question",
+            on_change=_use_question_weights,
+            args=(asked,),
+            help="What the rankings answer, as `recsys search --by singer|song|melody`: each question has "
+            "its configured weights (fusion), which the slider below starts from.",
+        )
         w_t = st.slider(
             "Timbre weight",
             0.0,
             1.0,
-            round(default_w.timbre / (default_w.timbre + default_w.melody), 2),
-            0.05,
+            step=0.05,
             key="w_timbre",
-            help="The melody weight is 1 - timbre weight.",
+            help="The melody weight is 1 - timbre weight. Choosing a question sets it back to that question's.",
         )
-        weights = Weights(w_t, round(1.0 - w_t, 6))
-        st.caption(f"timbre {weights.timbre:.2f} / melody {weights.melody:.2f}")
+        weights = views.page_weights(w_t, asked[question])
+        st.caption(
+            f"timbre {views.timbre_share(weights):.2f} / melody {1 - views.timbre_share(weights):.2f}"
+            + (f" ({views.QUESTION_LABELS[question]})" if weights == asked[question] else " (set by hand)")
+        )
         k = st.slider("Results (k)", 1, 20, 5, key="k")
         st.subheader("Filters")
         if not columns:
@@ -178,7 +235,11 @@ def main() -> None:
         f"{len(singers)} singers, {len(songs)} songs"
     )
     map_box = st.container()  # filled last, so it can show the query chosen below
-    singer_tab, query_tab, catalog_tab = st.tabs(["Singer", "Query by song", "Catalog"])
+    # on_change="rerun": the Catalog tab's statistics and tables are made only while it is open (not
+    # for the first page). The query tab is always drawn, so its upload and song survive a tab switch.
+    singer_tab, query_tab, catalog_tab = st.tabs(
+        ["Singer", "Query by song", "Catalog"], key="tab", on_change="rerun"
+    )
 
     with singer_tab:
         singer = st.selectbox(
@@ -205,7 +266,7 @@ def main() -> None:
             songs.song_id.tolist(),
             index=None,
             key="pick_song",
-            format_func=lambda i: f"#{i} {songs.loc[i].title} ({songs.loc[i].singer})",
+            format_func=song_labels.get,
             placeholder="a catalog song",
         )
         if upload is not None:
@@ -237,36 +298,9 @@ def main() -> None:
         elif upload is None:
             st.info("Upload a recording or pick a catalog song to find the singers who sound like it.")
 
-    with catalog_tab:
-        stats = rec.stats()
-        cols = st.columns(5)
-        cols[0].metric("Singers", stats.n_singers)
-        cols[1].metric("Songs", stats.n_songs)
-        cols[2].metric("Audio (min)", f"{stats.total_duration_s / 60:.1f}")
-        cols[3].metric("Ingestion runs", stats.n_runs)
-        cols[4].metric("Ingestion errors", stats.n_errors)
-        st.markdown(
-            "**Songs by status**: "
-            + ", ".join(f"{status} {n}" for status, n in stats.songs_by_status.items())
-        )
-        st.markdown("**Recent ingestion runs**")
-        st.dataframe(views.runs_frame(rec), hide_index=True)
-        errors = views.errors_frame(rec)
-        if errors.empty:
-            st.success("No ingestion errors.")
-        else:
-            st.markdown(
-                "**Recent ingestion errors** ("
-                + ", ".join(f"{c} {n}" for c, n in stats.errors_by_cause.items())
-                + ")"
-            )
-            st.dataframe(errors, hide_index=True)
-        shown = views.songs_frame(songs, columns, song_ids)
-        st.markdown(
-            f"**Songs** ({len(shown)} of {len(songs)}"
-            + (" match the filters)" if song_ids is not None else ")")
-        )
-        st.dataframe(shown, hide_index=True)
+    if catalog_tab.open:
+        with catalog_tab:
+            _catalog(rec, songs, columns, song_ids)
 
     with map_box:
         data = load_map(rec, key, what, weighting)

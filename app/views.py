@@ -23,7 +23,7 @@ from recsys.api import Recommender
 from recsys.audio import AudioError, probe
 from recsys.config import AUDIO_EXTENSIONS
 from recsys.embedding import Vectors, Weights
-from recsys.fusion import Fusion
+from recsys.fusion import QUESTIONS, Fusion, Question
 from recsys.projection import CatalogMap, cluster_labels, map_rows
 from recsys.search import SingerHit, SongHit, singer_key
 
@@ -33,6 +33,14 @@ MAX_CATEGORIES = 50  # a metadata column with more distinct values is no filter 
 TABLE_COLUMNS = ("song_id", "singer", "title", "path")  # the song table's own columns, not metadata
 MAP_COLUMNS = ("point", "x", "y", "cluster", "n_songs")  # the explorer's own, so never a metadata column's
 CLUSTER = "cluster"  # the colour of k-means clusters, offered beside the metadata columns
+# The questions the rankings answer (recsys.fusion), as the page names them; the default is that of
+# `recsys search --by` and Recommender.search.
+QUESTION_LABELS: dict[Question, str] = {
+    "singer": "similar singers",
+    "song": "similar songs",
+    "melody": "same melody",
+}
+DEFAULT_QUESTION: Question = "singer"
 H = TypeVar("H")
 
 
@@ -102,6 +110,24 @@ def song_query(rec: Recommender, song_id: int, songs: pd.DataFrame) -> Query:
     return Query(f"{row.title or song_id} by {row.singer}", t, m, frozenset({song_id}), song_id)
 
 
+def question_weights(rec: Recommender) -> dict[Question, Weights]:
+    """Each question's configured weights (settings.fusion), as `recsys search --by` uses them."""
+    return {q: rec.weights_for(q) for q in QUESTIONS}
+
+
+def timbre_share(w: Weights) -> float:
+    """The timbre weight as a share of the two (the explorer's one weight slider)."""
+    return w.timbre / (w.timbre + w.melody)
+
+
+def page_weights(share: float, question: Weights) -> Weights:
+    """The weights the page ranks with: the question's own while the slider sits at its share, else
+    the slider's share (timbre) and the rest (melody)."""
+    if abs(share - timbre_share(question)) < 1e-9:
+        return question
+    return Weights(share, round(1.0 - share, 6))
+
+
 # Catalog tables ----------------------------------------------------------------------------------
 
 
@@ -132,6 +158,13 @@ def song_table(songs: list[dict[str, Any]]) -> pd.DataFrame:
         )
     table = pd.DataFrame(rows, columns=None if rows else ["song_id", "singer", "title", "path"])
     return table.set_index("song_id", drop=False).sort_index()
+
+
+def song_labels(songs: pd.DataFrame) -> dict[int, str]:
+    """Song id -> "#id title (singer)", as the song pickers show it."""
+    return {
+        int(i): f"#{i} {title} ({singer})" for i, title, singer in zip(songs.index, songs.title, songs.singer)
+    }
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,7 @@
 or, with --browser, the first page load a visitor sees in a real browser.
 
     python bench/bench_explorer.py --workspace demo-workspace [--repeats 3]
-    python bench/bench_explorer.py --workspace demo-workspace --browser [--visits 2]
+    python bench/bench_explorer.py --workspace demo-workspace --browser [--visits 2] [--cli | --no-warm]
 
 Runs app/explorer.py in-process with Streamlit's AppTest (the script as a browser
 session would run it, without the network and the browser's drawing), loads the page
@@ -15,7 +15,8 @@ each interaction).
 
 --browser starts the explorer's server on the workspace (app/server.py), runs the
 page once there before any visitor (as app.server.serve does; --no-warm: not, as a
-plain `streamlit run`), then opens the page in Debian's chromium (/usr/bin/chromium,
+plain `streamlit run`; --cli: through `recsys app` itself, timed until it says it is ready),
+then opens the page in Debian's chromium (/usr/bin/chromium,
 through Playwright) --visits times, each a new session, and times each from the
 request to the drawn page: the first singer ranking and the map's points. Target: 5 s
 for the first visit after the job that wrote the vectors (which fitted the maps).
@@ -50,11 +51,18 @@ def main() -> None:
     ap.add_argument(
         "--no-warm", action="store_true", help="with --browser: no warm-up run (a plain `streamlit run`)"
     )
+    ap.add_argument(
+        "--cli",
+        action="store_true",
+        help="with --browser: start the server as `recsys app` does (app.server.serve), timed to its ready line",
+    )
     ap.add_argument("--manifest", type=Path, default=None, help="passed to the explorer")
     args = ap.parse_args()
     if args.browser:
         extra = ["--manifest", str(args.manifest.resolve())] if args.manifest else []
-        browser_loads(args.workspace.resolve(), args.visits, not args.no_warm, extra)
+        if args.cli and args.no_warm:
+            ap.error("--cli always warms the page (as `recsys app` does); leave out --no-warm")
+        browser_loads(args.workspace.resolve(), args.visits, not args.no_warm, extra, args.cli)
         return
     os.environ["RECSYS_HOME"] = str(args.workspace.resolve())
     os.environ.setdefault("RECSYS_DEVICE", "cpu")
@@ -67,7 +75,8 @@ def main() -> None:
     if at.exception or at.error:
         raise SystemExit(f"the page failed to load: {at.exception or at.error[0].value}")
     singers = at.selectbox(key="singer").options
-    songs = at.selectbox(key="pick_song").options
+    labels = at.selectbox(key="pick_song").options  # "#id title (singer)"
+    songs = [int(label.split()[0][1:]) for label in labels]
 
     steps: list[tuple[str, Callable[[int], object]]] = [
         ("weight slider", lambda i: at.slider(key="w_timbre").set_value([1.0, 0.0, 0.5][i % 3])),
@@ -106,6 +115,19 @@ def main() -> None:
     )
 
 
+def wait_for_ready_line(log: Path, proc, timeout: float = 600.0) -> str:
+    """Wait for `recsys app`'s ready line in its log; returns what it says of the warm-up run."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for line in log.read_text(errors="replace").splitlines():
+            if " ready on http" in line:
+                return line.rsplit("(", 1)[-1].split(";")[0]
+        if proc.poll() is not None:
+            raise SystemExit(f"`recsys app` exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
+        time.sleep(0.2)
+    raise SystemExit(f"`recsys app` was not ready within {timeout:.0f} s; its log: {log}")
+
+
 def tree_cpu_seconds(root: int) -> float:
     """User + system CPU seconds of process `root` and its live descendants (Linux /proc)."""
     ticks = os.sysconf("SC_CLK_TCK")
@@ -125,10 +147,13 @@ def tree_cpu_seconds(root: int) -> float:
     return total
 
 
-def browser_loads(workspace: Path, visits: int, warm_first: bool, explorer_args: list[str]) -> None:
-    """Start the explorer's server on `workspace` (warmed with `warm_first`), then time `visits`
-    page loads in chromium."""
+def browser_loads(
+    workspace: Path, visits: int, warm_first: bool, explorer_args: list[str], cli: bool = False
+) -> None:
+    """Start the explorer's server on `workspace` (warmed with `warm_first`; with `cli`, through
+    `recsys app`), then time `visits` page loads in chromium."""
     import re
+    import signal
     import socket
     import subprocess
     import tempfile
@@ -142,16 +167,34 @@ def browser_loads(workspace: Path, visits: int, warm_first: bool, explorer_args:
         port = sock.getsockname()[1]
     env = {**os.environ, "RECSYS_HOME": str(workspace)}
     env.setdefault("RECSYS_DEVICE", "cpu")
-    cmd = streamlit_command(["--workspace", str(workspace), *explorer_args], port, "127.0.0.1")
+    if cli:
+        cmd = [
+            sys.executable,
+            "-m",
+            "recsys",
+            "--workspace",
+            str(workspace),
+            "--device",
+            env["RECSYS_DEVICE"],
+        ]
+        cmd += [*explorer_args, "app", "--port", str(port), "--address", "127.0.0.1"]  # --manifest is global
+    else:
+        cmd = streamlit_command(["--workspace", str(workspace), *explorer_args], port, "127.0.0.1")
     log = Path(tempfile.mkstemp(prefix="bench-explorer-", suffix=".log")[1])
     t0 = time.perf_counter()
     with log.open("wb") as out:
         proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
     rows = []
     try:
-        wait_until_up(port, proc)
-        rows.append({"step": "server start (no page yet)", "ms": 1e3 * (time.perf_counter() - t0), "ok": "-"})
-        if warm_first:
+        if cli:
+            status = wait_for_ready_line(log, proc)
+            rows.append(
+                {"step": f"`recsys app` until ready ({status})", "ms": 1e3 * (time.perf_counter() - t0)}
+            )
+        else:
+            wait_until_up(port, proc)
+            rows.append({"step": "server start (no page yet)", "ms": 1e3 * (time.perf_counter() - t0)})
+        if warm_first and not cli:
             t0 = time.perf_counter()
             status = warm(port)
             rows.append(
@@ -191,9 +234,12 @@ def browser_loads(workspace: Path, visits: int, warm_first: bool, explorer_args:
             finally:
                 browser.close()
     finally:
-        proc.terminate()
+        # `recsys app` stops its streamlit server on Ctrl-C (app.server.serve); streamlit stops on SIGTERM.
+        proc.send_signal(signal.SIGINT if cli else signal.SIGTERM)
         proc.wait(timeout=30)
-    print(f"\nexplorer on {workspace} in chromium; server log {log}\n")
+    print(
+        f"\nexplorer on {workspace} in chromium{' through `recsys app`' if cli else ''}; server log {log}\n"
+    )
     print(
         f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores. CPU s: what the server's and the"
     )

@@ -20,10 +20,19 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from recsys.errors import NoModelsError
-from recsys.training.checkpoint import META, ModelVersion, latest_version, models_dir, read_meta
+from recsys.training.checkpoint import (
+    META,
+    ModelVersion,
+    latest_version,
+    load_version,
+    models_dir,
+    read_meta,
+)
 
 if TYPE_CHECKING:
     from recsys.encoders import SongEncoder
+    from recsys.models.tcae import TCAE
+    from recsys.models.timbre import TimbreEncoder
 
 KINDS = ("timbre", "melody")
 CURRENT = "CURRENT"
@@ -130,19 +139,37 @@ class Models:
 
 
 def load_models(workspace: Path, pair: ModelPair | None = None) -> Models:
-    """The encoders of `pair` (default: the current pair), on the CPU, in eval mode."""
+    """The encoders of `pair` (default: the current pair), on the CPU, in eval mode.
+
+    Serving reads the checkpoints and the model classes only, never the trainers' modules (their
+    losses import pytorch-metric-learning and scipy: seconds of start-up for the CLI and the explorer).
+    """
     from recsys.encoders import melody_encoder, timbre_encoder
-    from recsys.training.contrastive import load_timbre
-    from recsys.training.tcae import load_melody
 
     pair = pair if pair is not None else current_pair(workspace)
     if pair is None:
         raise NoModelsError(f"no trained models in {Path(workspace) / 'models'}",
                             "run `recsys ingest SOURCE`, then `recsys train`")
     try:
-        timbre, t_meta = load_timbre(workspace, pair.timbre)
-        melody, m_meta = load_melody(workspace, pair.melody)
+        timbre, t_meta = load_timbre_model(workspace, pair.timbre)
+        melody, m_meta = load_melody_model(workspace, pair.melody)
     except FileNotFoundError as e:
         raise NoModelsError(f"model pair {pair.version} is not on disk ({e})",
                             "run `recsys train`, or `recsys reembed` to pick a published pair") from e
     return Models(timbre_encoder(timbre), melody_encoder(melody), t_meta, m_meta)
+
+
+def load_timbre_model(workspace: Path, version: str) -> tuple[TimbreEncoder, ModelVersion]:
+    """A published timbre model on the CPU in eval mode (no check against a training config)."""
+    from recsys.models.restore import restore_timbre
+
+    meta, state = load_version(workspace, "timbre", version)
+    return restore_timbre(meta, state), meta
+
+
+def load_melody_model(workspace: Path, version: str) -> tuple[TCAE, ModelVersion]:
+    """A published melody model (TCAE) on the CPU in eval mode."""
+    from recsys.models.restore import restore_melody
+
+    meta, state = load_version(workspace, "melody", version)
+    return restore_melody(meta, state), meta

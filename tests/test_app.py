@@ -245,36 +245,50 @@ def test_singer_from_selection():
 # The `recsys app` command ----------------------------------------------------------------------------
 
 
-def test_recsys_app_launches_streamlit_on_the_workspace(monkeypatch, app_ws, tmp_path):
-    import subprocess
-
+def test_recsys_app_serves_the_workspace_through_the_warmed_server(monkeypatch, app_ws, tmp_path):
     from typer.testing import CliRunner
 
+    import app.server
     from recsys.cli import app as cli
 
-    seen = {}
+    calls = []
 
-    def fake_call(cmd, env=None, **kwargs):
-        seen["cmd"], seen["env"] = cmd, env
+    def fake_serve(explorer_args, port, env=None, on_ready=None, address=None):
+        calls.append({"args": list(explorer_args), "port": port, "env": env, "address": address})
+        on_ready("ok")  # what serve reports once its warm-up run of the page answered
         return 0
 
-    monkeypatch.setattr(subprocess, "call", fake_call)
+    monkeypatch.setattr(app.server, "serve", fake_serve)
     url = f"sqlite:///{app_ws / 'catalog.db'}"  # a catalog and trained models: what `app` checks first
-    result = CliRunner().invoke(cli, ["--workspace", str(app_ws), "--db", url, "app", "--port", "8765"])
+    options = ["--workspace", str(app_ws), "--db", url, "--device", "cpu"]
+    result = CliRunner().invoke(cli, [*options, "app", "--port", "8765", "--address", "127.0.0.1"])
     assert result.exit_code == 0, result.output
-    cmd = seen["cmd"]
-    assert cmd[1:4] == ["-m", "streamlit", "run"] and Path(cmd[4]) == REPO / "app" / "explorer.py"
-    assert cmd[cmd.index("--server.port") + 1] == "8765"
-    assert cmd[cmd.index("--server.headless") + 1] == "true"
-    assert cmd[cmd.index("--") + 1 :] == ["--workspace", str(app_ws)]
-    assert seen["env"]["RECSYS_DB_URL"] == url and url not in " ".join(cmd)  # no password on the command line
+    (call,) = calls
+    assert call["port"] == 8765 and call["address"] == "127.0.0.1"
+    assert call["args"] == ["--workspace", str(app_ws)]
+    assert call["env"]["RECSYS_DB_URL"] == url and url not in " ".join(call["args"])  # no password in argv
+    assert call["env"]["RECSYS_DEVICE"] == "cpu"
+    ready = [line for line in result.output.splitlines() if "ready on" in line]
+    assert ready == [f"explorer for {app_ws} ready on http://127.0.0.1:8765 (page warmed; Ctrl-C to stop)"]
 
-    # A --config given to recsys reaches the explorer, which then serves those settings.
+    # A --config given to recsys reaches the explorer, which then serves those settings; without
+    # --address the server listens everywhere (streamlit's default) and says localhost; a warm-up run
+    # that failed is said as such.
     config = tmp_path / "cfg.yaml"
     config.write_text("fusion: {song: {timbre: 0.2, melody: 0.8}}\n")
+
+    def failed_warm_up(explorer_args, port, env=None, on_ready=None, address=None):
+        calls.append({"args": list(explorer_args), "port": port, "address": address})
+        on_ready("timeout")
+        return 3  # streamlit's own exit code is the command's
+
+    monkeypatch.setattr(app.server, "serve", failed_warm_up)
     result = CliRunner().invoke(cli, ["--workspace", str(app_ws), "--config", str(config), "app"])
-    assert result.exit_code == 0, result.output
-    explorer_argv = seen["cmd"][seen["cmd"].index("--") + 1 :]
+    assert result.exit_code == 3, result.output
+    call = calls[-1]
+    assert call["port"] == 8501 and call["address"] is None
+    assert "ready on http://localhost:8501 (warm-up run: timeout;" in result.output
+    explorer_argv = call["args"]
     assert explorer_argv[explorer_argv.index("--config") + 1] == str(config.resolve())
     from app.explorer import parse_args
     from recsys.config import load_settings
@@ -282,6 +296,22 @@ def test_recsys_app_launches_streamlit_on_the_workspace(monkeypatch, app_ws, tmp
     args = parse_args(explorer_argv)
     assert args.config == str(config.resolve()) and args.workspace == str(app_ws)
     assert load_settings(config_file=Path(args.config)).fusion.song.melody == 0.8
+
+
+def test_recsys_app_says_when_the_server_never_answers(monkeypatch, app_ws):
+    from typer.testing import CliRunner
+
+    import app.server
+    from recsys.cli import app as cli
+
+    def silent(explorer_args, port, env=None, on_ready=None, address=None):
+        raise RuntimeError(f"streamlit did not answer on port {port} within 120 s (no answer)")
+
+    monkeypatch.setattr(app.server, "serve", silent)
+    result = CliRunner().invoke(cli, ["--workspace", str(app_ws), "app", "--port", "8766"])
+    assert result.exit_code == 1
+    assert "error: the explorer did not start: streamlit did not answer on port 8766" in result.output
+    assert "hint:" in result.output and "ready on" not in result.output
 
 
 def test_serve_runs_the_page_once_before_it_says_the_explorer_is_ready(monkeypatch):
@@ -344,6 +374,12 @@ def _singer_ranking(at):
     return at.tabs[0].dataframe[0].value
 
 
+def _open_tab(at, label: str) -> None:
+    """Click a tab: its label becomes the tabs' state, and the page runs again (on_change="rerun")."""
+    at.session_state["tab"] = label
+    at.run()
+
+
 def _figures(at) -> list[dict]:
     return [json.loads(chart.proto.spec) for chart in at.get("plotly_chart")]
 
@@ -393,8 +429,15 @@ def test_page_renders_every_section(at, app_ws, rec):
     figures = _figures(at)
     assert len(figures) == 2
     assert sum(len(trace["x"]) for trace in _map(at)) == 6
+    # The query tab waits for a query.
+    assert any("Upload a recording or pick a catalog song" in i.value for i in at.tabs[1].info)
+    # The Catalog tab is made when it is opened, not for the first page.
+    assert at.session_state["tab"] == "Singer"
+    assert not at.tabs[2].children and not at.metric
+    _open_tab(at, "Catalog")
+    assert not at.exception, at.exception
     # Catalog statistics, runs and the failed ingestion.
-    metrics = {m.label: m.value for m in at.metric}
+    metrics = {m.label: m.value for m in at.tabs[2].metric}
     assert metrics["Singers"] == "6" and metrics["Songs"] == "18" and metrics["Ingestion errors"] == "1"
     runs, errors = at.tabs[2].dataframe[0].value, at.tabs[2].dataframe[1].value
     # newest first: the failed ingestion, the demo's embedding job (a run too), its ingestion
@@ -402,8 +445,9 @@ def test_page_renders_every_section(at, app_ws, rec):
     assert errors.path.str.endswith("broken.wav").all() and errors.cause.tolist() == ["unreadable"]
     catalog_songs = at.tabs[2].dataframe[2].value
     assert len(catalog_songs) == 18 and {"gender", "melody_id"} <= set(catalog_songs.columns)
-    # The query tab waits for a query.
-    assert any("Upload a recording or pick a catalog song" in i.value for i in at.tabs[1].info)
+    # The other tabs keep their content meanwhile.
+    assert _singer_ranking(at).singer.tolist() == ranking.singer.tolist()
+    assert sum(len(trace["x"]) for trace in _map(at)) == 6
 
 
 @pytest.mark.slow
@@ -478,6 +522,92 @@ def test_query_by_catalog_song_ranks_and_marks_the_map(at, rec):
     assert {t["name"] for t in traces} - {"query"} <= {s["metadata"]["melody_id"] for s in rec.songs()}
 
 
+def _query_rankings(at):
+    """The query tab's singer and song rankings."""
+    return at.tabs[1].dataframe[0].value, at.tabs[1].dataframe[1].value
+
+
+def _assert_same_ranking(frame, hits, key: str) -> None:
+    assert frame[key].tolist() == [getattr(h, key) for h in hits]
+    np.testing.assert_allclose(frame.score, [h.score for h in hits], atol=1e-4)
+
+
+@pytest.mark.slow
+def test_each_question_ranks_as_recsys_search_by_that_question(at, rec):
+    import inspect
+
+    from recsys.cli.search import search_cmd
+
+    at.run()
+    question = at.radio(key="question")
+    # The page starts on the question `recsys search` and Recommender.search answer by default.
+    cli_default = inspect.signature(search_cmd).parameters["by"].default
+    assert question.value == cli_default == inspect.signature(Recommender.search).parameters["by"].default
+    assert question.options == ["similar singers", "similar songs", "same melody"]
+    assert at.slider(key="w_timbre").value == views.timbre_share(rec.weights_for(cli_default))
+    song = rec.songs()[7]
+    at.selectbox(key="pick_song").set_value(song["id"]).run()
+    singer = at.selectbox(key="singer").value
+    shown = {}
+    for by in ("song", "melody", "singer"):
+        at.radio(key="question").set_value(by).run()
+        assert not at.exception, at.exception
+        weights = rec.weights_for(by)  # settings.fusion
+        assert at.slider(key="w_timbre").value == pytest.approx(views.timbre_share(weights))
+        assert any(c.value.endswith(f"({views.QUESTION_LABELS[by]})") for c in at.sidebar.caption)
+        # What `recsys search SONG.wav --by BY` answers for the same recording (itself left out).
+        ref = rec.search(song["path"], 5, by=by)
+        singers, songs = _query_rankings(at)
+        _assert_same_ranking(singers, ref.singers, "singer")
+        _assert_same_ranking(songs, ref.songs, "song_id")
+        # The Singer tab answers the same question about the selected singer.
+        _assert_same_ranking(_singer_ranking(at), rec.similar_singers(singer, 5, weights), "singer")
+        shown[by] = songs
+    # The three questions are answered differently: timbre evidence alone, melody alone, both.
+    np.testing.assert_allclose(shown["singer"].melody_part, 0, atol=1e-6)
+    np.testing.assert_allclose(shown["melody"].timbre_part, 0, atol=1e-6)
+    assert (shown["song"].timbre_part.abs() > 1e-6).all() and (shown["song"].melody_part.abs() > 1e-6).all()
+    assert shown["singer"].song_id.tolist() != shown["melody"].song_id.tolist()
+
+
+@pytest.mark.slow
+def test_weights_by_hand_start_from_the_question_and_a_question_sets_them_back(at, rec):
+    at.run()
+    at.radio(key="question").set_value("melody").run()
+    assert at.slider(key="w_timbre").value == 0.0
+    at.slider(key="w_timbre").set_value(0.3).run()
+    assert not at.exception, at.exception
+    assert at.radio(key="question").value == "melody"
+    assert any(c.value == "timbre 0.30 / melody 0.70 (set by hand)" for c in at.sidebar.caption)
+    singer = at.selectbox(key="singer").value
+    _assert_same_ranking(_singer_ranking(at), rec.similar_singers(singer, 5, Weights(0.3, 0.7)), "singer")
+    at.radio(key="question").set_value("song").run()
+    assert at.slider(key="w_timbre").value == 0.5
+    assert any(c.value == "timbre 0.50 / melody 0.50 (similar songs)" for c in at.sidebar.caption)
+
+
+@pytest.mark.slow
+def test_question_weights_come_from_the_configuration(at, app_ws, monkeypatch):
+    # Weights that are not shares already: the page ranks with the question's own, as the CLI does.
+    monkeypatch.setenv("RECSYS_FUSION__SINGER__MELODY", "0.2")
+    monkeypatch.setenv("RECSYS_FUSION__MELODY__TIMBRE", "0.5")
+    configured = _rec(app_ws)  # the same environment as the page's
+    assert configured.weights_for("singer") == Weights(1.0, 0.2)
+    at.run()
+    assert not at.exception, at.exception
+    assert at.slider(key="w_timbre").value == pytest.approx(1 / 1.2)
+    song = configured.songs()[3]
+    at.selectbox(key="pick_song").set_value(song["id"]).run()
+    for by in ("singer", "melody"):
+        at.radio(key="question").set_value(by).run()
+        share = views.timbre_share(configured.weights_for(by))
+        assert at.slider(key="w_timbre").value == pytest.approx(share)
+        ref = configured.search(song["path"], 5, by=by)
+        singers, songs = _query_rankings(at)
+        _assert_same_ranking(singers, ref.singers, "singer")
+        _assert_same_ranking(songs, ref.songs, "song_id")
+
+
 @pytest.mark.slow
 def test_a_workspace_without_models_shows_an_error(tmp_path, monkeypatch):
     from streamlit.testing.v1 import AppTest
@@ -548,7 +678,8 @@ def test_page_filters_and_colours_by_a_column_it_has_never_heard_of(labelled_at,
     assert {"Label", "Mood (predicted)", "cluster"} <= set(at.selectbox(key="map_color").options)
 
     label.set_value(["Motown"])
-    at.selectbox(key="map_color").set_value("label").run()
+    at.selectbox(key="map_color").set_value("label")
+    _open_tab(at, "Catalog")
     assert not at.exception, at.exception
     songs = {s["id"]: s for s in _rec(labelled_ws).songs()}
     motown = {i for i, s in songs.items() if s["metadata"]["label"] == "Motown"}

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -13,7 +11,7 @@ import typer
 
 from recsys.cli.output import StageBars, emit, note, print_epoch
 from recsys.cli.root import Context, app, computing, require_catalog
-from recsys.errors import MissingDependencyError, NoModelsError
+from recsys.errors import MissingDependencyError, NoModelsError, RecsysError
 
 
 def require_servable(c: Context) -> None:
@@ -30,26 +28,38 @@ def require_servable(c: Context) -> None:
 def app_cmd(
     ctx: typer.Context,
     port: Annotated[int, typer.Option(min=1, max=65535, help="Port to serve the explorer on.")] = 8501,
+    address: Annotated[str | None, typer.Option(
+        help="Address to listen on, e.g. 127.0.0.1 for this machine only (default: every interface).")] = None,
 ) -> None:
-    """Open the similarity explorer (Streamlit): the catalog map, similar singers, query by song."""
-    from recsys.config import PROJECT_ROOT
+    """Open the similarity explorer (Streamlit): the catalog map, similar singers, query by song.
 
+    The page runs once in the server before it says it is ready, so the first visitor only lays it out."""
     if importlib.util.find_spec("streamlit") is None:
         raise MissingDependencyError("the explorer needs streamlit, which is not installed",
                                      "pip install 'streamlit>=1.38'")
     c = computing(ctx)
     require_servable(c)
+    from app.server import serve
+
     env = dict(os.environ, RECSYS_DEVICE=c.settings.device)
     if c.settings.db_url:
         env["RECSYS_DB_URL"] = c.settings.db_url  # through the environment: no password on the command line
-    cmd = [sys.executable, "-m", "streamlit", "run", str(PROJECT_ROOT / "app" / "explorer.py"),
-           "--server.port", str(port), "--server.headless", "true", "--browser.gatherUsageStats", "false",
-           "--", "--workspace", str(c.root)]
+    explorer_args = ["--workspace", str(c.root)]
     for flag, path in (("--config", c.config_file), ("--manifest", c.manifest_file)):
         if path is not None:
-            cmd += [flag, str(Path(path).resolve())]
-    note(f"explorer for {c.root} on http://localhost:{port} (Ctrl-C to stop)")
-    raise typer.Exit(subprocess.call(cmd, env=env))
+            explorer_args += [flag, str(Path(path).resolve())]
+    url = f"http://{address if address not in (None, '', '0.0.0.0') else 'localhost'}:{port}"
+
+    def ready(status: str) -> None:
+        warmed = "page warmed" if status == "ok" else f"warm-up run: {status}; the first visitor waits for the page"
+        note(f"explorer for {c.root} ready on {url} ({warmed}; Ctrl-C to stop)")
+
+    try:
+        code = serve(explorer_args, port, env=env, on_ready=ready, address=address)
+    except RuntimeError as e:  # the server neither answered nor exited
+        raise RecsysError(f"the explorer did not start: {e}",
+                          "check that nothing else holds the port, or pass --port") from e
+    raise typer.Exit(code)
 
 
 @app.command()

@@ -12,7 +12,7 @@ log-mel (recsys.augment), so the trainer needs only each TrainingSong's log-mel.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -34,9 +34,9 @@ from recsys.config import FeatureConfig, TimbreConfig
 from recsys.encoders import TimbreSongEncoder
 from recsys.evaluation import retrieval_metrics, split_by_song
 from recsys.features import SongFeatures, seconds_per_frame
+from recsys.models.restore import restore_timbre
 from recsys.models.timbre import TimbreEncoder, TimbreModelConfig
 from recsys.training.checkpoint import (
-    CheckpointMismatchError,
     ModelVersion,
     catalog_fingerprint,
     clear_resume,
@@ -367,11 +367,4 @@ def load_timbre(
     if sample_rate is not None:
         expect_config["sample_rate"] = sample_rate
     meta, state = load_version(workspace, KIND, version, expect_config=expect_config or None)
-    names = {f.name for f in fields(TimbreModelConfig)}
-    model_cfg = TimbreModelConfig.from_dict({k: v for k, v in meta.model_config.items() if k in names})
-    model = TimbreEncoder(model_cfg)
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as e:
-        raise CheckpointMismatchError(f"weights at {meta.path} do not fit TimbreEncoder({model_cfg})") from e
-    return model.eval(), meta
+    return restore_timbre(meta, state), meta

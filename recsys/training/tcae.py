@@ -22,9 +22,9 @@ from tqdm.auto import tqdm
 
 from recsys.config import FeatureConfig, MelodyConfig
 from recsys.evaluation import split_by_song
+from recsys.models.restore import restore_melody
 from recsys.models.tcae import TCAE, TCAEConfig
 from recsys.training.checkpoint import (
-    CheckpointMismatchError,
     ModelVersion,
     catalog_fingerprint,
     clear_resume,
@@ -219,13 +219,4 @@ def load_melody(
     CheckpointMismatchError names the differing fields.
     """
     meta, state = load_version(workspace, KIND, version, expect_config=expect.to_dict() if expect else None)
-    try:
-        model_cfg = TCAEConfig.from_dict(meta.model_config)
-    except (TypeError, ValueError) as e:
-        raise CheckpointMismatchError(f"{meta.path}: not a TCAE config: {meta.model_config}") from e
-    model = TCAE(model_cfg)
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as e:
-        raise CheckpointMismatchError(f"weights at {meta.path} do not fit TCAE({model_cfg})") from e
-    return model.eval(), meta
+    return restore_melody(meta, state), meta

@@ -1,0 +1,45 @@
+"""Rebuilding published models from their checkpoints: the one place both serving and training do it.
+
+Reads only the model classes and the checkpoint files, never the trainers' modules
+(their losses import pytorch-metric-learning and scipy, seconds of start-up for a
+server), so recsys.registry can load models for serving cheaply.
+"""
+
+from __future__ import annotations
+
+from dataclasses import fields
+from typing import Any, TypeVar
+
+from torch import nn
+
+from recsys.models.tcae import TCAE, TCAEConfig
+from recsys.models.timbre import TimbreEncoder, TimbreModelConfig
+from recsys.training.checkpoint import CheckpointMismatchError, ModelVersion
+
+M = TypeVar("M", bound=nn.Module)
+
+
+def restore_timbre(meta: ModelVersion, state: dict[str, Any]) -> TimbreEncoder:
+    """A timbre checkpoint -> its TimbreEncoder on the CPU in eval mode."""
+    names = {f.name for f in fields(TimbreModelConfig)}  # meta also keeps the features and sample rate
+    cfg = TimbreModelConfig.from_dict({k: v for k, v in meta.model_config.items() if k in names})
+    return _restored(TimbreEncoder(cfg), state, meta)
+
+
+def restore_melody(meta: ModelVersion, state: dict[str, Any]) -> TCAE:
+    """A melody checkpoint -> its TCAE on the CPU in eval mode."""
+    try:
+        cfg = TCAEConfig.from_dict(meta.model_config)
+    except (TypeError, ValueError) as e:
+        raise CheckpointMismatchError(f"{meta.path}: not a TCAE config: {meta.model_config}") from e
+    return _restored(TCAE(cfg), state, meta)
+
+
+def _restored(model: M, state: dict[str, Any], meta: ModelVersion) -> M:
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as e:
+        raise CheckpointMismatchError(
+            f"weights at {meta.path} do not fit {type(model).__name__}({model.cfg})"
+        ) from e
+    return model.eval()
