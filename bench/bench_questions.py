@@ -99,17 +99,23 @@ def main() -> None:
     overrides = {"timbre": {"epochs": args.timbre_epochs}} if args.timbre_epochs else {}
     settings = load_settings(manifest_file=None, workspace=args.out / "ws", device="cpu", **overrides)
     rec = Recommender(settings)
+    phases = {"generate": time.perf_counter() - began}
+    mark = time.perf_counter()
     rec.ingest(manifest)
-    rec.train()
+    phases["ingest"], mark = time.perf_counter() - mark, time.perf_counter()
+    rec.train()  # both encoders, then the catalog embedded under the new pair and its index
+    phases["train + embed"], mark = time.perf_counter() - mark, time.perf_counter()
     with open(manifest, encoding="utf-8") as f:
         melody_of = {str((manifest.parent / row["path"]).resolve()): row["melody_id"] for row in csv.DictReader(f)}
     truth = {song["id"]: (song["singer"], melody_of[song["path"]]) for song in rec.songs()}
     rows = rows_of(rec, truth)
+    phases["queries"] = time.perf_counter() - mark
     print(f"# {args.singers} singers x {args.songs} songs x {args.seconds:g} s, {args.common} melodies sung by "
           f"every singer{', produced' if args.produced else ''}; {rows[0]['queries']} queries, "
           f"{rows[0]['shared']} shared-melody; {platform.processor() or platform.machine()}, "
           f"{time.perf_counter() - began:.0f} s")
     print(markdown(rows))
+    print("seconds: " + ", ".join(f"{name} {secs:.0f}" for name, secs in phases.items()))
 
 
 if __name__ == "__main__":
