@@ -177,3 +177,14 @@ def test_ingest_train_search_needs_no_other_step(tmp_path):
     assert result["singers"] and result["singers"][0]["singer"] == "singer_00"
     assert "now serving" in run("train", "timbre").stdout  # retrained: embedded and switched again
     assert run("search", str(query)).returncode == 0
+
+
+def test_experiment_epochs_option_overrides_only_its_own_section():
+    from recsys.cli.studies import _with_epochs
+    from recsys.config import load_settings
+
+    settings = load_settings(manifest_file=None)
+    melody = _with_epochs(settings, "melody", 2)
+    assert melody.melody.epochs == 2 and melody.timbre.epochs == settings.timbre.epochs
+    assert _with_epochs(settings, "timbre", 3).timbre.epochs == 3
+    assert _with_epochs(settings, "timbre", None) is settings

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from recsys.cli.output import Table, emit, note, print_epoch, stage_done
 from recsys.cli.root import Context, app, computing, require_catalog
 from recsys.errors import EmptyCatalogError
+
+if TYPE_CHECKING:
+    from recsys.config import Settings
 
 POLICY_COLUMNS = [
     ("policy", "policy"), ("final_loss", "final loss"), ("epochs", "epochs"), ("p_at_1", "P@1"),
@@ -73,6 +76,13 @@ def _study_songs(c: Context, need_waves: bool) -> Any:
                          separator=ws.separator, separation=ws.separation)
 
 
+def _with_epochs(settings: Settings, section: str, epochs: int | None) -> Settings:
+    """`settings` with `section`.epochs replaced by the --epochs option, when given."""
+    if epochs is None:
+        return settings
+    return settings.model_copy(update={section: getattr(settings, section).model_copy(update={"epochs": epochs})})
+
+
 @experiment_app.command("pair-policies")
 def pair_policies_cmd(
     ctx: typer.Context,
@@ -86,9 +96,7 @@ def pair_policies_cmd(
     from recsys.studies.pair_policies import pair_policy_study
 
     c = computing(ctx)
-    settings = c.settings
-    if epochs is not None:
-        settings = settings.model_copy(update={"timbre": settings.timbre.model_copy(update={"epochs": epochs})})
+    settings = _with_epochs(c.settings, "timbre", epochs)
     songs, _ = _study_songs(c, need_waves=False)
     rows = pair_policy_study(songs, settings, settings.workspace, policies=policy, test_fraction=test_fraction,
                              seed=seed, log=print_epoch)
@@ -110,9 +118,7 @@ def melody_variants_cmd(
     from recsys.studies.melody_variants import melody_variant_study
 
     c = computing(ctx)
-    settings = c.settings
-    if epochs is not None:
-        settings = settings.model_copy(update={"melody": settings.melody.model_copy(update={"epochs": epochs})})
+    settings = _with_epochs(c.settings, "melody", epochs)
     songs, waves = _study_songs(c, need_waves=True)
     rows = melody_variant_study(songs, waves, settings, settings.workspace / "experiments" / "melody-variants",
                                 variants=variant or ("mel", "pitch-ki"), test_fraction=test_fraction, seed=seed,
