@@ -103,16 +103,17 @@ def untrained_workspace(ws: Path, settings: Settings) -> None:
     """Publish randomly initialised encoders of the configured shapes (speed does not depend on weights)."""
     import torch
 
-    from recsys.models.tcae import TCAE, TCAEConfig
+    from recsys.models.melody import build_melody_model, melody_model_config
     from recsys.models.timbre import TimbreEncoder
     from recsys.training.checkpoint import save_version
     from recsys.training.contrastive import model_config_for
+    from recsys.training.tcae import meta_config_for
 
     torch.manual_seed(0)
     t_cfg = model_config_for(settings.timbre, settings.features)
     save_version(ws, "timbre", TimbreEncoder(t_cfg).state_dict(), t_cfg.to_dict(), "bench")
-    m_cfg = TCAEConfig.from_settings(settings.melody, settings.features, settings.audio.sample_rate)
-    save_version(ws, "melody", TCAE(m_cfg).state_dict(), m_cfg.to_dict(), "bench")
+    m_cfg = melody_model_config(settings.melody, settings.features, settings.audio.sample_rate)
+    save_version(ws, "melody", build_melody_model(m_cfg).state_dict(), meta_config_for(m_cfg, settings.melody), "bench")
 
 
 def settings_for(ws: Path) -> Settings:

@@ -65,7 +65,7 @@ def write_recording(path: Path, minutes: float, n_songs: int = 6) -> None:
 def _models(settings: Settings):
     """Models of the configured shape, seeded random weights, behind the encoder contract."""
     from recsys.encoders import melody_encoder, timbre_encoder
-    from recsys.models.tcae import TCAE, TCAEConfig
+    from recsys.models.melody import build_melody_model, melody_model_config
     from recsys.models.timbre import TimbreEncoder
     from recsys.registry import Models
     from recsys.training.contrastive import model_config_for
@@ -73,7 +73,7 @@ def _models(settings: Settings):
     torch.manual_seed(0)
     timbre = TimbreEncoder(model_config_for(settings.timbre, settings.features)).eval()
     torch.manual_seed(1)
-    tcae = TCAE(TCAEConfig.from_settings(settings.melody, settings.features, settings.audio.sample_rate)).eval()
+    tcae = build_melody_model(melody_model_config(settings.melody, settings.features, settings.audio.sample_rate)).eval()
     return Models(timbre_encoder(timbre), melody_encoder(tcae), None, None)
 
 

@@ -1,7 +1,7 @@
 """Melody vectors on the demo catalog: chroma profiles and TCAE variants against chroma baselines, plus speed.
 
-    .venv/bin/python bench/bench_melody.py [--threads 2] [--epochs 30] [--variants mel pitch-ki ...]
-        [--singers 24] [--songs 8] [--seconds 30] [--cache DIR] [--markdown docs/melody_table.md]
+    .venv/bin/python bench/bench_melody.py [--threads 2] [--epochs N] [--variants equivariant mel pitch-ki ...]
+        [--seeds 3] [--singers 24] [--songs 8] [--seconds 30] [--cache DIR] [--markdown docs/melody_table.md]
 
 The catalog is recsys.corpus.generate_corpus (the demo catalog: 24 singers x 8 songs
 x 30 s, about half the songs on melodies shared by 2-4 singers, each singer in their
@@ -9,7 +9,9 @@ own key and at +-6 % tempo). Query sets "+2" / "-2": every shared-melody song su
 again (a new take) 2 semitones up / down; "ts0.9" / "ts1.1": those songs time-stretched
 10 % slower / faster (recsys.augment.time_stretch_wave). The TCAE is unsupervised, so each variant
 is trained on the catalog it serves, as the product does; labels are only used to
-score. `--variants` with no names skips training and scores only the profiles.
+score. `--variants` with no names skips training and scores only the profiles; the default
+trains the product's model (`equivariant`, the pitch-equivariant TCAE; `--seeds N` trains it
+N times), the others are per-frame TCAE variants (`melody.model: frame`).
 `--cache DIR` keeps the synthesised catalog (DIR/data.pt) so that later runs skip synthesis.
 
 Profile rows (no learning):
@@ -26,7 +28,8 @@ Profile rows (no learning):
 Figures:
   P@1        nearest other song is the same melody by another singer (shared-melody songs)
   P@1 +-2    the same for the transposed takes (their own original left out), mean of +2 and -2
-  valid      held-out reconstruction MSE at the best epoch (not comparable across inputs)
+  valid      the monitored loss at the best epoch: held-out reconstruction MSE (per-frame TCAE) or the
+             contrastive loss on fixed views (equivariant TCAE); not comparable across rows
   train s    wall time of train_melody
   embed ms   per song, and for a 3-minute song after warm-up
 """
@@ -49,24 +52,33 @@ from recsys.config import FeatureConfig, MelodyConfig, Settings
 from recsys.encoders import IntervalLagConfig, IntervalLagMelody
 from recsys.features import SongFeatures, log_mel
 from recsys.models.tcae import TCAEConfig
+from recsys.production import pitch_copy
 from recsys.studies.melody_variants import compare_melody_variants, melody_precision_at_1
 from recsys.training.data import TrainingSong
 
 SR = 16000
 FEAT = FeatureConfig()
 VARIANTS = {
-    "mel": {"input": "mel"},
-    "pitch": {"input": "pitch"},
-    "mel+pitch": {"input": "mel+pitch"},
-    "pitch-ki": {"input": "pitch", "key_invariant": True},
-    "mel+pitch-ki": {"input": "mel+pitch", "key_invariant": True},
+    "equivariant": {"model": "equivariant"},  # the product's default melody model
+    "mel": {"model": "frame", "input": "mel"},
+    "pitch": {"model": "frame", "input": "pitch"},
+    "mel+pitch": {"model": "frame", "input": "mel+pitch"},
+    "pitch-ki": {"model": "frame", "input": "pitch", "key_invariant": True},
+    "mel+pitch-ki": {"model": "frame", "input": "mel+pitch", "key_invariant": True},
 }
 Song = dict  # mel, wave, singer, melody, sched [(onset s, offset s, midi)], source (queries)
 
 
-def demo_catalog(out: Path, n_singers: int, songs: int, seconds: float) -> dict:
-    """Generate the demo catalog and the +-2 semitone query sets: {"cat": [Song], "q": {"+2": [Song], "-2": ...}}."""
-    manifest = corpus.generate_corpus(out, n_singers, songs, seconds, seed=0, sample_rate=SR, workers=2)
+def demo_catalog(out: Path, n_singers: int, songs: int, seconds: float, common: int = 0,
+                 produced: bool = False) -> dict:
+    """Generate the demo catalog and the +-2 semitone query sets: {"cat": [Song], "q": {"+2": [Song], "-2": ...}}.
+
+    `common` melodies sung by every singer (a covers catalog); `produced`: every song through its own
+    production chain (room, EQ, band limit, noise), and the +-2 queries pitch-shifted copies of the
+    produced songs (formants move) instead of new clean takes.
+    """
+    manifest = corpus.generate_corpus(out, n_singers, songs, seconds, seed=0, sample_rate=SR, workers=2,
+                                      common_melodies=common, produced=produced)
     with open(manifest, encoding="utf-8") as f:
         rows = list(csv.DictReader(f))
     voices = {v.name: v for v in corpus.make_singers(n_singers, 0)}
@@ -93,7 +105,10 @@ def demo_catalog(out: Path, n_singers: int, songs: int, seconds: float) -> dict:
         if len(sung_by[r["melody_id"]]) < 2:
             continue
         for name, shift in (("+2", 2), ("-2", -2)):
-            take = corpus.sing(voice, melody, seconds, SR, seed=10_000 + i, transpose=transpose + shift)
+            if produced:
+                take = pitch_copy(wave, SR, float(shift))
+            else:
+                take = corpus.sing(voice, melody, seconds, SR, seed=10_000 + i, transpose=transpose + shift)
             data["q"][name].append(song(take, voice, melody, transpose + shift, source=i))
     return data
 
@@ -216,12 +231,17 @@ def markdown(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def _features(s: Song) -> SongFeatures:
+    """The log-mel and the waveform pitch, as the product computes them for its melody model."""
+    return SongFeatures(s["mel"], pitch.wave_pitch(s["wave"], SR, FEAT.hop_length))
+
+
 def _training_songs(data: dict) -> tuple[list[TrainingSong], dict[str, list[TrainingSong]]]:
-    songs = [TrainingSong(i, SongFeatures(s["mel"]), s["singer"], f"song_{i}", {"melody": s["melody"]})
+    songs = [TrainingSong(i, _features(s), s["singer"], f"song_{i}", {"melody": s["melody"]})
              for i, s in enumerate(data["cat"])]
-    queries = {q: [TrainingSong(100_000 + j, SongFeatures(s["mel"]), s["singer"], "",
+    queries = {q: [TrainingSong(100_000 + j, _features(s), s["singer"], "",
                                 {"melody": s["melody"], "source": s["source"]})
-                   for j, s in enumerate(qs)] for q, qs in data["q"].items()}
+                   for j, s in enumerate(qs)] for q, qs in {**data["q"], **data["tempo"]}.items()}
     return songs, queries
 
 
@@ -231,9 +251,12 @@ def main() -> None:
     ap.add_argument("--singers", type=int, default=24)
     ap.add_argument("--songs", type=int, default=8)
     ap.add_argument("--seconds", type=float, default=30.0)
-    ap.add_argument("--epochs", type=int, default=30)
-    ap.add_argument("--channels", type=int, default=MelodyConfig().channels)
-    ap.add_argument("--variants", nargs="*", default=list(VARIANTS), choices=list(VARIANTS))
+    ap.add_argument("--epochs", type=int, default=None, help="default: melody.epochs")
+    ap.add_argument("--channels", type=int, default=None, help="the per-frame TCAE's (default: melody.channels)")
+    ap.add_argument("--variants", nargs="*", default=["equivariant"], choices=list(VARIANTS))
+    ap.add_argument("--seeds", type=int, default=1, help="train the equivariant TCAE with seeds 0 .. N-1")
+    ap.add_argument("--common", type=int, default=0, help="melodies every singer sings (a covers catalog)")
+    ap.add_argument("--produced", action="store_true", help="per-song production; +-2 queries are shifted copies")
     ap.add_argument("--cache", type=Path, default=None, help="directory to keep / reuse the synthesised catalog in")
     ap.add_argument("--markdown", type=Path, default=None, help="also write the table to this file")
     args = ap.parse_args()
@@ -245,7 +268,8 @@ def main() -> None:
         if cached is not None and cached.exists():
             data = torch.load(cached, weights_only=False)
         else:
-            data = demo_catalog(Path(tmp) / "corpus", args.singers, args.songs, args.seconds)
+            data = demo_catalog(Path(tmp) / "corpus", args.singers, args.songs, args.seconds, args.common,
+                                args.produced)
             if cached is not None:
                 cached.parent.mkdir(parents=True, exist_ok=True)
                 torch.save(data, cached)
@@ -259,8 +283,14 @@ def main() -> None:
             row["embed_3min_ms"] = time_3min(data, pool, source)
         if args.variants:
             songs, queries = _training_songs(data)
-            variants = {name: MelodyConfig(**VARIANTS[name], epochs=args.epochs, channels=args.channels)
-                        for name in args.variants}
+            base = MelodyConfig()
+            sizes = {"epochs": args.epochs or base.epochs, "channels": args.channels or base.channels}
+            variants = {}
+            for name in args.variants:
+                seeds = range(args.seeds) if name == "equivariant" else [0]
+                for seed in seeds:
+                    label = f"{name} seed {seed}" if name == "equivariant" and args.seeds > 1 else name
+                    variants[label] = MelodyConfig(**VARIANTS[name], **sizes, seed=seed)
             settings = Settings(device="cpu", features=FEAT, audio={"sample_rate": SR})
             trained = compare_melody_variants(songs, songs, queries, variants, settings, Path(tmp) / "ws",
                                               log=lambda name, rec: print(name, rec, flush=True))

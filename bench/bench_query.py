@@ -50,7 +50,8 @@ from recsys.embedding import Vectors, Weights
 from recsys.encoders import SongEncoder, melody_encoder, timbre_encoder
 from recsys.evaluation import format_table
 from recsys.features import SongFeatures, log_mel
-from recsys.models.tcae import TCAE, TCAEConfig
+from recsys.models.melody import MelodyModel, build_melody_model, melody_model_config
+from recsys.models.pitch_tcae import PitchTCAE
 from recsys.models.timbre import TimbreEncoder
 from recsys.pitch import wave_pitch
 from recsys.search import Searcher
@@ -85,13 +86,14 @@ def percentile_ms(values: list[float], q: float) -> float:
     return 1000 * float(np.percentile(values, q))
 
 
-def untrained_models(settings: Settings, seed: int = 0) -> tuple[TimbreEncoder, TCAE]:
-    """The two models of the configured shape with seeded random weights, eval mode, on CPU."""
+def untrained_models(settings: Settings, seed: int = 0) -> tuple[TimbreEncoder, MelodyModel]:
+    """The two models of the configured shape with seeded random weights, eval mode, on CPU
+    (an untrained model costs what a trained one does)."""
     feat = settings.features
     torch.manual_seed(seed)
     timbre = TimbreEncoder(model_config_for(settings.timbre, feat)).eval()
     torch.manual_seed(seed + 1)
-    return timbre, TCAE(TCAEConfig.from_settings(settings.melody, feat, settings.audio.sample_rate)).eval()
+    return timbre, build_melody_model(melody_model_config(settings.melody, feat, settings.audio.sample_rate)).eval()
 
 
 def untrained_encoders(settings: Settings) -> tuple[SongEncoder, SongEncoder]:
@@ -171,7 +173,8 @@ def bench_embed_3min(settings: Settings, clip: Path, repeats: int = 5) -> list[d
     work = {
         "timbre": lambda: timbre.embed_songs(song),
         "melody": lambda: melody.embed_songs(song),
-        "TCAE frame latents (encode_frames; not in the default vector)": lambda: tcae.encode_frames(mel),
+        "TCAE latents alone (refine / encode_frames)": (
+            (lambda: tcae.refine(song[0].pitch)) if isinstance(tcae, PitchTCAE) else (lambda: tcae.encode_frames(mel))),
         "melody + its waveform pitch": lambda: melody.embed_songs(features()),
         "feature: log-mel (for comparison)": lambda: log_mel(wave, settings.features, SR),
     }
@@ -201,7 +204,9 @@ def bench_training(settings: Settings, n_songs: int, steps: int, workspace: Path
     songs = []
     for i in range(n_songs):
         wave = torch.from_numpy(sing(singers[i // 3], melodies[i % 3], 10.0, SR, seed=i))
-        songs.append(TrainingSong(i, SongFeatures(log_mel(wave, settings.features, SR)), singers[i // 3].name, f"h{i}"))
+        songs.append(TrainingSong(i, SongFeatures(log_mel(wave, settings.features, SR),
+                                                  wave_pitch(wave, SR, settings.features.hop_length)),
+                                  singers[i // 3].name, f"h{i}"))
     minutes = n_songs * 10.0 / 60
     rows = []
     tcfg = settings.timbre.model_copy(update={"epochs": 1, "steps_per_epoch": steps})
@@ -216,9 +221,16 @@ def bench_training(settings: Settings, n_songs: int, steps: int, workspace: Path
     result = train_melody(songs, mcfg, settings.features, SR, workspace / "melody", device=settings.device,
                           resume=False)
     epoch_s = result.history[0]["seconds"]
-    rows.append({"model": "melody (TCAE)", "measured": f"1 epoch, {minutes:.1f} min of audio", "seconds": epoch_s,
-                 "per_unit": epoch_s / minutes, "unit": "s / audio min",
-                 "projected_epoch_s": epoch_s / minutes * DEMO_MINUTES, "projected_for": "demo catalog, 96 min"})
+    if mcfg.model == "equivariant":  # a fixed number of steps an epoch, whatever the catalog's size
+        m_steps = mcfg.equivariant.steps_per_epoch
+        rows.append({"model": "melody (pitch-equivariant TCAE)", "measured": f"1 epoch of {m_steps} steps",
+                     "seconds": epoch_s, "per_unit": epoch_s / m_steps, "unit": "s / step",
+                     "projected_epoch_s": epoch_s * settings.melody.epochs,
+                     "projected_for": f"the whole schedule, {settings.melody.epochs} epochs"})
+    else:
+        rows.append({"model": "melody (per-frame TCAE)", "measured": f"1 epoch, {minutes:.1f} min of audio",
+                     "seconds": epoch_s, "per_unit": epoch_s / minutes, "unit": "s / audio min",
+                     "projected_epoch_s": epoch_s / minutes * DEMO_MINUTES, "projected_for": "demo catalog, 96 min"})
     return rows
 
 

@@ -49,7 +49,7 @@ SCRIPTS = (
             "--epochs", "2", "--steps", "5", "--out", str(Path(tempfile.gettempdir()) / "recsys-bench-sep-retrieval")),
            120, "singer retrieval with accompaniment suppression (2 short epochs)"),
     Script("bench_melody", ("--singers", "6", "--songs", "3", "--seconds", "10", "--epochs", "1",
-                            "--variants", "pitch-ki"), 150, "melody vectors (1 TCAE epoch)"),
+                            "--variants", "equivariant", "pitch-ki"), 150, "melody vectors (1 epoch of each TCAE)"),
 )
 
 

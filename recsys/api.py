@@ -139,6 +139,7 @@ class Recommender:
         """The features of every registered song's voiced audio, with singer labels where known."""
         from recsys.features import song_features
         from recsys.fingerprint import audio_tag
+        from recsys.models.melody import training_needs
 
         rows = self.songs()
         if not rows:
@@ -148,7 +149,7 @@ class Recommender:
         out = []
         for i, song in enumerate(rows):
             feats = song_features(song["path"], self.settings.audio, self.settings.features,
-                                  self.workspace.separator)
+                                  self.workspace.separator, needs=training_needs(self.settings.melody))
             out.append(TrainingSong(song["id"], feats, song["singer"], song["content_hash"] + tag,
                                     song["metadata"]))
             if progress:

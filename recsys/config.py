@@ -128,11 +128,52 @@ class TimbreConfig(_Section):
     seed: int = 0
 
 
-class MelodyConfig(_Section):
-    """TCAE melody autoencoder (recsys.models.tcae, recsys.training.tcae)."""
+class EquivariantMelodyConfig(_Section):
+    """The pitch-equivariant TCAE (recsys.models.pitch_tcae) and its contrastive training (recsys.training.melody).
 
-    # Defaults chosen by bench/bench_melody.py (docs/melody.md): pitch input with key invariance for
-    # the TCAE; the voiced interval-lag song vector (finer pitch, strongest class, loud frames weighted).
+    Views of a song (a crop of `view_seconds`, pitch-shifted and time-stretched per the two
+    policies) are positives of their song, and of its pseudo-covers (each song's mutual
+    nearest `pseudo_covers` songs by the untrained vector); other songs are negatives,
+    except each song's `exclude_nearest` nearest, which may be covers nobody labelled.
+    """
+
+    channels: int = Field(8, gt=0)
+    n_layers: int = Field(6, gt=0, description="Time dilations 1, 2, ... 2**(n_layers-1), causal.")
+    pitch_kernel: int = Field(3, gt=0, description="Semitones each convolution spans (odd).")
+    time_kernel: int = Field(3, gt=1)
+    pitch_shift: AugmentPolicy = Field(AugmentPolicy(role="positive", low=0.0, high=2.0),
+                                       description="Semitones (whole, either way): positive or off.")
+    time_stretch: AugmentPolicy = Field(AugmentPolicy(role="positive", low=1.0, high=1.15),
+                                        description="Tempo factor (either way): positive or off.")
+    view_seconds: float = Field(20.0, gt=0, description="Length of a training view (shorter songs are tiled).")
+    songs_per_step: int = Field(16, gt=1, description="Songs per step, half of them pseudo-covers of the other half.")
+    steps_per_epoch: int = Field(10, gt=0)
+    temperature: float = Field(0.1, gt=0)
+    reconstruction_weight: float = Field(0.1, ge=0)
+    pseudo_covers: int = Field(2, ge=0, description="Mutual nearest songs that count as covers (0: none).")
+    exclude_nearest: int = Field(8, ge=0, description="Nearest songs never used as negatives.")
+
+    @model_validator(mode="after")
+    def _positive_roles(self) -> EquivariantMelodyConfig:
+        for name in ("pitch_shift", "time_stretch"):
+            if getattr(self, name).role == "negative":
+                raise ValueError(f"melody.equivariant.{name} cannot be 'negative': the same melody in another "
+                                 "key or tempo is the same melody; use 'positive' or 'off'")
+        return self
+
+
+class MelodyConfig(_Section):
+    """TCAE melody autoencoder (recsys.models.pitch_tcae or recsys.models.tcae; recsys.training)."""
+
+    model: Literal["equivariant", "frame"] = Field(
+        "equivariant",
+        description="equivariant: the pitch-equivariant TCAE over the waveform pitch, trained contrastively, whose "
+        "refined pitch gives the melody vector (melody.equivariant); frame: the per-frame TCAE over log-mel "
+        "features, reconstruction only, song vector by `pool` (the descriptor for a profile pool).",
+    )
+    equivariant: EquivariantMelodyConfig = EquivariantMelodyConfig()
+    # The frame model's settings. Defaults chosen by bench/bench_melody.py (docs/melody.md): pitch input with
+    # key invariance; the voiced interval-lag song vector (finer pitch, strongest class, loud frames weighted).
     input: Literal["mel", "pitch", "mel+pitch"] = "pitch"
     key_invariant: bool = True
     pool: Literal["stats", "stats+lag", "interval-lag", "voiced-interval-lag"] = Field(
@@ -153,9 +194,10 @@ class MelodyConfig(_Section):
     chunk_frames: int = Field(512, gt=0)
     chunk_overlap: int = Field(128, ge=0)
     batch_size: int = Field(16, gt=0)
-    learning_rate: float = Field(1e-3, gt=0)
-    epochs: int = Field(30, gt=0)
-    patience: int = Field(5, gt=0)
+    # Both models (defaults chosen for the equivariant one: docs/melody.md).
+    learning_rate: float = Field(3e-3, gt=0)
+    epochs: int = Field(12, gt=0, description="Epochs (equivariant: of melody.equivariant.steps_per_epoch steps).")
+    patience: int = Field(4, gt=0)
     seed: int = 0
 
 

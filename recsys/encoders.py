@@ -8,12 +8,14 @@ contract, so a learned model and a learning-free descriptor are interchangeable:
 
 - :class:`TimbreSongEncoder`  the contrastive timbre model (recsys.models.timbre), all
   songs' chunks batched through it;
-- :class:`TCAEMelodyEncoder`  the TCAE autoencoder's pooled latents (recsys.models.tcae);
+- :class:`PitchTCAEMelody`  the pitch-equivariant TCAE (recsys.models.pitch_tcae): the
+  interval-lag profile of the pitch its trained latents refine, the default melody vector;
+- :class:`TCAEMelodyEncoder`  the per-frame TCAE's pooled latents (recsys.models.tcae);
 - :class:`IntervalLagMelody`  the learning-free interval-lag descriptors (recsys.pitch),
-  the default melody vector.
+  the baseline the equivariant TCAE starts from.
 
-:func:`timbre_encoder` and :func:`melody_encoder` wrap a loaded model; a TCAE whose
-config names a profile pool gives the descriptor.
+:func:`timbre_encoder` and :func:`melody_encoder` wrap a loaded model; a per-frame TCAE
+whose config names a profile pool gives the descriptor.
 """
 
 from __future__ import annotations
@@ -29,6 +31,8 @@ import torch.nn.functional as F
 from recsys import pitch
 from recsys.config import FeatureConfig, MelodyConfig
 from recsys.features import SongFeatures
+from recsys.models.melody import MelodyModel
+from recsys.models.pitch_tcae import PitchTCAE
 from recsys.models.tcae import PITCH_SOURCES, PROFILE_POOLS, TCAE, TCAEConfig
 from recsys.models.timbre import TimbreEncoder
 
@@ -176,6 +180,44 @@ class TCAEMelodyEncoder:
         return torch.stack([self.model.pool_song(s.mel, self.chunk_frames) for s in songs])
 
 
+class PitchTCAEMelody:
+    """Melody vectors of the pitch-equivariant TCAE: each song's waveform pitch refined by the
+    model (streamed `chunk_frames` frames at a time, causal state carried), then its voiced
+    interval-lag profile (PitchTCAE.song_vector). Depends on the trained weights; an untrained
+    model gives the descriptor."""
+
+    needs = MEL_AND_PITCH
+
+    def __init__(self, model: PitchTCAE, chunk_frames: int | None = 4096) -> None:
+        self.model = model  # no layer depends on train / eval mode
+        self.chunk_frames = chunk_frames
+
+    @property
+    def dim(self) -> int:
+        return self.model.dim
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.device
+
+    def to(self, device: torch.device | str) -> PitchTCAEMelody:
+        """Moves the model (in place, as nn.Module.to does) and returns self."""
+        self.model.to(device)
+        return self
+
+    @torch.no_grad()
+    def embed_songs(self, songs: Sequence[SongFeatures]) -> torch.Tensor:
+        _check_songs(songs, self.needs)
+        if not songs:
+            return torch.zeros(0, self.dim, device=self.device)
+        out = []
+        for song in songs:
+            assert song.pitch is not None  # require() checked it
+            refined = self.model.refine(song.pitch, self.chunk_frames)
+            out.append(self.model.song_vector(refined, pitch.voicing_weight(song.mel.to(self.device, torch.float32))))
+        return torch.stack(out).float()
+
+
 @dataclass(frozen=True)
 class IntervalLagConfig:
     """What the interval-lag descriptors depend on: the TCAEConfig fields they read."""
@@ -293,9 +335,12 @@ def timbre_encoder(model: TimbreEncoder) -> TimbreSongEncoder:
     return TimbreSongEncoder(model)
 
 
-def melody_encoder(tcae: TCAE) -> TCAEMelodyEncoder | IntervalLagMelody:
-    """A loaded melody model behind the encoder contract: the interval-lag descriptor when its
-    config's pool is a profile pool (the default), else its pooled latents."""
+def melody_encoder(tcae: MelodyModel) -> PitchTCAEMelody | TCAEMelodyEncoder | IntervalLagMelody:
+    """A loaded melody model behind the encoder contract: the pitch-equivariant TCAE's refined-pitch
+    profile (the default model); for a per-frame TCAE, the interval-lag descriptor when its config's
+    pool is a profile pool, else its pooled latents."""
+    if isinstance(tcae, PitchTCAE):
+        return PitchTCAEMelody(tcae)
     if tcae.cfg.pool in PROFILE_POOLS:
         harmonics = tcae.front.harmonics
         return IntervalLagMelody(IntervalLagConfig.from_tcae(tcae.cfg), harmonics).to(harmonics.device)

@@ -31,7 +31,7 @@ from recsys.training.checkpoint import (
 
 if TYPE_CHECKING:
     from recsys.encoders import SongEncoder
-    from recsys.models.tcae import TCAE
+    from recsys.models.melody import MelodyModel
     from recsys.models.timbre import TimbreEncoder
 
 KINDS = ("timbre", "melody")
@@ -167,8 +167,8 @@ def load_timbre_model(workspace: Path, version: str) -> tuple[TimbreEncoder, Mod
     return restore_timbre(meta, state), meta
 
 
-def load_melody_model(workspace: Path, version: str) -> tuple[TCAE, ModelVersion]:
-    """A published melody model (TCAE) on the CPU in eval mode."""
+def load_melody_model(workspace: Path, version: str) -> tuple[MelodyModel, ModelVersion]:
+    """A published melody model (pitch-equivariant or per-frame TCAE) on the CPU in eval mode."""
     from recsys.models.restore import restore_melody
 
     meta, state = load_version(workspace, "melody", version)

@@ -72,8 +72,11 @@ def _nothing():
 
 
 def _songs(n_mels: int, n: int = 4, frames: int = 160) -> list[TrainingSong]:
+    from recsys.pitch import N_PITCH
+
     g = torch.Generator().manual_seed(0)
-    return [TrainingSong(i, SongFeatures(torch.randn(n_mels, frames, generator=g)), f"s{i % 2}", f"h{i}")
+    return [TrainingSong(i, SongFeatures(torch.randn(n_mels, frames, generator=g),
+                                         torch.randn(N_PITCH, frames, generator=g)), f"s{i % 2}", f"h{i}")
             for i in range(n)]
 
 
@@ -88,10 +91,13 @@ def test_cpu_trainers_never_touch_autocast(monkeypatch, tmp_path):
     songs = _songs(settings.features.n_mels)
     timbre = settings.timbre.model_copy(update={"epochs": 1, "steps_per_epoch": 1, "songs_per_batch": 2,
                                                 "chunks_per_song": 2, "chunk_frames": 64})
-    melody = settings.melody.model_copy(update={"epochs": 1, "chunk_frames": 64, "chunk_overlap": 16})
+    equivariant = settings.melody.equivariant.model_copy(update={"steps_per_epoch": 1, "songs_per_step": 2,
+                                                                 "view_seconds": 2.0})
+    frame = settings.melody.model_copy(update={"model": "frame", "epochs": 1, "chunk_frames": 64, "chunk_overlap": 16})
     sr = settings.audio.sample_rate
     train_timbre(songs, timbre, settings.features, sr, tmp_path, device="cpu", resume=False)
-    train_melody(songs, melody, settings.features, sr, tmp_path, device="cpu", resume=False)
+    for melody in (settings.melody.model_copy(update={"epochs": 1, "equivariant": equivariant}), frame):
+        train_melody(songs, melody, settings.features, sr, tmp_path, device="cpu", resume=False)
     assert recorder.calls == []
 
 

@@ -28,7 +28,7 @@ SETTINGS = Settings(device="cpu", features=FEAT)
 
 
 def _melody_cfg(**kw) -> MelodyConfig:
-    base = {"channels": 12, "latent_dim": 4, "n_layers": 5, "chunk_frames": 128, "chunk_overlap": 32, "batch_size": 8,
+    base = {"model": "frame", "channels": 12, "latent_dim": 4, "n_layers": 5, "chunk_frames": 128, "chunk_overlap": 32, "batch_size": 8,
             "learning_rate": 3e-3, "epochs": 3, "patience": 5, "seed": 1}
     return MelodyConfig(**{**base, **kw})
 
@@ -114,11 +114,12 @@ class RecordingTrainer:
         return TRAINERS["melody"].config(settings)
 
     def train(self, songs, settings, workspace, *, resume=True, log=None) -> Trained:
-        from recsys.models.tcae import TCAE, TCAEConfig
+        from recsys.models.melody import build_melody_model, melody_model_config
 
         self.runs.append((settings.melody, len(songs), Path(workspace), resume))
         torch.manual_seed(0)
-        model = TCAE(TCAEConfig.from_settings(settings.melody, settings.features, settings.audio.sample_rate)).eval()
+        model = build_melody_model(
+            melody_model_config(settings.melody, settings.features, settings.audio.sample_rate)).eval()
         version = save_version(workspace, "melody", model.state_dict(), self.config(settings), "f")
         if log is not None:
             log({"epoch": 0, "loss": 1.0, "valid_loss": 0.5})
@@ -147,11 +148,18 @@ def test_melody_variant_study_trains_each_variant_on_the_training_split(songs, s
     for row in rows:
         assert {"p_at_1", "p_at_1_+2", "p_at_1_-2", "p_at_1_transposed"} <= set(row)
     assert all(r["valid_loss"] == 0.5 and r["epochs"] == 1 for r in tcae)
-    with pytest.raises(ValueError, match="valid: mel, pitch"):
+    equivariant = melody_variant_study(songs, waves, settings, tmp_path / "eq", variants=("equivariant",),
+                                       test_fraction=0.34, trainer=trainer)
+    by_name = {r["name"]: r for r in equivariant}
+    assert trainer.runs[-1][0].model == "equivariant"
+    # Scored through its encoder; untrained (as RecordingTrainer publishes it), it is the waveform descriptor.
+    assert by_name["tcae equivariant (refined-pitch profile)"]["p_at_1"] == \
+        by_name["voiced-interval-lag (waveform pitch)"]["p_at_1"]
+    with pytest.raises(ValueError, match="valid: equivariant, mel, pitch"):
         melody_variant_study(songs, waves, settings, tmp_path, variants=("nope",), trainer=trainer)
     with pytest.raises(ValueError, match="no melody_id"):
         melody_variant_study([dataclasses.replace(songs[0], metadata={})] + songs[1:], waves, settings, tmp_path,
                              trainer=trainer)
     with pytest.raises(ValueError, match="one wave per song"):
         melody_variant_study(songs, waves[:3], settings, tmp_path, trainer=trainer)
-    assert set(MELODY_VARIANTS) == {"mel", "pitch", "mel+pitch", "pitch-ki", "mel+pitch-ki"}
+    assert set(MELODY_VARIANTS) == {"equivariant", "mel", "pitch", "mel+pitch", "pitch-ki", "mel+pitch-ki"}

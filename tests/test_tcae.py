@@ -246,7 +246,7 @@ def test_windows_cover_every_frame_once():
 
 
 def _melody_cfg(**kw) -> MelodyConfig:
-    base = {"channels": 12, "latent_dim": 4, "n_layers": 5, "chunk_frames": 128, "chunk_overlap": 32, "batch_size": 8,
+    base = {"model": "frame", "channels": 12, "latent_dim": 4, "n_layers": 5, "chunk_frames": 128, "chunk_overlap": 32, "batch_size": 8,
                 "learning_rate": 3e-3, "epochs": 3, "patience": 5, "seed": 1}
     return MelodyConfig(**{**base, **kw})
 

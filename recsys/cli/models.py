@@ -33,7 +33,7 @@ def train_timbre_cmd(ctx: typer.Context) -> None:
 
 @train_app.command("melody")
 def train_melody_cmd(ctx: typer.Context) -> None:
-    """Train the TCAE melody autoencoder."""
+    """Train the melody TCAE (the pitch-equivariant model by default; melody.model)."""
     _train(ctx, "melody")
 
 

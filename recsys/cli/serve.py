@@ -72,7 +72,7 @@ def demo(
         min=1, help="Cap the timbre encoder's epochs (default: the configured schedule, early stopping included; "
                     "about 1.6 min on 2 idle cores).")] = None,
     melody_epochs: Annotated[int | None, typer.Option(
-        min=1, help="Cap the TCAE's epochs (default: the configured schedule; about 3.6 min on 2 idle cores).")] = None,
+        min=1, help="Cap the TCAE's epochs (default: the configured schedule; about 2.5 min on 2 idle cores).")] = None,
 ) -> None:
     """Run the whole product on the built-in demo catalog: generate, ingest, train, embed, recommend."""
     from recsys.demo import capped_training, demo_plan, run_demo

@@ -108,7 +108,8 @@ def melody_variants_cmd(
     ctx: typer.Context,
     as_json: Annotated[bool, typer.Option("--json", help="Print the rows as JSON.")] = False,
     variant: Annotated[list[str] | None, typer.Option(
-        help="A TCAE variant: mel, pitch, mel+pitch, pitch-ki, mel+pitch-ki (repeatable; default mel, pitch-ki).")]
+        help="A TCAE variant: equivariant (the default model), or a per-frame TCAE: mel, pitch, mel+pitch, pitch-ki, "
+             "mel+pitch-ki (repeatable; default equivariant, pitch-ki).")]
         = None,
     epochs: Annotated[int | None, typer.Option(min=1, help="Override melody.epochs.")] = None,
     test_fraction: Annotated[float, typer.Option(help="Songs held out per singer.")] = 0.25,
@@ -121,6 +122,6 @@ def melody_variants_cmd(
     settings = _with_epochs(c.settings, "melody", epochs)
     songs, waves = _study_songs(c, need_waves=True)
     rows = melody_variant_study(songs, waves, settings, settings.workspace / "experiments" / "melody-variants",
-                                variants=variant or ("mel", "pitch-ki"), test_fraction=test_fraction, seed=seed,
+                                variants=variant or ("equivariant", "pitch-ki"), test_fraction=test_fraction, seed=seed,
                                 log=_kind_epoch)
     emit(Table(rows, VARIANT_COLUMNS), as_json)

@@ -12,7 +12,7 @@ from typing import Any, TypeVar
 
 from torch import nn
 
-from recsys.models.tcae import TCAE, TCAEConfig
+from recsys.models.melody import MelodyModel, build_melody_model, config_from_dict
 from recsys.models.timbre import TimbreEncoder, TimbreModelConfig
 from recsys.training.checkpoint import CheckpointMismatchError, ModelVersion
 
@@ -26,13 +26,13 @@ def restore_timbre(meta: ModelVersion, state: dict[str, Any]) -> TimbreEncoder:
     return _restored(TimbreEncoder(cfg), state, meta)
 
 
-def restore_melody(meta: ModelVersion, state: dict[str, Any]) -> TCAE:
-    """A melody checkpoint -> its TCAE on the CPU in eval mode."""
+def restore_melody(meta: ModelVersion, state: dict[str, Any]) -> MelodyModel:
+    """A melody checkpoint -> its model (pitch-equivariant or per-frame TCAE) on the CPU in eval mode."""
     try:
-        cfg = TCAEConfig.from_dict(meta.model_config)
+        cfg = config_from_dict(meta.model_config)
     except (TypeError, ValueError) as e:
-        raise CheckpointMismatchError(f"{meta.path}: not a TCAE config: {meta.model_config}") from e
-    return _restored(TCAE(cfg), state, meta)
+        raise CheckpointMismatchError(f"{meta.path}: not a melody model config: {meta.model_config}") from e
+    return _restored(build_melody_model(cfg), state, meta)
 
 
 def _restored(model: M, state: dict[str, Any], meta: ModelVersion) -> M:

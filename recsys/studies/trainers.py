@@ -107,17 +107,16 @@ class TimbreTrainer:
 
 
 class MelodyTrainer:
-    """recsys.training.tcae: the TCAE melody autoencoder."""
+    """recsys.training.tcae: the melody model (the pitch-equivariant TCAE by default)."""
 
     kind = "melody"
 
     def config(self, settings: Settings) -> dict[str, Any]:
-        from recsys.models.tcae import TCAEConfig
+        from recsys.models.melody import melody_model_config
+        from recsys.training.tcae import meta_config_for
 
-        return {
-            **TCAEConfig.from_settings(settings.melody, settings.features, settings.audio.sample_rate).to_dict(),
-            "training": settings.melody.model_dump(mode="json"),
-        }
+        return meta_config_for(
+            melody_model_config(settings.melody, settings.features, settings.audio.sample_rate), settings.melody)
 
     def train(self, songs: list[TrainingSong], settings: Settings, workspace: Path, *, resume: bool = True,
               log: EpochLog | None = None) -> Trained:
@@ -214,7 +213,7 @@ def untrained_encoders(settings: Settings, seed: int = 0) -> tuple[nn.Module, nn
     """The product's two architectures with seeded random weights, eval mode, on the CPU."""
     import torch
 
-    from recsys.models.tcae import TCAE, TCAEConfig
+    from recsys.models.melody import build_melody_model, melody_model_config
     from recsys.models.timbre import TimbreEncoder
     from recsys.training.contrastive import model_config_for
 
@@ -222,5 +221,5 @@ def untrained_encoders(settings: Settings, seed: int = 0) -> tuple[nn.Module, nn
     torch.manual_seed(seed)
     timbre = TimbreEncoder(model_config_for(settings.timbre, feat)).eval()
     torch.manual_seed(seed + 1)
-    melody = TCAE(TCAEConfig.from_settings(settings.melody, feat, sr)).eval()
+    melody = build_melody_model(melody_model_config(settings.melody, feat, sr)).eval()
     return timbre, melody

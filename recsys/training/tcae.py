@@ -1,6 +1,7 @@
-"""Training of the TCAE melody autoencoder.
+"""Training of the melody model: :func:`train_melody` trains the model `melody.model` names.
 
-Songs of any length are cut into overlapping windows of `chunk_frames` (hop
+The pitch-equivariant TCAE (the default) trains contrastively in recsys.training.melody.
+The per-frame TCAE trains here, on reconstruction: songs of any length are cut into overlapping windows of `chunk_frames` (hop
 ``chunk_frames - chunk_overlap``); the last window of a song is padded on the
 right and masked, so no frame is dropped. The first `chunk_overlap` frames of a
 window (except a song's first window) only warm up the causal context and are
@@ -22,6 +23,7 @@ from tqdm.auto import tqdm
 
 from recsys.config import FeatureConfig, MelodyConfig
 from recsys.evaluation import split_by_song
+from recsys.models.melody import MelodyModel, MelodyModelConfig
 from recsys.models.restore import restore_melody
 from recsys.models.tcae import TCAE, TCAEConfig
 from recsys.training.checkpoint import (
@@ -40,9 +42,9 @@ VALID_FRACTION = 0.15
 
 @dataclass
 class TrainResult:
-    model: TCAE  # the best epoch's weights, eval mode, on CPU
+    model: MelodyModel  # the best epoch's weights, eval mode, on CPU
     version: ModelVersion
-    final_loss: float  # mean training reconstruction loss of the last epoch run
+    final_loss: float  # mean training loss of the last epoch run
     history: list[dict[str, float]]  # per epoch: epoch, loss, valid_loss, seconds
     best_epoch: int
     stopped_early: bool
@@ -121,7 +123,7 @@ def reconstruction_error(model: TCAE, mels: Sequence[torch.Tensor], batch_size: 
 # --- training ---------------------------------------------------------------------------
 
 
-def _meta_config(model_cfg: TCAEConfig, cfg: MelodyConfig) -> dict[str, Any]:
+def meta_config_for(model_cfg: MelodyModelConfig, cfg: MelodyConfig) -> dict[str, Any]:
     """What a version records: model shape (with its feature settings) and the training settings."""
     return {**model_cfg.to_dict(), "training": cfg.model_dump(mode="json")}
 
@@ -138,14 +140,20 @@ def train_melody(
     log: Callable[[dict], None] | None = None,
     audio: dict[str, Any] | None = None,
 ) -> TrainResult:
-    """Train on reconstruction, validate each epoch on held-out songs, publish the best epoch.
+    """Train the melody model `cfg.model` names, validate each epoch on held-out songs, publish the best epoch.
 
-    A resume point is saved after every epoch; with resume=True a run with the
+    'equivariant': recsys.training.melody.train_equivariant (contrastive). 'frame': the
+    per-frame TCAE on reconstruction, below. A resume point is saved after every epoch; with resume=True a run with the
     same config and songs continues from it. Batches are shuffled by a generator
     seeded with (seed, epoch), so a resumed run equals an uninterrupted one.
     `log` receives one dict per epoch. `audio` (recsys.fingerprint.audio_fingerprint
     of the training audio) is stored with the version.
     """
+    if cfg.model == "equivariant":
+        from recsys.training.melody import train_equivariant
+
+        return train_equivariant(songs, cfg, feat_cfg, sample_rate, workspace, device=device, resume=resume,
+                                 progress=progress, log=log, audio=audio)
     if not songs:
         raise ValueError("melody training needs at least 1 song, got none")
     for s in songs:
@@ -154,7 +162,7 @@ def train_melody(
     dev = pick_device(device)
     seed_everything(cfg.seed)
     model_cfg = TCAEConfig.from_settings(cfg, feat_cfg, sample_rate)
-    meta_config = _meta_config(model_cfg, cfg)
+    meta_config = meta_config_for(model_cfg, cfg)
     fingerprint = catalog_fingerprint([(str(s.song_id), s.content_hash) for s in songs])
     train, valid = split_by_song(songs, VALID_FRACTION, cfg.seed)
     held_out = bool(valid)
@@ -211,8 +219,8 @@ def train_melody(
 
 
 def load_melody(
-    workspace: Path, version: str | None = None, expect: TCAEConfig | None = None
-) -> tuple[TCAE, ModelVersion]:
+    workspace: Path, version: str | None = None, expect: MelodyModelConfig | None = None
+) -> tuple[MelodyModel, ModelVersion]:
     """Rebuild a published melody model (latest by default) on CPU in eval mode.
 
     With `expect`, every model field must match the version's, else
