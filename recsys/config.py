@@ -268,6 +268,9 @@ class IndexConfig(_Section):
         8, ge=1, description="ivfpq re-ranks k x this many PQ candidates by exact inner product."
     )
     use_gpu: bool = Field(True, description="Use a GPU index when faiss-gpu and CUDA are present (flat and ivf).")
+    retrain_growth: float = Field(
+        4.0, ge=1.0, description="An ivf / ivfpq index holding more than this many times the songs it was trained "
+        "for is stale: the next job or load retrains it on the whole catalog (its centroids fit the old catalog).")
 
 
 class SeparationConfig(_Section):

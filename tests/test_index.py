@@ -474,6 +474,30 @@ def test_ivf_index_whose_catalog_outgrew_ivfpq_min_is_stale(tmp_path, small):
         VectorIndex.load(tmp_path, "v1", "fp1", IndexConfig(exact_max=100, ivfpq_min=len(ids) - 1))
 
 
+def test_an_ivf_index_whose_catalog_outgrew_its_training_is_retrained(tmp_path, small):
+    ids, xb, xq = small
+    cfg = IndexConfig(kind="ivf", nlist=8, use_gpu=False, retrain_growth=4.0)
+    index = VectorIndex.build(ids[:400], xb[:400], cfg)
+    assert index.trained_n == 400 and VectorIndex.build(ids, xb, flat_cfg()).trained_n is None
+    index.add(ids[400:1600], xb[400:1600])  # 4 x its training: still fits
+    index.save(tmp_path, "v1", "fp1")
+    assert json.loads((tmp_path / META_FILE).read_text())["trained_n"] == 400
+    assert VectorIndex.load(tmp_path, "v1", "fp1", cfg).trained_n == 400
+    index.add(ids[1600:], xb[1600:])
+    index.save(tmp_path, "v1", "fp2")
+    with pytest.raises(StaleIndexError, match="trained for 400 songs and holds 2000, past index.retrain_growth=4 x"):
+        VectorIndex.load(tmp_path, "v1", "fp2", cfg)
+    assert len(VectorIndex.load(tmp_path, "v1", "fp2")) == 2000  # without a config: served as saved
+    retrained, rebuilt = load_or_rebuild(tmp_path, "v1", "fp2", lambda: (ids, xb), cfg)
+    assert rebuilt and retrained.trained_n == 2000 and len(retrained) == 2000
+    np.testing.assert_array_equal(VectorIndex.load(tmp_path, "v1", "fp2", cfg).search(xq, K)[1],
+                                  retrained.search(xq, K)[1])
+    meta = json.loads((tmp_path / META_FILE).read_text())
+    del meta["trained_n"]  # a file written before the size was recorded: trained for what it holds
+    (tmp_path / META_FILE).write_text(json.dumps(meta))
+    assert VectorIndex.load(tmp_path, "v1", "fp2", cfg).trained_n == 2000
+
+
 @pytest.mark.parametrize(
     "version, fingerprint, match", [("v2", "fp1", "model version 'v1'"), ("v1", "fp2", "fingerprint 'fp1'")]
 )

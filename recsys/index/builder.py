@@ -38,7 +38,10 @@ def new_index(kind: str, xb: np.ndarray, cfg: IndexConfig, seed: int = 0) -> Ind
     """An empty CPU index of `kind` for vectors like the (n, d) `xb` (IVF kinds train on a sample)."""
     if kind not in KIND_CLASSES:
         raise ValueError(f"unknown index kind {kind!r}; valid: {', '.join(KINDS)} or 'auto'")
-    return KIND_CLASSES[kind].create(xb.shape[1], xb, cfg, seed)
+    index = KIND_CLASSES[kind].create(xb.shape[1], xb, cfg, seed)
+    if index.trains:
+        index.trained_n = len(xb)  # persist.read calls it stale once the catalog outgrows it (retrain_growth)
+    return index
 
 
 def build_backend(xb: np.ndarray, cfg: IndexConfig) -> IndexBackend:

@@ -74,6 +74,10 @@ class GpuMirror:
     def nlist(self) -> int | None:
         return self.cpu.nlist
 
+    @property
+    def trained_n(self) -> int | None:
+        return self.cpu.trained_n
+
     def __len__(self) -> int:
         return len(self.cpu)
 

@@ -54,6 +54,7 @@ class IVFPQIndex(IndexKind):
     """``IndexRefine(IVFPQFastScan, IndexIDMap2(IndexFlatIP))`` searched as candidates + exact re-rank."""
 
     name = "ivfpq"
+    trains = True
 
     @classmethod
     def matches(cls, index: faiss.Index) -> bool:

@@ -33,6 +33,7 @@ class IndexBackend(Protocol):
 
     name: str  # the IndexConfig.kind it implements
     max_k: int | None  # most results one search can return (None: no limit)
+    trained_n: int | None  # IVF kinds: the catalog size the index was trained for
     nprobe: int | None
     refine_factor: int | None
     ef_search: int | None
@@ -81,9 +82,11 @@ class IndexKind:
 
     name: ClassVar[str]
     max_k: ClassVar[int | None] = None
+    trains: ClassVar[bool] = False  # whether create() fits the index to the vectors (the IVF kinds)
 
     def __init__(self, index: faiss.Index) -> None:
         self._index = index
+        self.trained_n: int | None = None  # trains: the catalog size it was trained for (None: unknown)
 
     @classmethod
     def matches(cls, index: faiss.Index) -> bool:
@@ -244,6 +247,7 @@ class IVFIndex(IndexKind):
     """
 
     name = "ivf"
+    trains = True
 
     @classmethod
     def matches(cls, index: faiss.Index) -> bool:

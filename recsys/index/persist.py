@@ -1,9 +1,11 @@
 """The index on disk, the same for every kind: index.faiss plus index.json, written atomically.
 
 index.json records the kind, d, n, the model version and catalog fingerprint the index
-was built for, and the sha256 of index.faiss. :func:`read` refuses an index that is
-missing (:class:`IndexMissingError`), built for other vectors or another kind than the
-config now asks for (:class:`StaleIndexError`), or damaged (:class:`CorruptIndexError`);
+was built for, the catalog size an IVF index was trained for, and the sha256 of
+index.faiss. :func:`read` refuses an index that is missing (:class:`IndexMissingError`),
+built for other vectors or another kind than the config now asks for, or an IVF index
+whose catalog has outgrown its training (``retrain_growth``; :class:`StaleIndexError`),
+or damaged (:class:`CorruptIndexError`);
 the caller then rebuilds it from the catalog (:func:`recsys.index.load_or_rebuild`).
 """
 
@@ -79,6 +81,7 @@ def write(backend: IndexBackend, dir: str | os.PathLike, model_version: str, fin
         "d": backend.d,
         "n": len(backend),
         "nlist": backend.nlist,
+        "trained_n": backend.trained_n,
         "model_version": model_version,
         "fingerprint": fingerprint,
         "sha256": _sha256(dir / INDEX_FILE),
@@ -93,7 +96,7 @@ def _read_checks(meta_path: Path) -> dict:
     try:
         meta = json.loads(meta_path.read_text(encoding="utf-8"))
         keys = ("format", "kind", "d", "n", "model_version", "fingerprint", "sha256")
-        return {key: meta[key] for key in keys}
+        return {**{key: meta[key] for key in keys}, "trained_n": meta.get("trained_n")}  # older files: none
     except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as e:
         raise CorruptIndexError(f"{meta_path}: unreadable index metadata: {e!r}") from e
 
@@ -114,6 +117,12 @@ def _check_fresh(checks: dict, meta_path: Path, version: str, fingerprint: str, 
             f"{meta_path}: index is {checks['kind']!r} but the config (kind={cfg.kind!r}, "
             f"exact_max={cfg.exact_max}, ivfpq_min={cfg.ivfpq_min}) asks for "
             f"{choose_kind(checks['n'], cfg)!r} at n={checks['n']}"
+        )
+    trained = checks["trained_n"]
+    if cfg is not None and trained and checks["n"] > cfg.retrain_growth * trained:
+        raise StaleIndexError(
+            f"{meta_path}: the {checks['kind']} index was trained for {trained} songs and holds {checks['n']}, "
+            f"past index.retrain_growth={cfg.retrain_growth:g} x: its lists no longer fit the catalog"
         )
 
 
@@ -150,6 +159,8 @@ def read(
     problem = backend.problem()
     if problem is not None:
         raise CorruptIndexError(f"{index_path}: {problem}")
+    if backend.trains:  # files written before it was recorded: trained for the songs it holds now
+        backend.trained_n = checks["trained_n"] or checks["n"]
     if cfg is not None:
         backend.configure(cfg)
     return backend

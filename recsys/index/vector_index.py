@@ -73,6 +73,11 @@ class VectorIndex:
         return self._backend.nlist
 
     @property
+    def trained_n(self) -> int | None:
+        """IVF kinds: the catalog size the lists were trained for (None for other kinds)."""
+        return self._backend.trained_n
+
+    @property
     def refine_factor(self) -> int | None:
         """ivfpq: candidates re-ranked exactly per result wanted (None for other kinds)."""
         return self._backend.refine_factor
