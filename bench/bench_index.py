@@ -45,6 +45,7 @@ from recsys.config import IndexConfig
 from recsys.index import IVFPQ_LISTS_PER_SQRT_N, VectorIndex, default_nlist
 
 K = 10
+RECALL_GOAL = 0.95
 FLAT_LATENCY_QUERIES_LARGE = 100  # flat at > 100k vectors: fewer timed queries
 UPDATE_SONGS = 1000  # songs removed and added back to time an update
 
@@ -279,10 +280,32 @@ def main() -> None:
         rows += bench.run(n)
     print()
     print(table(rows, threads))
+    check_targets(rows)
     print()
     print("| n | kind | params | songs | remove s | add s |")
     print("|---:|---|---|---:|---:|---:|")
     print("\n".join(bench.updates))
+
+
+def check_targets(rows: list[Row]) -> None:
+    """Issue 18's index target (at 1M songs; a smaller run says its size): the fastest approximate setting with
+    recall@10 >= .95 must answer in p50 <= 0.5 ms and keep <= 600 bytes per vector."""
+    from targets import check
+
+    n = max(r.n for r in rows)
+    candidates = [r for r in rows if r.n == n and r.kind != "flat"]
+    if not candidates:
+        return
+    good = [r for r in candidates if r.recall >= RECALL_GOAL]
+    if not good:
+        best = max(candidates, key=lambda r: r.recall)
+        check("bench_index", "index recall@10 of the best setting", best.recall, RECALL_GOAL, "", True,
+              f"n={n:,}, {best.kind} {best.params}; target at 1M")
+        return
+    best = min(good, key=lambda r: r.p50_ms)
+    at = f"n={n:,}, {best.kind} {best.params}, recall {best.recall:.3f}; target at 1M"
+    check("bench_index", "index single query p50 at recall@10 >= .95", best.p50_ms, 0.5, "ms", False, at)
+    check("bench_index", "index memory per vector (that setting)", best.bytes_per_vec, 600.0, "B", False, at)
 
 
 if __name__ == "__main__":

@@ -266,6 +266,19 @@ def memory_run(manifest: Path, n: int, workdir: Path, workers: int, batch_size: 
 # ---------------------------------------------------------------------------- main
 
 
+def check_targets(rows: list[tuple[str, float, float]], at: str) -> None:
+    """Issue 18's ingest targets: the end-to-end job at >= 1000x real time, and within 1.5x of the stages it runs
+    (features with the waveform pitch, then the encoders) measured alone."""
+    from targets import check
+
+    wall = {stage: w for stage, _, w in rows}
+    audio_s = rows[0][1]
+    job = wall["end-to-end job, worker pool started"]
+    stages = wall["... + waveform pitch (what the job runs)"] + next(w for s, w in wall.items() if s.startswith("encoders"))
+    check("bench_ingest", "ingest --embed end to end", audio_s / job, 1000.0, "x real time", True, at)
+    check("bench_ingest", "the job's wall time / the sum of its stages alone", job / stages, 1.5, "x", False, at)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--long-songs", type=int, default=3, help="3-minute songs for the throughput table")
@@ -291,6 +304,7 @@ def main() -> None:
         print("|---|---:|---:|---:|")
         for stage, audio_s, wall in rows:
             print(f"| {stage} | {audio_s:.0f} | {wall:.2f} | {audio_s / wall:.0f}x |")
+        check_targets(rows, f"{len(files)} songs x {LONG_SECONDS:.0f} s, {args.workers} workers")
 
         results = []
         if not args.sizes:

@@ -43,6 +43,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from targets import check
+
 from recsys.audio import load_audio, voiced_audio
 from recsys.config import Settings
 from recsys.corpus import make_melodies, make_singers, sing
@@ -256,11 +258,18 @@ def main() -> None:
         print(format_table(queries, [("stage", "stage"), ("p50_ms", "p50 ms"), ("p99_ms", "p99 ms"),
                                      ("cpu_p50_ms", "CPU p50 ms"), ("target_ms", "target ms"),
                                      ("p50_vs_target", "p50 / target")], 1))
+        total = next(r for r in queries if r["stage"] == "total")
+        check("bench_query", "query by song, 30 s clip: p50", total["p50_ms"], QUERY_TARGET_MS, "ms", False,
+              f"catalog of {args.catalog}, {args.threads} threads")
         embed = bench_embed_3min(settings, clips[0])
         print(f"\nEmbedding one 3-minute song, 1 thread (target {EMBED_TARGET_MS:.0f} ms per encoder)")
         print(format_table(embed, [("encoder", "encoder"), ("frames", "frames"), ("wall_ms", "wall ms"),
                                    ("cpu_ms", "CPU ms"), ("target_ms", "target ms"),
                                    ("cpu_vs_target", "CPU / target")], 1))
+        for row in embed:
+            if row["encoder"] in ("timbre", "melody + its waveform pitch"):
+                check("bench_query", f"3-minute song, {row['encoder']}: CPU", row["cpu_ms"], EMBED_TARGET_MS, "ms",
+                      False, "1 thread")
         memory = [{"part": "start (imports, clips)", "peak_rss_mb": rss_before},
                   {"part": "after queries and 3-minute embedding", "peak_rss_mb": peak_rss_mb()}]
         if not args.skip_train:

@@ -4,7 +4,9 @@
 
 Each script runs in its own process (so peak-memory figures are its own), prints
 its tables as it goes, and is stopped at its time limit. The header gives the
-commit, machine and date; the summary gives each script's wall time and status.
+commit, machine and date; the summary gives each script's wall time and status, then
+one table of the issues' targets the scripts checked (bench/targets.py): the figure
+measured in this run, pass or short.
 `--full` runs the scripts with their own default (full) sizes and no time limits.
 The exit status is 1 when any script failed or ran out of time.
 """
@@ -21,6 +23,8 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+import targets
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "bench"
@@ -96,7 +100,9 @@ def main() -> int:
 
     print(f"commit {_cmd(['git', 'rev-parse', '--short', 'HEAD'])}; {machine()}; "
           f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC; Python {platform.python_version()}")
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    targets_file = Path(tempfile.mkdtemp(prefix="recsys-bench-")) / "targets.jsonl"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+           targets.ENV: str(targets_file)}
     summary = []
     began = time.perf_counter()
     for script in scripts:
@@ -112,6 +118,10 @@ def main() -> int:
     for name, status, seconds in summary:
         print(f"{name:<{width}}  {seconds:7.1f} s  {status}")
     print(f"{'total':<{width}}  {total:7.1f} s  (budget {BUDGET_S} s{'' if total <= BUDGET_S else ', exceeded'})")
+    rows = targets.read(targets_file)
+    print(f"\n=== targets ({sum(r['met'] for r in rows)} of {len(rows)} met; "
+          f"a reduced run measures smaller sizes, see 'at')")
+    print(targets.table(rows) if rows else "no script recorded a target")
     failed = [name for name, status, _ in summary if status not in ("ok", "absent")]
     return 1 if failed else 0
 

@@ -23,3 +23,20 @@ def test_bench_script_answers_help(script):
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "usage:" in proc.stdout
+
+
+def test_targets_are_recorded_for_the_summary_and_judged_each_way(tmp_path, monkeypatch, capsys):
+    sys.path.insert(0, str(BENCH))
+    import targets
+
+    out = tmp_path / "targets.jsonl"
+    monkeypatch.setenv(targets.ENV, str(out))
+    assert targets.check("bench_x", "p50", 0.4, 0.5, "ms", higher_is_better=False, at="n=10k")
+    assert not targets.check("bench_x", "throughput", 900.0, 1000.0, "x real time", higher_is_better=True)
+    assert targets.check("bench_x", "recall", 0.95, 0.95, "", higher_is_better=True)  # the goal itself passes
+    assert "throughput: 900 x real time (>= 1000 x real time) SHORT" in capsys.readouterr().out
+    rows = targets.read(out)
+    assert [r["met"] for r in rows] == [True, False, True] and rows[0]["at"] == "n=10k"
+    table = targets.table(rows).splitlines()
+    assert len(table) == 5 and "| p50 | 0.400 ms | <= 0.500 ms | pass | n=10k | bench_x |" in table
+    assert targets.read(tmp_path / "none.jsonl") == []
