@@ -48,10 +48,11 @@ from targets import check
 from recsys.audio import load_audio, voiced_audio
 from recsys.config import Settings
 from recsys.corpus import make_melodies, make_singers, sing
-from recsys.embedding import Vectors, Weights
+from recsys.embedding import Vectors
 from recsys.encoders import SongEncoder, melody_encoder, timbre_encoder
 from recsys.evaluation import format_table
 from recsys.features import SongFeatures, log_mel
+from recsys.fusion import question_weights
 from recsys.models.melody import MelodyModel, build_melody_model, melody_model_config
 from recsys.models.pitch_tcae import PitchTCAE
 from recsys.models.timbre import TimbreEncoder
@@ -112,7 +113,7 @@ def bench_queries(settings: Settings, clips: list[Path], n_catalog: int, n_queri
     ids = np.arange(n_catalog, dtype=np.int64)
     searcher = Searcher(ids, [f"singer_{i // 8}" for i in ids], [f"song {i}" for i in ids], vectors,
                         settings.index)
-    weights = Weights(settings.fusion.w_timbre, settings.fusion.w_melody)
+    weights = question_weights(settings.fusion, "song")  # both encoders and both searches, as `--by song`
     stages: dict[str, list[float]] = {
         s: [] for s in ("decode", "features", "pitch", "timbre", "melody", "search", "total")
     }

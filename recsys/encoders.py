@@ -212,10 +212,18 @@ class PitchTCAEMelody:
             return torch.zeros(0, self.dim, device=self.device)
         out = []
         for song in songs:
-            assert song.pitch is not None  # require() checked it
-            refined = self.model.refine(song.pitch, self.chunk_frames)
-            out.append(self.model.song_vector(refined, pitch.voicing_weight(song.mel.to(self.device, torch.float32))))
+            salience, weight = melody_timeline(song, self.device)
+            out.append(self.model.song_vector(self.model.refine(salience, self.chunk_frames), weight))
         return torch.stack(out).float()
+
+
+def melody_timeline(song: SongFeatures, device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+    """A song's waveform pitch (N_PITCH, T') and voicing weight (T',) on its own timeline: where the
+    clean-up cut silence (SongFeatures.times), the salience's floor and weight 0, so rests keep their length."""
+    assert song.pitch is not None
+    salience = song.pitch.to(device, torch.float32)
+    weight = pitch.voicing_weight(song.mel.to(device, torch.float32))
+    return song.on_timeline(salience, float(salience.min())), song.on_timeline(weight, 0.0)
 
 
 @dataclass(frozen=True)
@@ -319,15 +327,12 @@ class IntervalLagMelody:
                 lambda m: pitch.fold_chroma(pitch.pitch_salience(m, self.harmonics)), mel
             )
             return pitch.interval_lag_profile(chroma, lags)
-        if self.cfg.reads_wave_pitch:
-            assert song.pitch is not None  # require() checked it
-            salience = song.pitch.to(self.device, torch.float32)
+        if self.cfg.reads_wave_pitch:  # the song's own timeline, rests kept: as the equivariant TCAE reads it
+            salience, weight = melody_timeline(song, self.device)
         else:
-            salience = pitch.fine_semitone_salience(mel, self.fine_harmonics)
+            salience, weight = pitch.fine_semitone_salience(mel, self.fine_harmonics), pitch.voicing_weight(mel)
         chroma = pitch.voiced_chroma(salience)
-        return pitch.voiced_interval_lag_profile(
-            chroma, pitch.voicing_weight(mel), lags, self.cfg.unison, self.cfg.lag_bands
-        )
+        return pitch.voiced_interval_lag_profile(chroma, weight, lags, self.cfg.unison, self.cfg.lag_bands)
 
 
 def timbre_encoder(model: TimbreEncoder) -> TimbreSongEncoder:

@@ -54,10 +54,15 @@ class SongFeatures:
     mel: (n_mels, T) float32 natural-log mel power of the voiced audio.
     pitch: (N_PITCH, T) waveform pitch salience (recsys.pitch.wave_pitch) of the same
     audio, or None when no encoder asked for it. Arrays are turned into tensors.
+    times: (T,) int64, each frame's position on the song's own timeline where the clean-up
+    cut silence (recsys.audio.VoicedStream.timeline), strictly increasing; None when the
+    frames are the timeline. The melody vector puts its frames back there: a melody's rests
+    are part of it, and cutting them changes every note-to-note distance.
     """
 
     mel: torch.Tensor
     pitch: torch.Tensor | None = None
+    times: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
         mel = torch.as_tensor(self.mel)
@@ -72,6 +77,12 @@ class SongFeatures:
                     f"got {tuple(pitch.shape)}"
                 )
             object.__setattr__(self, "pitch", pitch)
+        if self.times is not None:
+            times = torch.as_tensor(self.times, dtype=torch.int64)
+            if times.shape != (mel.shape[-1],) or (times.numel() > 1 and not bool((times[1:] > times[:-1]).all())):
+                raise ValueError(f"expected ({mel.shape[-1]},) strictly increasing frame times, "
+                                 f"got shape {tuple(times.shape)}")
+            object.__setattr__(self, "times", times)
 
     @property
     def n_frames(self) -> int:
@@ -94,7 +105,18 @@ class SongFeatures:
 
     def to(self, device: torch.device | str) -> SongFeatures:
         """The same features on `device`."""
-        return SongFeatures(self.mel.to(device), None if self.pitch is None else self.pitch.to(device))
+        return SongFeatures(self.mel.to(device), None if self.pitch is None else self.pitch.to(device),
+                            None if self.times is None else self.times.to(device))
+
+    def on_timeline(self, frames: torch.Tensor, fill: float) -> torch.Tensor:
+        """(..., T) values on these frames -> (..., times[-1] + 1) on the song's own timeline, `fill` where
+        silence was cut (the frames themselves when nothing was)."""
+        if self.times is None:
+            return frames
+        times = self.times.to(frames.device)
+        out = frames.new_full((*frames.shape[:-1], int(times[-1]) + 1), fill)
+        out[..., times] = frames
+        return out
 
 
 def frames_for(n_samples: int, cfg: FeatureConfig) -> int:
@@ -171,6 +193,20 @@ def wave_features(
     return SongFeatures(mel, pitch)
 
 
+def voiced_wave_features(
+    source, needs: Iterable[str], audio_cfg: AudioConfig, feature_cfg: FeatureConfig, separator: Separator | None = None
+) -> tuple[torch.Tensor, SongFeatures]:
+    """A file path or (N,) wave -> its voiced audio (M,), in memory, and that audio's features with their
+    timeline (SongFeatures.times): for studies that also transform the voiced wave (song_features streams)."""
+    from recsys.audio import voiced_stream
+
+    stream = voiced_stream(source, audio_cfg, separator)
+    times = stream.timeline(feature_cfg.hop_length)
+    wave = torch.cat(list(stream.blocks))
+    feats = wave_features(wave, needs, audio_cfg, feature_cfg)
+    return wave, SongFeatures(feats.mel, feats.pitch, times)
+
+
 def song_features(
     source,
     audio_cfg: AudioConfig,
@@ -208,8 +244,10 @@ def stream_features(
     needs = check_needs(needs)
     block = max(1, round(audio_cfg.block_seconds * audio_cfg.sample_rate))
     n, sr, hop = stream.n_samples, audio_cfg.sample_rate, feature_cfg.hop_length
+    times = stream.timeline(hop)
     if n <= max(block, WAVE_N_FFT, feature_cfg.n_fft):
-        return wave_features(torch.cat(list(stream.blocks)), needs, audio_cfg, feature_cfg)
+        short = wave_features(torch.cat(list(stream.blocks)), needs, audio_cfg, feature_cfg)
+        return SongFeatures(short.mel, short.pitch, times)
     blocks = iter(stream.blocks)
     head = next(blocks)
     device = head.device
@@ -242,4 +280,4 @@ def stream_features(
                 put(frames.push(piece))
     for frames, put in parts:
         put(frames.finish())
-    return SongFeatures(mel, pitch)
+    return SongFeatures(mel, pitch, times)

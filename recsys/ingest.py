@@ -60,6 +60,7 @@ class PreparedSong:
     song: AnalysedSong
     mel: np.ndarray | None = None  # (n_mels, T) float32 log-mel of the voiced audio
     pitch: np.ndarray | None = None  # (N_PITCH, T) float32 waveform pitch, when an encoder reads it
+    times: np.ndarray | None = None  # (T,) int64 frame positions on the file's timeline (SongFeatures.times)
 
     def features(self) -> SongFeatures:
         import torch
@@ -68,7 +69,8 @@ class PreparedSong:
 
         if self.mel is None:
             raise ValueError(f"{self.song.entry.path} was prepared without features and cannot be embedded")
-        return SongFeatures(torch.from_numpy(self.mel), None if self.pitch is None else torch.from_numpy(self.pitch))
+        return SongFeatures(torch.from_numpy(self.mel), None if self.pitch is None else torch.from_numpy(self.pitch),
+                            None if self.times is None else torch.from_numpy(self.times))
 
 
 @dataclass(frozen=True)
@@ -157,7 +159,7 @@ def prepare_file(
                 "too_long",
                 f"{entry.path}: {info.duration:.0f} s is longer than audio.max_file_seconds={cfg.max_file_seconds}",
             )
-        mel = pitch = None
+        mel = pitch = times = None
         if features is None or not needs:
             chunks = iter_voiced_chunks(entry.path, cfg, separator=separator)
             n_voiced = sum(batch.shape[0] for batch in chunks)  # flat memory
@@ -176,6 +178,7 @@ def prepare_file(
             feats = stream_features(stream, needs, cfg, features)  # block by block: never the whole waveform
             mel = feats.mel.numpy()
             pitch = None if feats.pitch is None else feats.pitch.numpy()
+            times = None if feats.times is None else feats.times.numpy()
         digest = entry.content_hash or content_hash(entry.path)
     except AudioError as e:
         return FileFailure(str(entry.path), e.cause, str(e))
@@ -190,7 +193,7 @@ def prepare_file(
         format=info.format,
         n_voiced_chunks=n_voiced,
     )
-    return PreparedSong(song, mel, pitch)
+    return PreparedSong(song, mel, pitch, times)
 
 
 def embed_prepared(embedder: Embedder, prepared: Sequence[PreparedSong]) -> list[EmbeddedSong]:

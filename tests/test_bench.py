@@ -6,6 +6,7 @@ this catches a script broken by a change elsewhere before a user runs it.
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -40,3 +41,16 @@ def test_targets_are_recorded_for_the_summary_and_judged_each_way(tmp_path, monk
     table = targets.table(rows).splitlines()
     assert len(table) == 5 and "| p50 | 0.400 ms | <= 0.500 ms | pass | n=10k | bench_x |" in table
     assert targets.read(tmp_path / "none.jsonl") == []
+
+
+@pytest.mark.slow
+def test_bench_query_runs_at_a_tiny_size_and_checks_its_targets(tmp_path):
+    """`--help` does not reach the code that measures: run one benchmark end to end at a tiny size."""
+    env = {**os.environ, "RECSYS_BENCH_TARGETS": str(tmp_path / "targets.jsonl")}
+    proc = subprocess.run(
+        [sys.executable, str(BENCH / "bench_query.py"), "--catalog", "200", "--queries", "2", "--clips", "1",
+         "--skip-train"], capture_output=True, text=True, timeout=600, check=False, env=env,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    lines = (tmp_path / "targets.jsonl").read_text().splitlines()
+    assert len(lines) == 3 and "query by song" in lines[0]

@@ -136,3 +136,26 @@ def test_song_features_take_arrays_and_move_between_devices():
     moved = feats.to("cpu")
     assert moved is not feats and torch.equal(moved.pitch, feats.pitch) and moved.pitch.device.type == "cpu"
     assert SongFeatures(feats.mel).to("cpu").pitch is None
+
+
+def test_features_know_where_the_cut_silence_was(sung):
+    """The rest of `sung` (0.5 s from 1 s) is cut from the voiced audio; times put each frame back on the song's clock."""
+    from recsys.audio.voiced import timeline_frames
+
+    audio, cfg = AudioConfig(), FeatureConfig()
+    feats = song_features(sung, audio, cfg, needs=frozenset(FEATURES))
+    assert feats.times is not None and feats.times.shape == (feats.n_frames,)
+    steps = torch.diff(feats.times)
+    gap = int(steps.max()) - 1  # frames cut: the rest, less the 32 ms silence frames its edges share with notes
+    assert (steps >= 1).all() and 0.4 * SR / cfg.hop_length <= gap <= 0.5 * SR / cfg.hop_length
+    assert int(feats.times[-1]) <= sung.numel() // cfg.hop_length
+    placed = feats.on_timeline(feats.mel, -1.0)
+    assert placed.shape == (cfg.n_mels, int(feats.times[-1]) + 1) and torch.equal(placed[:, feats.times], feats.mel)
+    assert (placed[:, 70:88] == -1.0).all()  # frames 1.1-1.4 s: inside the rest
+    assert song_features(_tone(440.0, 2.0), audio, cfg).times is None  # nothing cut: the frames are the timeline
+    assert torch.equal(feats.to("cpu").times, feats.times)
+    # 512-sample frames 0 1 kept, 2 3 cut, 4 5 6 kept: feature frames every 256 samples land after the gap
+    kept = torch.tensor([1, 1, 0, 0, 1, 1, 1], dtype=torch.bool)
+    assert timeline_frames(kept, 512, 5 * 512, 256).tolist() == [0, 1, 2, 3, 8, 9, 10, 11, 12, 13, 14]
+    with pytest.raises(ValueError, match="strictly increasing frame times"):
+        SongFeatures(torch.zeros(48, 3), times=torch.tensor([0, 2, 2]))

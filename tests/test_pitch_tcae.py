@@ -59,6 +59,22 @@ def test_untrained_model_gives_the_descriptor_and_trained_weights_change_it(sung
     torch.testing.assert_close(moved.norm(dim=1), torch.ones(len(songs)))
 
 
+def test_the_melody_vector_keeps_the_rests_the_clean_up_cuts(sung):
+    """The voiced stream cuts silence for the timbre encoder; the melody vector puts its frames back on the
+    song's clock (SongFeatures.times), so a song with rests embeds as its uncut audio does."""
+    from recsys.config import AudioConfig
+    from recsys.features import song_features
+
+    w = sung[0]
+    w = torch.cat([w[: 3 * SR], torch.zeros(int(1.2 * SR)), w[3 * SR :], torch.zeros(SR // 2), w[: 2 * SR]])
+    cut = song_features(w, AudioConfig(), FEAT, needs={"mel", "pitch"})
+    assert cut.times is not None and cut.n_frames < features(w).n_frames
+    for encoder in (PitchTCAEMelody(model(residual_scale=0.3)),
+                    IntervalLagMelody(IntervalLagConfig.from_settings(MelodyConfig(model="frame"), FEAT, SR))):
+        placed, uncut, rests_lost = encoder.embed_songs([cut, features(w), SongFeatures(cut.mel, cut.pitch)])
+        assert float(placed @ uncut) > 0.99 and float(rests_lost @ uncut) < 0.9
+
+
 def test_refine_streamed_in_chunks_equals_the_whole_song(sung):
     m = model(residual_scale=0.3)
     sal = features(sung[0]).pitch

@@ -244,6 +244,25 @@ class VoicedStream:
 
     n_samples: int
     blocks: Iterator[torch.Tensor]
+    kept: torch.Tensor | None = None  # (n_frames,) bool: the source's frames the blocks keep (None: all)
+    frame: int = 0  # samples per frame of `kept`
+
+    def timeline(self, hop: int) -> torch.Tensor | None:
+        """Each feature frame's position (frames of `hop` samples) on the source's own timeline, where
+        silence was cut: (frames_for(n_samples),) int64, strictly increasing; None when nothing was cut."""
+        if self.kept is None or bool(self.kept.all()):
+            return None
+        return timeline_frames(self.kept, self.frame, self.n_samples, hop)
+
+
+def timeline_frames(kept: torch.Tensor, frame: int, n_samples: int, hop: int) -> torch.Tensor:
+    """(n_frames,) kept-frame mask of `frame` samples, voiced length, hop -> (n_samples // hop + 1,) int64:
+    for the feature frame centred at voiced sample t * hop, the frame index of that sample in the source."""
+    kept_frames = torch.nonzero(kept.cpu()).flatten()  # source frames, in order
+    voiced = torch.arange(n_samples // hop + 1, dtype=torch.int64) * hop  # centred STFT frames
+    which = (voiced // frame).clamp_max(kept_frames.numel() - 1)  # the last frame centres one past the end
+    source = kept_frames[which] * frame + voiced - which * frame
+    return torch.div(source + hop // 2, hop, rounding_mode="floor")
 
 
 def voiced_stream(
@@ -257,7 +276,7 @@ def voiced_stream(
     """
     src = _source(source, cfg, separator)
     plan = _plan(src.blocks(), cfg, src.name, src.n_samples)
-    return VoicedStream(plan.n_samples, _emit(src, plan, cfg))
+    return VoicedStream(plan.n_samples, _emit(src, plan, cfg), plan.mask, frame_samples(cfg))
 
 
 def voiced_audio(

@@ -19,7 +19,7 @@ import torch
 
 from recsys.config import AudioConfig, FeatureConfig, SeparationConfig
 from recsys.evaluation import split_by_song
-from recsys.features import SongFeatures, wave_features
+from recsys.features import SongFeatures, voiced_wave_features
 from recsys.fingerprint import audio_tag
 from recsys.training.data import TrainingSong
 
@@ -72,7 +72,7 @@ def load_labelled_catalog(
     settings (default: none), goes into the audio tag of the content hashes. `needs`:
     the features to compute (recsys.features.FEATURES).
     """
-    from recsys.audio import AudioError, content_hash, voiced_audio
+    from recsys.audio import AudioError, content_hash
     from recsys.manifest import ManifestProblem, iter_manifest
 
     tag = audio_tag(audio_cfg, separation or SeparationConfig())
@@ -89,7 +89,7 @@ def load_labelled_catalog(
                 f"<singer>/<song> folder) for every song"
             )
         try:
-            wave = voiced_audio(item.path, audio_cfg, separator)
+            wave, features = voiced_wave_features(item.path, needs, audio_cfg, feat_cfg, separator)
         except AudioError as e:
             raise ValueError(f"{manifest}: cannot use {item.path}: {e}") from e
         songs.append(
@@ -100,7 +100,7 @@ def load_labelled_catalog(
                 melody_id=item.metadata.get("melody_id"),
                 content_hash=content_hash(item.path) + tag,
                 wave=wave,
-                features=wave_features(wave, needs, audio_cfg, feat_cfg),
+                features=features,
             )
         )
         if progress is not None:
@@ -123,18 +123,15 @@ def catalog_songs(
 
     Pass the workspace's separator and separation settings to follow its audio path.
     """
-    from recsys.audio import voiced_audio
-
     tag = audio_tag(audio_cfg, separation or SeparationConfig())
     songs, waves = [], []
     for row in rows:
-        wave = voiced_audio(row["path"], audio_cfg, separator)
+        wave, features = voiced_wave_features(row["path"], MEL_AND_PITCH, audio_cfg, feat_cfg, separator)
         meta = dict(row.get("metadata") or {})
         if "melody_id" in meta:
             meta["melody"] = meta["melody_id"]
         digest = (row.get("content_hash") or "") + tag
-        songs.append(TrainingSong(row["id"], wave_features(wave, MEL_AND_PITCH, audio_cfg, feat_cfg), row["singer"],
-                                  digest, meta))
+        songs.append(TrainingSong(row["id"], features, row["singer"], digest, meta))
         if need_waves:
             waves.append(wave)
     return songs, waves

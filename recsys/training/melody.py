@@ -29,9 +29,9 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from recsys import pitch
 from recsys.augment import crop_stretch, draw_rates, draw_semitones
 from recsys.config import EquivariantMelodyConfig, FeatureConfig, MelodyConfig
+from recsys.encoders import melody_timeline
 from recsys.models.melody import melody_model_config
 from recsys.models.pitch_tcae import PitchTCAE, PitchTCAEConfig
 from recsys.training.checkpoint import catalog_fingerprint, clear_resume, save_version
@@ -144,14 +144,15 @@ class ViewLoss:
 
 
 def equivariant_inputs(songs: Sequence[TrainingSong]) -> list[Song]:
-    """What the model reads of each song: its waveform pitch and its voicing weight (from the log-mel)."""
+    """What the model reads of each song: its waveform pitch and its voicing weight (from the log-mel)
+    on the song's own timeline (recsys.encoders.melody_timeline)."""
     out = []
     for s in songs:
         if s.pitch is None:
             raise ValueError(f"song {s.song_id}: the pitch-equivariant TCAE trains on the waveform pitch, which "
                              "these features lack; build them with needs={'mel', 'pitch'} "
                              "(recsys.features.song_features)")
-        out.append((s.pitch.float(), pitch.voicing_weight(s.mel.float())))
+        out.append(melody_timeline(s.features))  # on the song's own timeline, as the encoder reads it
     return out
 
 
