@@ -207,6 +207,19 @@ def voiced_wave_features(
     return wave, SongFeatures(feats.mel, feats.pitch, times)
 
 
+def derived_times(base: SongFeatures, derived: SongFeatures, tempo: float = 1.0) -> torch.Tensor | None:
+    """Frame times for features of audio derived from `base`'s voiced audio (a pitch-shifted, noisier or
+    `tempo` times faster copy, cleaned up again): on `base`'s own timeline at the copy's tempo, so the copy
+    keeps the rests `base`'s clean-up cut. Strictly increasing; None when `base` has no times."""
+    if base.times is None:
+        return derived.times
+    own = derived.times if derived.times is not None else torch.arange(derived.n_frames)
+    source = torch.round(own.double() * tempo).long().clamp(0, base.n_frames - 1)  # the base frame each came from
+    out = torch.round(base.times[source].double() / tempo).long()
+    steps = torch.arange(out.numel())
+    return torch.cummax(out - steps, 0).values + steps  # strictly increasing where rounding met
+
+
 def song_features(
     source,
     audio_cfg: AudioConfig,

@@ -159,3 +159,21 @@ def test_features_know_where_the_cut_silence_was(sung):
     assert timeline_frames(kept, 512, 5 * 512, 256).tolist() == [0, 1, 2, 3, 8, 9, 10, 11, 12, 13, 14]
     with pytest.raises(ValueError, match="strictly increasing frame times"):
         SongFeatures(torch.zeros(48, 3), times=torch.tensor([0, 2, 2]))
+
+
+def test_a_copy_of_the_voiced_audio_keeps_the_rests_of_its_source(sung):
+    """recsys evaluate perturbs the voiced audio: its copies' frames go back on the source's timeline, at their tempo."""
+    from recsys.augment import time_stretch_wave
+    from recsys.features import derived_times, voiced_wave_features
+
+    audio, cfg = AudioConfig(), FeatureConfig()
+    voiced, base = voiced_wave_features(sung, FEATURES, audio, cfg)
+    assert base.times is not None and torch.equal(base.times, song_features(sung, audio, cfg).times)
+    same = derived_times(base, wave_features(voiced, FEATURES, audio, cfg))
+    assert torch.equal(same, base.times)  # the same audio again: the same timeline
+    faster = time_stretch_wave(voiced, 1.25)
+    _, copy = voiced_wave_features(faster, FEATURES, audio, cfg)
+    times = derived_times(base, copy, voiced.numel() / faster.numel())
+    assert times.shape == (copy.n_frames,) and bool((torch.diff(times) >= 1).all())
+    assert int(times[-1]) == pytest.approx(int(base.times[-1]) / 1.25, rel=0.05)  # the rest is there, 25 % shorter
+    assert derived_times(SongFeatures(base.mel), copy) is copy.times

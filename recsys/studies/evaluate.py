@@ -32,7 +32,7 @@ from recsys.augment import pitch_shift_wave, time_stretch_wave
 from recsys.config import Settings
 from recsys.embedding import Vectors
 from recsys.evaluation import format_table, identification_metrics, retrieval_metrics
-from recsys.features import SongFeatures, wave_features
+from recsys.features import SongFeatures, derived_times, voiced_wave_features
 from recsys.fusion import Calibration, Fusion, question_weights, ranking_rows
 from recsys.studies.catalog import TEST_FRACTION, LabelledSong, Progress, load_labelled_catalog, split_songs
 from recsys.studies.trainers import TRAINERS, ModelInfo, Trainer, train_or_load, untrained_encoders
@@ -234,7 +234,6 @@ def evaluate(
     of recsys.baselines.BASELINES. `progress(stage, done, total)`; `log(kind, epoch
     record)`. `trainers`: {"timbre": Trainer, "melody": Trainer} (recsys.studies.trainers).
     """
-    from recsys.audio import voiced_audio
     from recsys.baselines import BASELINES, MFCCStats, make_baseline
 
     unknown = [b for b in baselines if b not in BASELINES]
@@ -295,9 +294,12 @@ def evaluate(
         return {name: _unit_rows(np.concatenate(v)) for name, v in rows.items()}
 
     def perturbed(song: LabelledSong, pname: str) -> _Query:
-        # song.wave is already separated: perturb it, then clean it up again as any query is.
-        wave = voiced_audio(perturb(song.wave, pname, sr), audio)
-        return _Query(wave, wave_features(wave, needs, audio, feat))
+        # song.wave is already separated: perturb it, then clean it up again as any query is; its frames keep
+        # their place on the song's own timeline (the rests the first clean-up cut), at the copy's tempo.
+        raw = perturb(song.wave, pname, sr)
+        wave, feats = voiced_wave_features(raw, needs, audio, feat)
+        times = derived_times(song.features, feats, song.wave.numel() / max(1, raw.numel()))
+        return _Query(wave, SongFeatures(feats.mel, feats.pitch, times))
 
     clean = embed_all([_Query(s.wave, s.features) for s in songs], "embed")
     queries = {p: embed_all([perturbed(songs[int(i)], p) for i in test_idx], f"robustness {p}") for p in PERTURBATIONS}
