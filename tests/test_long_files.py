@@ -22,7 +22,7 @@ from recsys.audio.framing import CentredFrames
 from recsys.config import AudioConfig, FeatureConfig, MelodyConfig, TimbreConfig
 from recsys.embedding import Embedder
 from recsys.encoders import IntervalLagConfig, IntervalLagMelody, TimbreSongEncoder
-from recsys.features import SongFeatures, log_mel, song_features, wave_features
+from recsys.features import SongFeatures, log_mel, song_features, voiced_wave_features, wave_features
 from recsys.ingest import FileFailure, prepare_file
 from recsys.manifest import ManifestEntry
 from recsys.models.timbre import TimbreEncoder
@@ -146,7 +146,7 @@ def _melody(**kw) -> IntervalLagMelody:
 
 def _reference_vectors(path: Path, model: TimbreEncoder, melody: IntervalLagMelody) -> tuple[torch.Tensor, ...]:
     """The whole-file computation: the voiced waveform in memory, all chunks at once, unblocked profile."""
-    feats = wave_features(voiced_audio(path, SMALL), BOTH, SMALL, FEAT)
+    _, feats = voiced_wave_features(path, BOTH, SMALL, FEAT)  # with the timeline the melody vector reads
     timbre = F.normalize(model.embed(model.chunk_song(feats.mel)).mean(0), dim=-1)
     return timbre, melody.embed_songs([feats])[0]
 

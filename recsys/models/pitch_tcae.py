@@ -52,7 +52,7 @@ class PitchTCAEConfig:
     n_layers: int = 6  # time dilations 1, 2, ..., 2**(n_layers-1)
     pitch_kernel: int = 3  # semitones
     time_kernel: int = 3  # frames (at the model's rate: every frame_stride-th log-mel frame)
-    frame_stride: int = 2 * pitch.PITCH_STRIDE  # 64 ms: notes last longer (docs/melody.md)
+    frame_stride: int = pitch.PITCH_STRIDE  # 32 ms, the rate the waveform pitch is computed at (docs/melody.md)
     # The song vector: voiced interval-lag profile at geometric lags up to max_lag_frames (log-mel frames).
     n_lags: int = 30
     max_lag_frames: int = 500
