@@ -23,10 +23,11 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from recsys import pitch
 from recsys.config import FeatureConfig, MelodyConfig
@@ -35,6 +36,9 @@ from recsys.models.melody import MelodyModel
 from recsys.models.pitch_tcae import PitchTCAE
 from recsys.models.tcae import PITCH_SOURCES, PROFILE_POOLS, TCAE, TCAEConfig
 from recsys.models.timbre import TimbreEncoder
+
+if TYPE_CHECKING:
+    from typing import Self  # Python 3.11; annotations are not evaluated at run time
 
 MAX_TIMBRE_CHUNKS_PER_PASS = 512  # chunks per timbre forward pass on a GPU (bounds GPU memory)
 CPU_TIMBRE_CHUNKS_PER_PASS = 128  # on the CPU: as fast per chunk, and a quarter of the activations in memory
@@ -62,7 +66,27 @@ def _check_songs(songs: Sequence[SongFeatures], needs: frozenset[str]) -> None:
         song.require(needs)
 
 
-class TimbreSongEncoder:
+class _ModelEncoder:
+    """What the learned encoders share: the model they wrap, its size and device, moving it."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
+
+    @property
+    def dim(self) -> int:
+        return self.model.dim
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def to(self, device: torch.device | str) -> Self:
+        """Moves the model (in place, as nn.Module.to does) and returns self."""
+        self.model.to(device)
+        return self
+
+
+class TimbreSongEncoder(_ModelEncoder):
     """Timbre vectors: the normalised mean of a song's chunk embeddings (TimbreEncoder.chunk_song).
 
     All chunks of a batch go through the model in few forward passes (at most
@@ -76,7 +100,7 @@ class TimbreSongEncoder:
     def __init__(self, model: TimbreEncoder, max_chunks_per_pass: int | None = None) -> None:
         if max_chunks_per_pass is not None and max_chunks_per_pass < 1:
             raise ValueError(f"max_chunks_per_pass must be >= 1, got {max_chunks_per_pass}")
-        self.model = model  # TimbreEncoder.embed runs it in eval mode, whatever its mode
+        super().__init__(model)  # TimbreEncoder.embed runs it in eval mode, whatever its mode
         self.max_chunks_per_pass = max_chunks_per_pass  # None: by device (chunks_per_pass)
 
     @property
@@ -86,19 +110,6 @@ class TimbreSongEncoder:
         if self.max_chunks_per_pass is not None:
             return self.max_chunks_per_pass
         return CPU_TIMBRE_CHUNKS_PER_PASS if self.device.type == "cpu" else MAX_TIMBRE_CHUNKS_PER_PASS
-
-    @property
-    def dim(self) -> int:
-        return self.model.dim
-
-    @property
-    def device(self) -> torch.device:
-        return self.model.device
-
-    def to(self, device: torch.device | str) -> TimbreSongEncoder:
-        """Moves the model (in place, as nn.Module.to does) and returns self."""
-        self.model.to(device)
-        return self
 
     @torch.no_grad()
     def embed_songs(self, songs: Sequence[SongFeatures]) -> torch.Tensor:
@@ -149,28 +160,19 @@ def _passes(counts: list[tuple[int, int]], size: int) -> list[list[tuple[int, in
     return [p for p in passes if p]
 
 
-class TCAEMelodyEncoder:
+class TCAEMelodyEncoder(_ModelEncoder):
     """Melody vectors pooled from the TCAE's latents (mean and std, plus lag autocorrelations
     for pool 'stats+lag'); each song streamed through the encoder in chunks of `chunk_frames`."""
 
     needs = MEL
 
     def __init__(self, model: TCAE, chunk_frames: int | None = 4096) -> None:
-        self.model = model  # no layer of the TCAE depends on train / eval mode
+        super().__init__(model)  # no layer of the TCAE depends on train / eval mode
         self.chunk_frames = chunk_frames
 
     @property
     def dim(self) -> int:
         return self.model.pooled_dim
-
-    @property
-    def device(self) -> torch.device:
-        return self.model.front.harmonics.device
-
-    def to(self, device: torch.device | str) -> TCAEMelodyEncoder:
-        """Moves the model (in place, as nn.Module.to does) and returns self."""
-        self.model.to(device)
-        return self
 
     @torch.no_grad()
     def embed_songs(self, songs: Sequence[SongFeatures]) -> torch.Tensor:
@@ -180,7 +182,7 @@ class TCAEMelodyEncoder:
         return torch.stack([self.model.pool_song(s.mel, self.chunk_frames) for s in songs])
 
 
-class PitchTCAEMelody:
+class PitchTCAEMelody(_ModelEncoder):
     """Melody vectors of the pitch-equivariant TCAE: each song's waveform pitch refined by the
     model (streamed `chunk_frames` frames at a time, causal state carried), then its voiced
     interval-lag profile (PitchTCAE.song_vector). Depends on the trained weights; an untrained
@@ -189,21 +191,8 @@ class PitchTCAEMelody:
     needs = MEL_AND_PITCH
 
     def __init__(self, model: PitchTCAE, chunk_frames: int | None = 4096) -> None:
-        self.model = model  # no layer depends on train / eval mode
+        super().__init__(model)  # no layer depends on train / eval mode
         self.chunk_frames = chunk_frames
-
-    @property
-    def dim(self) -> int:
-        return self.model.dim
-
-    @property
-    def device(self) -> torch.device:
-        return self.model.device
-
-    def to(self, device: torch.device | str) -> PitchTCAEMelody:
-        """Moves the model (in place, as nn.Module.to does) and returns self."""
-        self.model.to(device)
-        return self
 
     @torch.no_grad()
     def embed_songs(self, songs: Sequence[SongFeatures]) -> torch.Tensor:

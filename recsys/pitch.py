@@ -327,6 +327,12 @@ def _fast_fft_length(n: int) -> int:
         m += 1
 
 
+def geometric_lags(n_lags: int, max_lag_frames: int) -> list[int]:
+    """The distinct frame lags of `n_lags` geometric steps from 1 to max_lag_frames (rounding merges short ones)."""
+    raw = [max_lag_frames ** (i / max(n_lags - 1, 1)) for i in range(n_lags)]
+    return sorted({max(1, round(x)) for x in raw})
+
+
 def lag_bands(lags: list[int]) -> list[list[int]]:
     """For each of the sorted distinct `lags`, the whole-frame lags nearer to it than to its neighbours on a log axis.
 

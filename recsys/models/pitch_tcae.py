@@ -47,7 +47,6 @@ class PitchTCAEConfig:
     arch: str = ARCH
     sample_rate: int = 16000
     hop_length: int = 256
-    n_mels: int = 48  # the log-mel the voicing weight is read from
     channels: int = 8
     n_layers: int = 6  # time dilations 1, 2, ..., 2**(n_layers-1)
     pitch_kernel: int = 3  # semitones
@@ -84,9 +83,7 @@ class PitchTCAEConfig:
     @property
     def lags(self) -> list[int]:
         """Distinct lags in log-mel frames, geometric from 1 to max_lag_frames."""
-        n = self.n_lags
-        raw = [self.max_lag_frames ** (i / max(n - 1, 1)) for i in range(n)]
-        return sorted({max(1, round(x)) for x in raw})
+        return pitch.geometric_lags(self.n_lags, self.max_lag_frames)
 
     @property
     def dilations(self) -> list[int]:

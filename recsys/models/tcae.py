@@ -144,9 +144,7 @@ class TCAEConfig:
     @property
     def lags(self) -> list[int]:
         """Distinct lags in frames, geometric from 1 to max_lag_frames."""
-        n = self.n_lags
-        raw = [self.max_lag_frames ** (i / max(n - 1, 1)) for i in range(n)]
-        return sorted({max(1, round(x)) for x in raw})
+        return pitch.geometric_lags(self.n_lags, self.max_lag_frames)
 
     @property
     def dilations(self) -> list[int]:

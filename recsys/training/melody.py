@@ -24,7 +24,7 @@ import contextlib
 import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from tqdm.auto import tqdm
@@ -37,6 +37,9 @@ from recsys.models.pitch_tcae import PitchTCAE, PitchTCAEConfig
 from recsys.training.checkpoint import catalog_fingerprint, clear_resume, save_version
 from recsys.training.common import EarlyStopping, MixedPrecision, pick_device, run_epochs, seed_everything
 from recsys.training.data import TrainingSong
+
+if TYPE_CHECKING:
+    from recsys.training.tcae import TrainResult  # which calls this module: imported when called
 
 KIND = "melody"
 VALID_ANCHORS = 16  # anchors of the fixed views the monitor scores each epoch
@@ -167,7 +170,7 @@ def train_equivariant(
     progress: bool = False,
     log: Callable[[dict], None] | None = None,
     audio: dict[str, Any] | None = None,
-):
+) -> TrainResult:
     """Train the pitch-equivariant TCAE contrastively, score each epoch on fixed views, publish the best.
 
     Same contract as recsys.training.tcae.train_melody (which calls this for
