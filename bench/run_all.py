@@ -42,7 +42,8 @@ class Script:
 SCRIPTS = (
     Script("bench_query", ("--catalog", "10000", "--queries", "30", "--train-songs", "12", "--train-steps", "4"),
            150, "query latency, 3-minute embedding, training time per epoch, peak memory"),
-    Script("bench_index", ("--sizes", "10000", "100000", "--kinds", "ivf", "--nq", "300", "--nprobe", "16", "64"),
+    Script("bench_index", ("--sizes", "10000", "100000", "--kinds", "ivf", "ivfpq", "--nq", "300", "--nprobe", "16", "64",
+                           "--pq-nprobe", "48", "--refine", "16"),
            150, "index search latency and recall (HNSW only in full runs: its 100k build is slow)"),
     Script("bench_ingest", ("--long-songs", "2", "--sizes", "300", "--workers", "2"), 120, "ingestion throughput"),
     Script("bench_augment", ("--seconds", "5", "--repeats", "3"), 60, "augmentation speed and error"),

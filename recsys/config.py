@@ -247,8 +247,8 @@ class IndexConfig(_Section):
     """FAISS index choice (recsys.index)."""
 
     kind: Literal["auto", "flat", "ivf", "ivfpq", "hnsw"] = "auto"
-    # Exact search while it is fast enough, IVF-Flat while its updates are cheap, then IVF-PQ with an
-    # exact re-rank; the thresholds and probe counts come from bench/bench_index.py (docs/benchmarks.md).
+    # Exact search while it is fast enough, IVF-Flat while its updates are cheap, then IVF-PQ re-ranked
+    # from 8-bit codes; the thresholds and probe counts come from bench/bench_index.py (docs/benchmarks.md).
     exact_max: int = Field(20_000, gt=0, description="With kind=auto, catalogs up to this size use exact search.")
     ivfpq_min: int = Field(
         100_000,
@@ -261,14 +261,20 @@ class IndexConfig(_Section):
     pq_nprobe: int = Field(
         48, gt=0, description="IVF lists visited per query by kind=ivfpq."
     )
-    pq_dims: int = Field(
-        4,
+    pq_search_dims: int | None = Field(
+        128,
         gt=0,
-        description="ivfpq: vector dimensions per 4-bit PQ code (d is zero-padded to a multiple); "
+        description="ivfpq: the PQ candidates are searched on the vectors' top this-many principal axes "
+        "(randomly rotated); None: on all d dimensions. The re-rank uses every dimension.",
+    )
+    pq_dims: int = Field(
+        2,
+        gt=0,
+        description="ivfpq: searched dimensions per 4-bit PQ code (zero-padded to a multiple); "
         "fewer = larger codes, better candidates, slower scans.",
     )
     refine_factor: int = Field(
-        8, ge=1, description="ivfpq re-ranks k x this many PQ candidates by exact inner product."
+        16, ge=1, description="ivfpq re-ranks k x this many PQ candidates by their stored (8-bit) vectors."
     )
     use_gpu: bool = Field(True, description="Use a GPU index when faiss-gpu and CUDA are present (flat and ivf).")
     retrain_growth: float = Field(

@@ -51,22 +51,32 @@ def synthetic_dataset(n: int, nq: int, d: int, seed: int = 0) -> tuple[np.ndarra
     new songs of the same singers. Songs of one singer overlap with neighbours,
     so IVF needs several probes to reach recall@10 of 0.95.
     """
-    rng = np.random.default_rng(seed)
-    latent = min(32, d)
-    n_singers = max(1, n // 16)
-    n_genres = max(1, int(math.sqrt(n_singers)))
-    proj = rng.standard_normal((latent, d), dtype=np.float32) / math.sqrt(latent)
-    genres = rng.standard_normal((n_genres, latent), dtype=np.float32)
-    singers = genres[rng.integers(0, n_genres, n_singers)]
-    singers += 0.7 * rng.standard_normal((n_singers, latent), dtype=np.float32)
+    catalog = SyntheticCatalog(n, d, seed)
+    return catalog.draw(n), catalog.draw(nq)
 
-    def draw(m: int) -> np.ndarray:
-        z = singers[rng.integers(0, n_singers, m)] + rng.standard_normal((m, latent), dtype=np.float32)
-        x = z @ proj + 0.1 * rng.standard_normal((m, d), dtype=np.float32)
+
+class SyntheticCatalog:
+    """The model behind :func:`synthetic_dataset`, drawn from in chunks (a 10M-song catalog does not fit
+    in memory as float32 at once). ``draw`` calls in the order xb, xq give synthetic_dataset's arrays."""
+
+    def __init__(self, n: int, d: int, seed: int = 0) -> None:
+        self.rng = rng = np.random.default_rng(seed)
+        self.latent = latent = min(32, d)
+        self.d = d
+        n_singers = max(1, n // 16)
+        n_genres = max(1, int(math.sqrt(n_singers)))
+        self.proj = rng.standard_normal((latent, d), dtype=np.float32) / math.sqrt(latent)
+        genres = rng.standard_normal((n_genres, latent), dtype=np.float32)
+        self.singers = genres[rng.integers(0, n_genres, n_singers)]
+        self.singers += 0.7 * rng.standard_normal((n_singers, latent), dtype=np.float32)
+
+    def draw(self, m: int) -> np.ndarray:
+        """(m, d) new songs of random singers."""
+        rng = self.rng
+        z = self.singers[rng.integers(0, len(self.singers), m)] + rng.standard_normal((m, self.latent), dtype=np.float32)
+        x = z @ self.proj + 0.1 * rng.standard_normal((m, self.d), dtype=np.float32)
         x /= np.linalg.norm(x, axis=1, keepdims=True)
         return x.astype(np.float32, copy=False)
-
-    return draw(n), draw(nq)
 
 
 def song_ids(n: int, seed: int = 1) -> np.ndarray:
