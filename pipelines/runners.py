@@ -20,6 +20,7 @@ import os
 import pickle
 import signal
 import sys
+import uuid
 from collections import deque
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
@@ -66,13 +67,15 @@ class Runner(Protocol):
     def close(self) -> None: ...
 
 
-def finish_batch(items: list[PreparedSong | FileFailure], embedder: Embedder | None) -> list[Result]:
-    """Embed the good songs of a prepared batch (when there is an embedder); failures pass through."""
+def finish_batch(items: list[Result], embedder: Embedder | None) -> list[Result]:
+    """Embed the good songs of a prepared batch (when there is an embedder); songs embedded by a worker
+    already and failures pass through."""
+    done: list[Result] = [e for e in items if isinstance(e, EmbeddedSong)]
     good = [p for p in items if isinstance(p, PreparedSong)]
     failed: list[Result] = [f for f in items if isinstance(f, FileFailure)]
     if embedder is None or not good:
-        return [*good, *failed]
-    return [*embed_prepared(embedder, good), *failed]
+        return [*done, *good, *failed]
+    return [*done, *embed_prepared(embedder, good), *failed]
 
 
 def prepare_or_fail(
@@ -90,6 +93,33 @@ def prepare_or_fail(
         return FileFailure(str(entry.path), "unexpected", f"{entry.path}: {type(e).__name__}: {e}")
 
 
+_worker_embedder: tuple[str, Embedder] | None = None  # a worker's copy of the job's encoders, by token
+
+
+def prepare_and_embed(
+    entry: ManifestEntry,
+    audio: AudioConfig,
+    features: FeatureConfig,
+    separation: SeparationConfig | None,
+    needs: frozenset[str],
+    token: str,
+    pickled_embedder: bytes,
+) -> EmbeddedSong | PreparedSong | FileFailure:
+    """prepare_or_fail, then the song's vectors, in a worker: on CPU the encoders cost as much as the
+    features, so they run on every core instead of one. The encoders arrive pickled (under 1 MB) and are
+    unpickled once per worker and job (`token`)."""
+    global _worker_embedder
+    item = prepare_or_fail(entry, audio, features, separation, needs)
+    if not isinstance(item, PreparedSong):
+        return item
+    if _worker_embedder is None or _worker_embedder[0] != token:
+        _worker_embedder = (token, pickle.loads(pickled_embedder))
+    try:
+        return embed_prepared(_worker_embedder[1], [item])[0]
+    except Exception as e:  # noqa: BLE001 - recorded with its type and message; the job goes on
+        return FileFailure(str(entry.path), "unexpected", f"{entry.path}: {type(e).__name__}: {e}")
+
+
 # ---------------------------------------------------------------------------- local
 
 
@@ -97,9 +127,13 @@ _PR_SET_PDEATHSIG = 1
 
 
 def _init_worker() -> None:
-    """Worker setup: one torch thread per process (the pool gives the parallelism), and on
+    """Worker setup: one torch thread per process (the pool gives the parallelism), the modules its
+    tasks run imported now (at pool start, not in the first file's time: about a second), and on
     Linux die with the parent, so a job killed with SIGKILL leaves no workers behind."""
     import torch
+
+    import recsys.embedding
+    import recsys.features  # noqa: F401 - imported for their cost, see above
 
     torch.set_num_threads(1)
     if sys.platform.startswith("linux"):
@@ -110,16 +144,18 @@ def _init_worker() -> None:
 
 
 class LocalRunner:
-    """`workers` spawned processes decode and compute features; the encoders run batched here.
+    """`workers` spawned processes decode and compute features; on CPU they embed each song too.
 
-    At most `max_in_flight` files are submitted ahead of the batch being embedded, so
-    memory stays flat for any manifest length while the workers keep busy during
-    embedding and commits. Results come back in submission order. On CPU the encoders
-    embed `cpu_embed_batch` songs at a time as they arrive (overlapping the decoding);
-    on a GPU a whole batch at once. The encoders use
-    `encoder_threads` torch threads (default: the cores the workers leave, at least 1):
-    the workers already fill the cores, and torch's thread team on small tensors then
-    costs far more than it gains.
+    At most `max_in_flight` files are submitted ahead of the batch being committed, so
+    memory stays flat for any manifest length while the workers keep busy during commits.
+    Results come back in submission order. On CPU with more than one worker, each worker
+    also runs the encoders on its song (`prepare_and_embed`, one torch thread): they cost
+    about as much as the features, and in this process they ran on one core while the
+    others waited. On a GPU (or with one worker) the encoders run here, batched: a
+    whole batch at once on the GPU, `cpu_embed_batch` songs at a time on CPU as they
+    arrive, with `encoder_threads` torch threads (default: the cores the workers leave,
+    at least 1; torch's thread team on small tensors costs far more than it gains when
+    the workers fill the cores).
     """
 
     def __init__(
@@ -160,7 +196,7 @@ class LocalRunner:
     def process(self, todo: Iterable[ManifestEntry], stages: Stages) -> Iterator[list[Result]]:
         import torch
 
-        def finish(batch: list[PreparedSong | FileFailure]) -> list[Result]:
+        def finish(batch: list[Result]) -> list[Result]:
             threads = torch.get_num_threads()
             torch.set_num_threads(self.encoder_threads)
             try:
@@ -173,7 +209,7 @@ class LocalRunner:
         on_gpu = stages.embedder is not None and stages.embedder.device.type != "cpu"
         step = stages.batch_size if on_gpu or stages.embedder is None else min(stages.batch_size,
                                                                                  self.cpu_embed_batch)
-        waiting: list[PreparedSong | FileFailure] = []
+        waiting: list[Result] = []
         done: list[Result] = []
         for item, next_ready in self._prepared(todo, stages):
             waiting.append(item)
@@ -190,18 +226,23 @@ class LocalRunner:
 
     def _prepared(
         self, todo: Iterable[ManifestEntry], stages: Stages
-    ) -> Iterator[tuple[PreparedSong | FileFailure, bool]]:
-        """(result, whether the next result is ready already) in submission order."""
+    ) -> Iterator[tuple[Result, bool]]:
+        """(result, whether the next result is ready already) in submission order; on CPU with
+        several workers the results are embedded songs already."""
         args = (stages.audio, stages.features, stages.separation, stages.needs)
         if self.workers <= 1:
             for entry in todo:
                 yield prepare_or_fail(entry, *args), True  # decoded here, on demand
             return
+        task: Any = prepare_or_fail
+        if stages.embedder is not None and stages.embedder.device.type == "cpu":
+            task = prepare_and_embed
+            args = (*args, uuid.uuid4().hex, pickle.dumps(stages.embedder))
         limit = self.max_in_flight or max(2 * stages.batch_size, 4 * self.workers)
         pool = self._processes()
         pending: deque[Future] = deque()
         for entry in todo:
-            pending.append(pool.submit(prepare_or_fail, entry, *args))
+            pending.append(pool.submit(task, entry, *args))
             while len(pending) >= limit:
                 result = pending.popleft().result()
                 yield result, pending[0].done()

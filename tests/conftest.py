@@ -20,6 +20,11 @@ from sqlalchemy.pool import NullPool
 
 DEFAULT_PG_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 
+# `recsys ingest --embed` / `reembed` fit the explorer's maps in a detached process by default; in the tests
+# that would leave UMAP fits running beside the next tests (and in deleted folders). The tests of that
+# behaviour ask for it with --maps background.
+os.environ.setdefault("RECSYS_JOB_MAPS", "skip")
+
 
 @pytest.fixture
 def sqlite_url(tmp_path: Path) -> str:

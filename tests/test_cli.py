@@ -16,7 +16,7 @@ from recsys.cli import app
 
 COMMANDS = [
     [], ["config"], ["demo-corpus"], ["ingest"], ["catalog"], ["train"], ["train", "timbre"], ["train", "melody"],
-    ["embed"], ["export"], ["index"], ["index", "rebuild"], ["index", "check"], ["similar-singers"], ["search"],
+    ["embed"], ["export"], ["maps"], ["index"], ["index", "rebuild"], ["index", "check"], ["similar-singers"], ["search"],
     ["demo"], ["evaluate"], ["reembed"], ["app"], ["experiment"], ["experiment", "pair-policies"],
     ["experiment", "melody-variants"], ["probe"], ["probe", "train"], ["probe", "predict"], ["probe", "list"],
 ]

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -262,9 +264,33 @@ def test_cli_prints_progress_and_summary(models, messy, tmp_path):
     assert f"ingested {N_GOOD} songs, skipped 1 already present, failed 5" in result.stdout
     assert f"embedded {N_GOOD} songs under model version" in result.stdout
     assert f"index: {N_GOOD} songs, agrees with the catalog" in result.stdout
+    assert "explorer maps" not in result.stderr and not (ws / "projections").exists()  # --maps skip (conftest)
     result = CliRunner().invoke(app, [*args, "--json"])
     data = json.loads(result.stdout)
     assert (data["ingested"], data["embedded"], data["skipped"], data["failed"]) == (0, 0, N_GOOD + 1, BAD_CAUSES)
+
+
+@pytest.mark.slow
+def test_cli_fits_the_explorer_maps_in_a_detached_process(models, corpus, tmp_path):
+    """The job returns before UMAP runs; a process of its own fits and saves the first page's maps."""
+    ws = _settings(tmp_path / "ws", models).workspace
+    args = ["--workspace", str(ws), "ingest", str(corpus), "--embed", "--workers", "1", "--maps", "background"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    started = re.search(r"explorer maps: fitting in the background \(pid (\d+)\); log: (.+)", result.stderr)
+    assert started is not None, result.stderr
+    pid, log = int(started.group(1)), Path(started.group(2))
+    deadline = time.monotonic() + 300
+    while (done := os.waitpid(pid, os.WNOHANG))[0] == 0 and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert done[0] == pid and os.waitstatus_to_exitcode(done[1]) == 0, log.read_text()[-2000:]
+    from recsys.projection import FIRST_PAGE_MAPS
+
+    expected = sorted(f"{what}-{weighting}.npz" for what, weighting in FIRST_PAGE_MAPS)
+    assert sorted(p.name for p in (ws / "projections").glob("*/*.npz")) == expected
+    assert log.read_text().count(": fitted (no saved map)") == len(FIRST_PAGE_MAPS)
+    again = CliRunner().invoke(app, ["--workspace", str(ws), "maps"])  # what the process ran: now up to date
+    assert again.exit_code == 0 and again.stdout.count(": loaded,") == len(FIRST_PAGE_MAPS), again.output
 
 
 # ---------------------------------------------------------------------------- crashes and concurrency

@@ -10,7 +10,16 @@ import typer
 
 from recsys.cli.errors import option_errors
 from recsys.cli.output import bar, emit, note
-from recsys.cli.root import Context, app, computing, job_runner, require_catalog, state
+from recsys.cli.root import (
+    Context,
+    MapsWhen,
+    app,
+    computing,
+    job_runner,
+    maps_after_job,
+    require_catalog,
+    state,
+)
 from recsys.results import FilesWritten
 
 if TYPE_CHECKING:
@@ -87,6 +96,11 @@ def ingest(
     address: Annotated[str | None, typer.Option(help="Ray cluster address for --runner ray "
                                                    "(default: the running Ray, else a new local one).")] = None,
     batch_size: Annotated[int, typer.Option(min=1, help="Files per committed batch.")] = 32,
+    maps: Annotated[MapsWhen, typer.Option(
+        envvar="RECSYS_JOB_MAPS", case_sensitive=False,
+        help="With --embed, the explorer's first-page maps after the job: fitted in a detached process "
+             "(background), before returning (wait), or not at all (skip; the explorer fits them on its first "
+             "visit).")] = MapsWhen.background,
 ) -> None:
     """Decode, validate and register a catalog's songs (idempotent: re-running changes nothing).
 
@@ -111,8 +125,10 @@ def ingest(
                 advance(done=s.ingested + s.skipped + s.n_failed)
 
         summary = run_ingest(source, ws, embed=embed, runner=jobs, batch_size=batch_size, dry_run=dry_run,
-                             on_batch=on_batch)
+                             on_batch=on_batch, fit_maps=maps is MapsWhen.wait)
     emit(summary, as_json)
+    if maps is MapsWhen.background and embed and summary.embedded and not dry_run:
+        maps_after_job(c)
     if summary.ingested == 0 and summary.skipped == 0 and summary.n_failed > 0:
         raise typer.Exit(1)
 

@@ -10,7 +10,7 @@ from typing import Annotated, Any
 import typer
 
 from recsys.cli.output import Lines, bar, emit, note, print_epoch
-from recsys.cli.root import app, computing, job_runner, require_catalog, state
+from recsys.cli.root import MapsWhen, app, computing, job_runner, maps_after_job, require_catalog, state
 from recsys.errors import InvalidOptionError
 from recsys.results import FilesWritten, TrainingReport
 
@@ -89,6 +89,10 @@ def reembed_cmd(
     address: Annotated[str | None, typer.Option(help="Ray cluster address for --runner ray.")] = None,
     batch_size: Annotated[int, typer.Option(min=1, help="Songs per committed batch.")] = 32,
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
+    maps: Annotated[MapsWhen, typer.Option(
+        envvar="RECSYS_JOB_MAPS", case_sensitive=False,
+        help="The new models' first-page explorer maps: fitted in a detached process (background), "
+             "before returning (wait), or not at all (skip).")] = MapsWhen.background,
 ) -> None:
     """Embed the catalog with new model versions while the current index keeps answering, then switch to them.
 
@@ -99,8 +103,23 @@ def reembed_cmd(
     require_catalog(c)
     with job_runner(runner, workers, address) as jobs:
         summary = reembed(c.workspace, timbre_version=timbre, melody_version=melody, runner=jobs,
-                          batch_size=batch_size, on_batch=lambda report: note(report.as_text()))
+                          batch_size=batch_size, on_batch=lambda report: note(report.as_text()),
+                          fit_maps=maps is MapsWhen.wait)
     emit(summary, as_json)
+    if maps is MapsWhen.background and (summary.switched or summary.embedded):
+        maps_after_job(c)
+
+
+@app.command("maps")
+def maps_cmd(ctx: typer.Context) -> None:
+    """Fit and save the explorer's first-page maps of the serving models (ingest --embed and reembed start
+    this in the background when they change the vectors)."""
+    from recsys.projection import FIRST_PAGE_MAPS, fit_default_maps
+
+    c = state(ctx)
+    require_catalog(c)
+    for fitted, (what, weighting) in zip(fit_default_maps(c.recommender()), FIRST_PAGE_MAPS, strict=True):
+        typer.echo(f"map of {what} ({weighting}): {fitted.status}, {len(fitted.keys)} points")
 
 
 probe_app = typer.Typer(help="Voice attribute probes: predict metadata (gender, register, language...) from timbre.",

@@ -12,6 +12,7 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
+from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -190,3 +191,19 @@ def main_options(
     """Global options; every command works on one workspace."""
     ctx.obj = Context(workspace_dir=workspace, db_url=db, config_file=config, manifest_file=manifest, device=device,
                       debug=debug)
+
+
+class MapsWhen(str, Enum):
+    """When a job that changed the vectors fits the explorer's first-page maps (pipelines/maps.py)."""
+
+    background = "background"
+    wait = "wait"
+    skip = "skip"
+
+
+def maps_after_job(c: Context) -> None:
+    """Start the first-page maps' fit detached, and say where its log goes."""
+    from pipelines.maps import start_background_maps
+
+    started = start_background_maps(c.settings, c.config_file, c.manifest_file)
+    typer.echo(started.as_text(), err=True)
