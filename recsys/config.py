@@ -53,6 +53,10 @@ class AudioConfig(_Section):
     chunk_hop_seconds: float = Field(2.0, gt=0)
     min_chunk_seconds: float = Field(1.0, gt=0, description="A trailing voiced stretch shorter than this is dropped.")
     block_seconds: float = Field(30.0, gt=0, description="Long files are decoded in blocks of this length.")
+    decode_once_seconds: float = Field(
+        1200.0, ge=0, description="Files up to this long are decoded once and their working-rate audio held "
+        "between the two passes of the clean-up (4 bytes a sample: 77 MB for 20 minutes); longer ones are "
+        "decoded twice, so memory stays flat for any length.")
     max_file_seconds: float | None = Field(
         None, description="Ingest records files longer than this as 'too_long' failures (None: no limit)."
     )

@@ -422,6 +422,35 @@ _MEMORY_PROBE = textwrap.dedent(
 )
 
 
+def test_short_files_are_decoded_once_long_ones_twice(tmp_path, monkeypatch):
+    """The clean-up reads a file twice (level and silence plan, then the voiced audio); a file up to
+    decode_once_seconds is decoded and resampled once and replayed, a longer one decoded again."""
+    import recsys.audio.voiced as voiced_module
+    from recsys.audio import voiced_stream
+
+    path = tmp_path / "song.wav"
+    x = sung(12.0, sr=44100)
+    x[5 * 44100 : 7 * 44100] = 0  # a rest the clean-up cuts
+    sf.write(path, np.stack([x, 0.5 * x], axis=1), 44100)
+    decodes = []
+    real = voiced_module.iter_mono_blocks
+
+    def counting(*args, **kwargs):
+        decodes.append(1)
+        yield from real(*args, **kwargs)
+
+    monkeypatch.setattr(voiced_module, "iter_mono_blocks", counting)
+    streams = {}
+    for once in (CFG.decode_once_seconds, 0.0):
+        decodes.clear()
+        stream = voiced_stream(path, CFG.model_copy(update={"decode_once_seconds": once}))
+        streams[once] = torch.cat(list(stream.blocks))
+        assert len(decodes) == (1 if once else 2), once
+        assert streams[once].numel() == stream.n_samples
+    assert 12.0 < CFG.decode_once_seconds
+    torch.testing.assert_close(streams[CFG.decode_once_seconds], streams[0.0], rtol=0, atol=0)
+
+
 def _write_long(path: Path, seconds: int) -> None:
     """Mono 16 kHz PCM_16, written 10 s at a time: 7 s of voice then 3 s of silence, repeated."""
     period = sung(10.0, seed=11)

@@ -168,12 +168,34 @@ def _source(
     info = probe(source)
     n_samples = resampled_length(info.frames, info.sample_rate, cfg.sample_rate)
     if separator is None:
+        if n_samples <= cfg.decode_once_seconds * cfg.sample_rate:
+            return _Source(_KeptStream(lambda: iter_mono_blocks(source, cfg)).blocks, source, n_samples)
         return _Source(lambda: iter_mono_blocks(source, cfg), source, n_samples)
     spill = _SpilledStream(
         lambda: separator.separate_stream(iter_mono_blocks(source, cfg), cfg.sample_rate),
         max(1, round(cfg.block_seconds * cfg.sample_rate)),
     )
     return _Source(spill.blocks, source, n_samples)
+
+
+class _KeptStream:
+    """A stream decoded once and replayed from memory: pass 2 of a file short enough to hold
+    (AudioConfig.decode_once_seconds) does not decode and resample it again. A first read that
+    stops early keeps nothing, and the next read decodes afresh."""
+
+    def __init__(self, make_blocks: Callable[[], Iterable[torch.Tensor]]) -> None:
+        self._make_blocks = make_blocks
+        self._kept: list[torch.Tensor] | None = None
+
+    def blocks(self) -> Iterator[torch.Tensor]:
+        return iter(self._kept) if self._kept is not None else self._record()
+
+    def _record(self) -> Iterator[torch.Tensor]:
+        kept = []
+        for block in self._make_blocks():
+            kept.append(block)
+            yield block
+        self._kept = kept
 
 
 class _SpilledStream:
