@@ -141,6 +141,33 @@ def _timed(fn) -> tuple[float, object]:
     return time.perf_counter() - start, out
 
 
+def ray_throughput(files: list[Path], workdir: Path, batch_size: int) -> list[tuple[str, float, float]]:
+    """The same end-to-end job on Ray Data (pipelines.runners.RayRunner) over a local Ray of this machine's
+    cores: started and warmed by a first job, then timed on a new catalog."""
+    from pipelines.runners import RayRunner
+
+    ws = workdir / "ws-ray"
+    settings = settings_for(ws)
+    shutil.copytree(workdir / "ws-long" / "models", ws / "models")
+    warm_ws = workdir / "ws-ray-warm"
+    warm_settings = settings_for(warm_ws)
+    shutil.copytree(ws / "models", warm_ws / "models")
+    manifest, warm = workdir / "long.csv", workdir / "warm.csv"
+    audio_s = sum(sf.info(str(f)).duration for f in files)
+    runner = RayRunner(init_kwargs={"num_cpus": os.cpu_count(), "include_dashboard": False})
+    try:
+        start, _ = _timed(lambda: run_ingest(warm, warm_settings, embed=True, runner=runner, batch_size=batch_size,
+                                             fit_maps=False))
+        catalog.open_catalog(settings.database_url)
+        wall, summary = _timed(lambda: run_ingest(manifest, settings, embed=True, runner=runner,
+                                                  batch_size=batch_size, fit_maps=False))
+    finally:
+        runner.close()
+    assert summary.embedded == len(files), summary.as_dict()
+    return [(f"end-to-end job on Ray Data, local Ray of {os.cpu_count()} CPUs, started", audio_s, wall),
+            ("  Ray start + the warm-up job", audio_s, start)]
+
+
 def throughput(files: list[Path], workdir: Path, workers: int, batch_size: int) -> list[tuple[str, float, float]]:
     """(stage, audio seconds, wall seconds) for each stage on the long songs."""
     from recsys.api import Recommender
@@ -301,6 +328,7 @@ def main() -> None:
                         help="manifest lengths for the memory table (none: skip it)")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--ray", action="store_true", help="also run the end-to-end job on a local Ray (Ray Data)")
     parser.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "recsys-bench-ingest",
                         help="generated audio is kept here between runs")
     args = parser.parse_args()
@@ -313,6 +341,8 @@ def main() -> None:
         files = make_long_songs(args.cache / "long", args.long_songs)
         print(f"# {len(files)} songs of {LONG_SECONDS:.0f} s ready in {time.perf_counter() - t0:.1f} s")
         rows = throughput(files, workdir, args.workers, args.batch_size)
+        if args.ray:
+            rows += ray_throughput(files, workdir, args.batch_size)
         print(f"\n{len(files)} songs x {LONG_SECONDS:.0f} s, {args.workers} worker processes, "
               f"batch {args.batch_size}\n")
         print("| stage | audio s | wall s | x real time |")

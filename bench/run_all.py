@@ -37,6 +37,7 @@ class Script:
     reduced: tuple[str, ...]  # arguments for `make bench`
     limit_s: int  # time limit with the reduced arguments
     note: str
+    full: tuple[str, ...] = ()  # arguments for --full (default: none, the script's own full sizes)
 
 
 SCRIPTS = (
@@ -53,6 +54,11 @@ SCRIPTS = (
            ("--singers", "4", "--songs", "3", "--seconds", "8", "--train-singers", "6", "--train-songs", "3",
             "--epochs", "2", "--steps", "5", "--out", str(Path(tempfile.gettempdir()) / "recsys-bench-sep-retrieval")),
            120, "singer retrieval with accompaniment suppression (2 short epochs)"),
+    Script("bench_explorer", ("--workspace", str(Path(tempfile.gettempdir()) / "recsys-bench-explorer-ws"),
+                              "--build-demo", "8", "4", "10", "--browser", "--visits", "1", "--interactions", "3"),
+           240, "the explorer in chromium: first page, then each interaction (builds a small demo workspace once)",
+           ("--workspace", str(Path(tempfile.gettempdir()) / "recsys-bench-explorer-demo-ws"),
+            "--build-demo", "24", "8", "30", "--browser", "--visits", "2", "--interactions", "5")),
     Script("bench_melody", ("--singers", "6", "--songs", "3", "--seconds", "10", "--epochs", "1",
                             "--variants", "equivariant", "pitch-ki"), 150, "melody vectors (1 epoch of each TCAE)"),
 )
@@ -76,7 +82,7 @@ def machine() -> str:
 
 def run(script: Script, full: bool, env: dict[str, str]) -> tuple[str, float]:
     path = BENCH / f"{script.name}.py"
-    args = [sys.executable, str(path), *([] if full else script.reduced)]
+    args = [sys.executable, str(path), *(script.full if full else script.reduced)]
     print(f"\n=== {script.name}: {script.note}\n$ {' '.join(args[1:])}", flush=True)
     began = time.perf_counter()
     try:

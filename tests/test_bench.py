@@ -54,3 +54,31 @@ def test_bench_query_runs_at_a_tiny_size_and_checks_its_targets(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     lines = (tmp_path / "targets.jsonl").read_text().splitlines()
     assert len(lines) == 3 and "query by song" in lines[0]
+
+
+def test_bench_index_scale_builds_in_chunks_and_measures_against_exact_search():
+    """The 10M simulation at a tiny size: chunks, the merged exact reference, the tables."""
+    proc = subprocess.run(
+        [sys.executable, str(BENCH / "bench_index_scale.py"), "--n", "30000", "--chunk", "7000", "--nq", "50",
+         "--nprobe", "4", "64"], capture_output=True, text=True, timeout=600, check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = proc.stdout
+    assert "  28,000 songs:" in out and "  30,000 songs:" in out  # the last chunk is the remainder
+    recalls = [float(line.split("|")[-2]) for line in out.splitlines() if line.startswith(("| 4 |", "| 64 |"))]
+    assert len(recalls) == 2 and recalls[1] >= 0.95 and recalls[0] < recalls[1]  # more lists probed, more found
+    assert "resident once loaded by a fresh process" in out
+
+
+@pytest.mark.postgres
+def test_bench_catalog_writes_and_reads_back_on_both_databases():
+    proc = subprocess.run(
+        [sys.executable, str(BENCH / "bench_catalog.py"), "--songs", "300", "--singers", "30", "--batch", "64"],
+        capture_output=True, text=True, timeout=600, check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = [line for line in proc.stdout.splitlines() if line.startswith(("| SQLite", "| PostgreSQL"))]
+    assert len(rows) == 2
+    for row in rows:
+        per_song = float(row.split("|")[5].replace(",", ""))
+        assert per_song > 1656  # the two float32 vectors alone are 1,656 bytes a song
