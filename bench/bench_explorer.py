@@ -201,28 +201,45 @@ def tree_cpu_seconds(root: int) -> float:
 
 
 def browser_interactions(page, repeats: int) -> list[dict]:
-    """Time the AppTest table's interactions in a loaded page: input -> the rerun's end (ms), median of `repeats`."""
+    """Time the AppTest table's interactions in a loaded page: input -> the rerun's end (ms), median of `repeats`.
+
+    Each repeat changes something (a click on what is already chosen reruns nothing): the sliders
+    step left and right, the select boxes take the next options, the map's points alternate."""
     import re
 
+    page.wait_for_function(  # the page's first run is over (its widgets were skeletons until then)
+        "document.querySelector('[data-testid=\"stApp\"]').getAttribute('data-test-script-state') === 'notRunning'",
+        timeout=600_000)
     page.evaluate(WATCH_RUNS)
 
-    def pick(key: str, option_index: int) -> None:
-        page.locator(f".st-key-{key} [data-baseweb='select']").click()
+    def pick(key: str, step: int) -> Callable[[], object]:
+        """Open the select box; returns the click on the option `step` places after the chosen one."""
+        page.locator(f".st-key-{key} [role='combobox']").click()
         options = page.get_by_role("option")
         options.first.wait_for(timeout=30_000)
-        options.nth(option_index % options.count()).click()
+        chosen = page.evaluate(
+            "() => Array.from(document.querySelectorAll('[role=option]'))"
+            ".findIndex(o => o.getAttribute('aria-selected') === 'true')")  # -1: a placeholder, none yet
+        target = options.nth((chosen + step) % options.count())
+        target.wait_for(timeout=30_000)
+        return target.click
 
-    def slide(key: str, i: int) -> None:
-        page.locator(f".st-key-{key} [role='slider']").press("ArrowLeft" if i % 2 else "ArrowRight")
+    def radio(key: str, label: str) -> Callable[[], object]:
+        return page.locator(f".st-key-{key} [data-testid='stRadioOption']").filter(has_text=label).click
 
-    steps = [
+    def slide(key: str, i: int) -> Callable[[], object]:
+        thumb = page.locator(f".st-key-{key} [aria-valuetext]")
+        thumb.focus()
+        return lambda: thumb.press("ArrowRight" if i % 2 else "ArrowLeft")
+
+    # Each returns the user's final input (a click or a key), made once the timer has started.
+    steps: list[tuple[str, Callable[[int], Callable[[], object]]]] = [
         ("weight slider", lambda i: slide("w_timbre", i)),
         ("k", lambda i: slide("k", i)),
-        ("another singer", lambda i: pick("singer", i + 1)),
-        ("map: songs", lambda i: page.locator(".st-key-map_what").get_by_text("songs", exact=True).click()),
-        ("map: singers", lambda i: page.locator(".st-key-map_what").get_by_text("singers", exact=True).click()),
-        ("map weighting", lambda i: pick("map_weighting", i)),
-        ("query by catalog song", lambda i: pick("pick_song", 3 * i + 1)),
+        ("another singer", lambda i: pick("singer", 1)),
+        ("map points: songs, singers, songs", lambda i: radio("map_what", "singers" if i % 2 else "songs")),
+        ("map weighting", lambda i: pick("map_weighting", 1)),
+        ("query by catalog song", lambda i: pick("pick_song", 3)),
     ]
     rows = []
     for name, act in steps:
@@ -231,8 +248,9 @@ def browser_interactions(page, repeats: int) -> list[dict]:
         times = []
         for i in range(repeats):
             page.wait_for_timeout(200)  # settle: nothing running
+            final_input = act(i)  # e.g. the select box opened, its option found
             since = page.evaluate("performance.now()")
-            act(i)
+            final_input()
             end = page.evaluate(RUN_ENDED, since)
             if end is None:
                 raise SystemExit(f"{name}: no rerun ended within 30 s")
