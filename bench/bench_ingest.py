@@ -164,8 +164,10 @@ def ray_throughput(files: list[Path], workdir: Path, batch_size: int) -> list[tu
     finally:
         runner.close()
     assert summary.embedded == len(files), summary.as_dict()
+    warm_paths = {line for line in warm.read_text().splitlines()[1:] if line}
+    warm_s = sum(sf.info(p).duration for p in warm_paths)
     return [(f"end-to-end job on Ray Data, local Ray of {os.cpu_count()} CPUs, started", audio_s, wall),
-            ("  Ray start + the warm-up job", audio_s, start)]
+            (f"  Ray start + the warm-up job ({len(warm_paths)} songs)", warm_s, start)]
 
 
 def throughput(files: list[Path], workdir: Path, workers: int, batch_size: int) -> list[tuple[str, float, float]]:
