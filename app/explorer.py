@@ -85,7 +85,8 @@ def _audio(label: str, path: str) -> None:
 
 
 def _results(rec: Recommender, singers: list, songs: list | None, weights: Weights, table, what: str) -> None:
-    """A singer ranking (and optional song ranking) with the score split and audio of the top singers."""
+    """A singer ranking (and optional song ranking) with the score split (bars in the table) and audio of the
+    top singers."""
     frame = views.singer_hits_frame(singers, views.singer_fusion(rec, weights))
     if frame.empty:
         st.info("No singer matches the filters.")
@@ -95,15 +96,7 @@ def _results(rec: Recommender, singers: list, songs: list | None, weights: Weigh
         f"Best match for {what}: **{best.singer}** (score {best.score:.3f}: timbre {best.timbre:.3f}, "
         f"melody {best.melody:.3f})"
     )
-    st.dataframe(
-        frame,
-        hide_index=True,
-        column_config={
-            c: st.column_config.NumberColumn(format="%.3f")
-            for c in ("score", "timbre", "melody", "timbre_part", "melody_part")
-        },
-    )
-    st.plotly_chart(views.split_figure(frame))
+    st.dataframe(frame, hide_index=True, column_config=_ranking_columns(frame))
     if songs is not None:
         st.markdown("**Closest songs**")
         st.dataframe(views.song_hits_frame(songs, views.song_fusion(rec, weights)), hide_index=True)
@@ -112,6 +105,17 @@ def _results(rec: Recommender, singers: list, songs: list | None, weights: Weigh
         with col:
             row = table.loc[int(hit.best_song_id)]
             _audio(f"{hit.singer}: {row.title or row.song_id}", row.path)
+
+
+def _ranking_columns(frame) -> dict:
+    """Scores to 3 decimals; the score's timbre and melody parts drawn as bars in the table itself, on one
+    scale (a separate bar chart cost every interaction a second plotly redraw: docs/benchmarks.md)."""
+    parts = frame[["timbre_part", "melody_part"]]
+    low, high = min(0.0, float(parts.min().min())), max(1e-9, float(parts.max().max()))
+    columns = {c: st.column_config.NumberColumn(format="%.3f") for c in ("score", "timbre", "melody")}
+    for c, label in (("timbre_part", "timbre part"), ("melody_part", "melody part")):
+        columns[c] = st.column_config.ProgressColumn(label, format="%.3f", min_value=low, max_value=high)
+    return columns
 
 
 def _catalog(rec: Recommender, songs, columns, song_ids: set[int] | None) -> None:

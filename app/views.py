@@ -383,26 +383,6 @@ def _with_parts(frame: pd.DataFrame, fusion: Fusion) -> pd.DataFrame:
     return frame
 
 
-def split_figure(frame: pd.DataFrame, label: str = "singer") -> go.Figure:
-    """Stacked horizontal bars: each result's score as its timbre share + melody share."""
-    names = frame[label].astype(str).tolist()
-    fig = go.Figure(
-        [
-            go.Bar(y=names, x=frame["timbre_part"], name="timbre", orientation="h", marker_color="#4C78A8"),
-            go.Bar(y=names, x=frame["melody_part"], name="melody", orientation="h", marker_color="#F58518"),
-        ]
-    )
-    fig.update_layout(
-        barmode="relative",
-        height=80 + 32 * len(frame),
-        margin={"l": 10, "r": 10, "t": 30, "b": 10},
-        yaxis={"autorange": "reversed"},
-        xaxis_title="share of the score",
-        legend={"orientation": "h", "y": 1.15},
-    )
-    return fig
-
-
 # Maps --------------------------------------------------------------------------------------------
 
 

@@ -48,23 +48,22 @@ TARGET_MS = 1000.0
 FIRST_LOAD_TARGET_MS = 5000.0
 BROWSER_INTERACTION_TARGET_MS = 300.0
 
-# Records every change of the app root's script state with its time (performance.now()).
+# Records every change of the app root's script state: the state it left, and when (performance.now()).
+# Old values, one per mutation record: a rerun that starts and ends within one observer callback still
+# shows as a record whose old value is "running".
 WATCH_RUNS = """() => {
   const root = document.querySelector('[data-testid="stApp"]');
   window.__runs = [];
-  new MutationObserver(() => window.__runs.push([root.getAttribute('data-test-script-state'), performance.now()]))
-    .observe(root, {attributes: true, attributeFilter: ['data-test-script-state']});
+  new MutationObserver(records => {
+    const t = performance.now();
+    for (const r of records) window.__runs.push([r.oldValue, t]);
+  }).observe(root, {attributes: true, attributeOldValue: true, attributeFilter: ['data-test-script-state']});
 }"""
-# Resolves once a rerun started after `since` has ended and two frames were drawn; its end time, or null.
+# Resolves once a rerun has ended after `since` (the state left "running") and two frames were drawn: the
+# time then, or null after 30 s.
 RUN_ENDED = """async (since) => {
-  const ended = () => {
-    const runs = window.__runs.filter(([, t]) => t >= since);
-    const started = runs.findIndex(([s]) => s === 'running');
-    return started < 0 ? null : runs.slice(started).find(([s]) => s === 'notRunning') || null;
-  };
   for (let waited = 0; waited < 30000; waited += 5) {
-    const end = ended();
-    if (end) {
+    if (window.__runs.some(([left, t]) => left === 'running' && t >= since)) {
       await new Promise(r => requestAnimationFrame(() => requestAnimationFrame(r)));
       return performance.now();
     }

@@ -424,10 +424,15 @@ def test_page_renders_every_section(at, app_ws, rec):
     assert any(f"Best match for {singer}: **{ranking.singer[0]}**" in m.value for m in at.markdown)
     assert len(at.get("audio")) == 4  # the selected singer + the top 3
     assert [e.label.startswith("Listen: ") for e in at.expander] == [True] * 4  # folded until opened
-    # The map (fitted once, saved under the model version) and the split bar chart.
+    # The score split as bars in the ranking itself, on one scale; the map (fitted once, saved under the
+    # model version) is the page's one figure.
+    bars = {name: json.loads(at.tabs[0].dataframe[0].proto.columns).get(name, {}) for name in ("timbre_part",
+                                                                                               "melody_part")}
+    assert {b.get("type_config", {}).get("type") for b in bars.values()} == {"progress"}, bars
+    assert len({(b["type_config"]["min_value"], b["type_config"]["max_value"]) for b in bars.values()}) == 1
     assert (app_ws / "projections" / rec.model_version / "singers-fused.npz").is_file()
     figures = _figures(at)
-    assert len(figures) == 2
+    assert len(figures) == 1
     assert sum(len(trace["x"]) for trace in _map(at)) == 6
     # The query tab waits for a query.
     assert any("Upload a recording or pick a catalog song" in i.value for i in at.tabs[1].info)
