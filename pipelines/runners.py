@@ -296,6 +296,24 @@ def _ray_prepare(
     return _rows([prepare_or_fail(e, audio, features, separation, needs) for e in _items(batch)])
 
 
+def _ray_prepare_and_embed(
+    batch: dict[str, Any],
+    audio: AudioConfig,
+    features: FeatureConfig,
+    separation: SeparationConfig | None,
+    needs: frozenset[str],
+    token: str,
+    pickled_embedder: bytes,
+) -> dict[str, Any]:
+    """A CPU cluster's task: decode, features and both encoders in one task per few files (as the local
+    runner's workers do), so no log-mel or pitch array crosses the object store."""
+    import torch
+
+    torch.set_num_threads(1)  # one CPU per task, as scheduled
+    return _rows([prepare_and_embed(e, audio, features, separation, needs, token, pickled_embedder)
+                  for e in _items(batch)])
+
+
 class _RayEmbed:
     """An actor holding the encoders (on its GPU when it has one, unless the CPU was asked for);
     embeds a batch of prepared songs."""
@@ -313,9 +331,11 @@ class _RayEmbed:
 class RayRunner:
     """Run the stages on a Ray cluster with Ray Data, a window of entries at a time.
 
-    Each window is one dataset: `from_items` -> `map_batches(prepare)` (CPU tasks, one
-    file each) -> `map_batches(_RayEmbed, concurrency=n)` (an actor pool; one GPU per
-    actor where the cluster has GPUs) -> streamed back with `iter_batches`. Audio paths
+    Each window is one dataset: `from_items` -> `map_batches(prepare)` (CPU tasks, a few
+    files each) -> `map_batches(_RayEmbed, concurrency=n)` (an actor pool; one GPU per
+    actor) -> streamed back with `iter_batches`. On a cluster without GPUs (or with
+    device cpu) the tasks embed their own files too, as the local runner's workers do:
+    one actor embedding for every decoding task was the bottleneck (docs/scaling.md). Audio paths
     (and a SQLite catalog) must be reachable from every node: use shared storage and
     PostgreSQL on a real cluster. Connects to `address` (None: the running Ray, else a
     new local one).
@@ -328,7 +348,10 @@ class RayRunner:
         window: int = 2048,
         files_per_task: int = 2,
         init_kwargs: dict[str, Any] | None = None,
+        embed_in_tasks: bool | None = None,
     ) -> None:
+        """`embed_in_tasks`: the decoding tasks embed their files too (None: when the cluster has no GPU
+        or the device asked for is cpu); False: the actor pool embeds, as on GPU nodes."""
         if window < 1 or files_per_task < 1:
             raise ValueError(f"window and files_per_task must be >= 1, got {window} and {files_per_task}")
         self.address = address
@@ -336,6 +359,7 @@ class RayRunner:
         self.window = window
         self.files_per_task = files_per_task
         self.init_kwargs = dict(init_kwargs or {})
+        self.embed_in_tasks = embed_in_tasks
         self._started = False
 
     def _ray(self) -> Any:
@@ -383,6 +407,21 @@ class RayRunner:
     def _window(self, entries: list[ManifestEntry], stages: Stages) -> Iterator[list[Result]]:
         ray = self._ray()
         ds = ray.data.from_items([{"item": pickle.dumps(e)} for e in entries])
+        gpus = int(ray.cluster_resources().get("GPU", 0))
+        in_tasks = self.embed_in_tasks if self.embed_in_tasks is not None else gpus == 0 or stages.device == "cpu"
+        if stages.embedder is not None and in_tasks:
+            ds = ds.map_batches(
+                _ray_prepare_and_embed,
+                batch_size=self.files_per_task,
+                batch_format="numpy",
+                num_cpus=1,
+                fn_kwargs={"audio": stages.audio, "features": stages.features, "separation": stages.separation,
+                           "needs": stages.needs, "token": uuid.uuid4().hex,
+                           "pickled_embedder": pickle.dumps(stages.embedder.to("cpu"))},
+            )
+            for batch in ds.iter_batches(batch_size=stages.batch_size, batch_format="numpy"):
+                yield _items(batch)
+            return
         ds = ds.map_batches(
             _ray_prepare,
             batch_size=self.files_per_task,
@@ -391,8 +430,7 @@ class RayRunner:
             fn_kwargs={"audio": stages.audio, "features": stages.features, "separation": stages.separation,
                        "needs": stages.needs},
         )
-        if stages.embedder is not None:
-            gpus = int(ray.cluster_resources().get("GPU", 0))
+        if stages.embedder is not None:  # GPU nodes: an actor per GPU embeds whole batches
             actors = self.embed_actors or max(1, gpus)
             ds = ds.map_batches(
                 _RayEmbed,

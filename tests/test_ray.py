@@ -1,5 +1,5 @@
-"""The Ray runner: the same job on a local Ray cluster gives the same songs, failures and vectors
-as the local runner."""
+"""The runners: the same job on a local Ray cluster (its tasks embedding, or an actor pool) and on local
+worker processes (embedding in them, or in this process) gives the same songs, failures and vectors."""
 
 from __future__ import annotations
 
@@ -60,7 +60,13 @@ def _state(settings) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], dict[str
 @pytest.mark.slow
 def test_ray_runner_matches_local_runner(local_ray, manifest, demo_workspace, tmp_path):
     results = {}
-    for name, runner in (("local", LocalRunner(workers=1)), ("ray", RayRunner(window=6, files_per_task=2))):
+    runners = (
+        ("local", LocalRunner(workers=1)),  # encoders in this process, batched
+        ("local, in the workers", LocalRunner(workers=2)),  # each worker embeds its own songs (CPU)
+        ("ray", RayRunner(window=6, files_per_task=2)),  # no GPU: the decoding tasks embed
+        ("ray, actor pool", RayRunner(window=6, files_per_task=2, embed_in_tasks=False)),  # as on GPU nodes
+    )
+    for name, runner in runners:
         ws = tmp_path / name
         shutil.copytree(demo_workspace / "models", ws / "models")
         settings = load_settings(manifest_file=None, workspace=ws, device="cpu")
@@ -70,13 +76,14 @@ def test_ray_runner_matches_local_runner(local_ray, manifest, demo_workspace, tm
             runner.close()
         assert (summary.ingested, summary.embedded, summary.n_failed) == (8, 8, 3), name
         results[name] = _state(settings)
-    (local, local_errors), (distributed, ray_errors) = results["local"], results["ray"]
-    assert local_errors == ray_errors == {"silent.wav": "silent", "noise.mp3": "unreadable",
-                                          "ghost.wav": "not_found"}
-    assert sorted(local) == sorted(distributed) and len(local) == 8
-    for digest, (t, m) in local.items():
-        np.testing.assert_allclose(distributed[digest][0], t, atol=1e-5)
-        np.testing.assert_allclose(distributed[digest][1], m, atol=1e-5)
+    local, local_errors = results["local"]
+    assert local_errors == {"silent.wav": "silent", "noise.mp3": "unreadable", "ghost.wav": "not_found"}
+    assert len(local) == 8
+    for name, (other, errors) in results.items():
+        assert errors == local_errors and sorted(other) == sorted(local), name
+        for digest, (t, m) in local.items():
+            np.testing.assert_allclose(other[digest][0], t, atol=1e-5, err_msg=name)
+            np.testing.assert_allclose(other[digest][1], m, atol=1e-5, err_msg=name)
     # a re-run on Ray is a no-op: nothing is decoded
     settings = load_settings(manifest_file=None, workspace=tmp_path / "ray", device="cpu")
     again = run_ingest(manifest, settings, embed=True, runner=RayRunner(), batch_size=3)
