@@ -157,3 +157,28 @@ def test_corrupt_index_is_rebuilt_not_used(demo_workspace, tmp_path):
     assert rebuilt
     _, rebuilt = _rec(ws).load_index()
     assert not rebuilt
+
+
+def test_singer_search_uses_the_song_index_rules_past_exact_max():
+    """Many singers get an approximate singer index, as many songs do; its answers match exact search."""
+    from recsys.config import IndexConfig
+    from recsys.embedding import Vectors
+    from recsys.search import Searcher
+
+    rng = np.random.default_rng(0)
+    n_singers, per = 1500, 2
+    centre = rng.standard_normal((n_singers, 24)).astype(np.float32)
+    songs = np.repeat(centre, per, axis=0) + 0.3 * rng.standard_normal((n_singers * per, 24)).astype(np.float32)
+    unit = songs / np.linalg.norm(songs, axis=1, keepdims=True)
+    vectors = Vectors(np.ascontiguousarray(unit[:, :16] / np.linalg.norm(unit[:, :16], axis=1, keepdims=True)),
+                      np.ascontiguousarray(unit[:, 16:] / np.linalg.norm(unit[:, 16:], axis=1, keepdims=True)))
+    ids = np.arange(1, n_singers * per + 1, dtype=np.int64)
+    names = [f"s{i // per:04d}" for i in range(n_singers * per)]
+    approx = Searcher(ids, names, [None] * len(ids), vectors, IndexConfig(exact_max=500, use_gpu=False))
+    exact = Searcher(ids, names, [None] * len(ids), vectors, IndexConfig(kind="flat", use_gpu=False))
+    assert approx.singer_index.kind == "ivf" and exact.singer_index.kind == "flat"
+    overlap = [
+        len({h.singer for h in approx.similar_to_singer(name, 5)} & {h.singer for h in exact.similar_to_singer(name, 5)})
+        for name in approx.singers[::30]
+    ]
+    assert np.mean(overlap) >= 4.5, overlap
