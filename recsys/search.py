@@ -114,10 +114,12 @@ class Searcher:
         pt = np.stack([_unit(vectors.timbre[self.rows_of_singer[s]].mean(0)) for s in self.singers])
         pm = np.stack([_unit(vectors.melody[self.rows_of_singer[s]].mean(0)) for s in self.singers])
         self.profiles = Vectors(pt, pm)
-        # The songs' rules (kind=auto: exact up to exact_max, then IVF): at a million singers exact
-        # search costs about 120 ms a query (docs/scaling.md).
+        # kind=auto's rules with the songs' thresholds (exact up to exact_max, then IVF, then ivfpq), sized
+        # for the singers: a kind or nlist forced for the songs is not the singers'. At a million singers
+        # exact search costs about 120 ms a query (docs/scaling.md).
         self.singer_index = VectorIndex.build(
-            np.arange(len(self.singers), dtype=np.int64), self.profiles.fused(INDEX_WEIGHTS), cfg
+            np.arange(len(self.singers), dtype=np.int64), self.profiles.fused(INDEX_WEIGHTS),
+            cfg.model_copy(update={"kind": "auto", "nlist": None}),
         )
         self.song_calibration = Calibration.fit(vectors) if calibrate else Calibration()
         self.singer_calibration = Calibration.fit(self.profiles) if calibrate else Calibration()

@@ -162,7 +162,8 @@ def test_corrupt_index_is_rebuilt_not_used(demo_workspace, tmp_path):
 def test_singer_search_uses_the_song_index_rules_past_exact_max():
     """Many singers get an approximate singer index, as many songs do; its answers match exact search."""
     from recsys.config import IndexConfig
-    from recsys.embedding import Vectors
+    from recsys.embedding import INDEX_WEIGHTS, Vectors
+    from recsys.index import VectorIndex
     from recsys.search import Searcher
 
     rng = np.random.default_rng(0)
@@ -175,10 +176,15 @@ def test_singer_search_uses_the_song_index_rules_past_exact_max():
     ids = np.arange(1, n_singers * per + 1, dtype=np.int64)
     names = [f"s{i // per:04d}" for i in range(n_singers * per)]
     approx = Searcher(ids, names, [None] * len(ids), vectors, IndexConfig(exact_max=500, use_gpu=False))
-    exact = Searcher(ids, names, [None] * len(ids), vectors, IndexConfig(kind="flat", use_gpu=False))
-    assert approx.singer_index.kind == "ivf" and exact.singer_index.kind == "flat"
+    exact = Searcher(ids, names, [None] * len(ids), vectors, IndexConfig(kind="flat", exact_max=500, use_gpu=False))
+    assert approx.singer_index.kind == "ivf" and exact.singer_index.kind == "ivf"  # a forced kind is the songs'
+    assert exact.index.kind == "flat"
+    exact.singer_index = VectorIndex.build(np.arange(len(exact.singers), dtype=np.int64),
+                                           exact.profiles.fused(INDEX_WEIGHTS), IndexConfig(kind="flat"))
     overlap = [
         len({h.singer for h in approx.similar_to_singer(name, 5)} & {h.singer for h in exact.similar_to_singer(name, 5)})
         for name in approx.singers[::30]
     ]
     assert np.mean(overlap) >= 4.5, overlap
+    forced = Searcher(ids, names, [None] * len(ids), vectors, IndexConfig(kind="ivf", nlist=70, use_gpu=False))
+    assert forced.index.nlist == 70 and forced.singer_index.nlist != 70  # sized for 1,500 singers, not 3,000 songs
