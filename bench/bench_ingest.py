@@ -45,7 +45,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from pipelines.ingest import run_ingest
-from pipelines.runners import LocalRunner, _init_worker, prepare_and_embed
+from pipelines.runners import LocalRunner, init_worker, prepare_and_embed
 from recsys import catalog
 from recsys.config import Settings, load_settings
 
@@ -184,7 +184,7 @@ def throughput(files: list[Path], workdir: Path, workers: int, batch_size: int) 
     rows = []
     embedder = Recommender(settings).embedder
     ctx = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker) as pool:
+    with ProcessPoolExecutor(workers, mp_context=ctx, initializer=init_worker) as pool:
         list(pool.map(_decode_only, [str(files[0])] * workers, [settings.audio] * workers))  # warm up
         wall, _ = _timed(lambda: list(pool.map(_decode_only, map(str, files), [settings.audio] * len(files))))
         rows.append(("decode only (the floor)", audio_s, wall))

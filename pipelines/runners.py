@@ -126,7 +126,7 @@ def prepare_and_embed(
 _PR_SET_PDEATHSIG = 1
 
 
-def _init_worker() -> None:
+def init_worker() -> None:
     """Worker setup: one torch thread per process (the pool gives the parallelism), the modules its
     tasks run imported now (at pool start, not in the first file's time: about a second), and on
     Linux die with the parent, so a job killed with SIGKILL leaves no workers behind."""
@@ -181,7 +181,7 @@ class LocalRunner:
             self._pool = ProcessPoolExecutor(
                 max_workers=self.workers,
                 mp_context=multiprocessing.get_context("spawn"),
-                initializer=_init_worker,
+                initializer=init_worker,
             )
         return self._pool
 
