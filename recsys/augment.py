@@ -23,10 +23,12 @@ A negative augmentation must exclude "no change" (pitch low > 0, stretch low > 1
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from typing import Literal
 
+import numpy as np
 import torch
 import torch.nn.functional as nnf
 import torchaudio.functional as AF
@@ -219,7 +221,66 @@ REVERB_WET = (0.1, 0.5)  # tail power relative to the dry signal
 
 KEY_SEMITONES = 3.0  # key change uniform in +-3 semitones (formants kept)
 
-EXTRA_AUGMENTATIONS = ("gain", "noise", "eq", "reverb", "key")
+# `chain`: a recording and mixing chain of its own per view (recsys.production's distribution).
+CHAIN_BANK_SIZE = 512  # chains drawn once per feature layout; each view picks one
+CHAIN_BANK_SEED = 20261201
+CHAIN_NOISE_SNR_DB = (15.0, 40.0)  # the chain's noise floor below the view's mean power
+CHAIN_IMPULSE_SAMPLES = 8192  # long enough for a 50 Hz 4th-order high-pass to ring out
+
+EXTRA_AUGMENTATIONS = ("gain", "noise", "eq", "reverb", "key", "chain")
+
+
+def _fine_mel_filterbank(feat_cfg: FeatureConfig, sample_rate: int) -> torch.Tensor:
+    """(CHAIN_IMPULSE_SAMPLES // 2 + 1, n_mels) the features' mel filters on a fine frequency grid."""
+    return AF.melscale_fbanks(
+        CHAIN_IMPULSE_SAMPLES // 2 + 1,
+        feat_cfg.f_min,
+        feat_cfg.f_max if feat_cfg.f_max is not None else sample_rate / 2,
+        feat_cfg.n_mels,
+        sample_rate,
+        norm="slaney",
+        mel_scale="slaney",
+    ).double()
+
+
+def _band_log_power(power: torch.Tensor, fb: torch.Tensor) -> torch.Tensor:
+    """(..., n_freqs) power spectrum -> (..., n_mels) natural-log power relative to a flat spectrum."""
+    return torch.log((power @ fb).clamp(min=1e-30) / fb.sum(0).clamp(min=1e-30))
+
+
+def chain_mel_response(chain, feat_cfg: FeatureConfig, sample_rate: int) -> torch.Tensor:
+    """(n_mels,) natural-log power gain of a production chain's EQ and band limit in each mel band.
+
+    The chain's filters (recsys.production.equalise, band_limit) run on an impulse; the
+    power response is averaged under each mel filter. Linear and time-invariant, so on
+    log-mel the chain is this offset added to every frame.
+    """
+    from recsys.production import band_limit, equalise
+
+    impulse = np.zeros(CHAIN_IMPULSE_SAMPLES)
+    impulse[0] = 1.0
+    h = band_limit(equalise(impulse, sample_rate, chain), sample_rate, chain)
+    power = torch.fft.rfft(torch.as_tensor(h)).abs() ** 2
+    return _band_log_power(power, _fine_mel_filterbank(feat_cfg, sample_rate)).float()
+
+
+def noise_mel_shapes(feat_cfg: FeatureConfig, sample_rate: int) -> torch.Tensor:
+    """(3, n_mels) log power per mel band of white, pink and brown noise, each of mean power 1."""
+    f = torch.linspace(0, sample_rate / 2, CHAIN_IMPULSE_SAMPLES // 2 + 1, dtype=torch.float64).clamp(min=20.0)
+    spectra = torch.stack([torch.ones_like(f), 1.0 / f, 1.0 / f**2])
+    shapes = _band_log_power(spectra, _fine_mel_filterbank(feat_cfg, sample_rate))
+    return (shapes - torch.logsumexp(shapes, dim=1, keepdim=True) + math.log(feat_cfg.n_mels)).float()
+
+
+@functools.lru_cache(maxsize=4)
+def chain_bank(feat_cfg: FeatureConfig, sample_rate: int) -> torch.Tensor:
+    """(CHAIN_BANK_SIZE, n_mels) responses of chains drawn with a fixed seed: the same bank every run."""
+    from recsys.production import draw_chain
+
+    rng = np.random.default_rng(CHAIN_BANK_SEED)
+    return torch.stack(
+        [chain_mel_response(draw_chain(rng, sample_rate), feat_cfg, sample_rate) for _ in range(CHAIN_BANK_SIZE)]
+    )
 
 
 def _uniform(n: int, low: float, high: float, gen: torch.Generator) -> torch.Tensor:
@@ -266,11 +327,21 @@ def apply_extra(
             tail[..., i] = acc
         tail = tail * (1 - decay)
         return torch.log(power + wet * tail)
+    if name in ("key", "chain") and (feat_cfg is None or sample_rate is None):
+        raise ValueError(f"the {name!r} augmentation needs feat_cfg and sample_rate")
     if name == "key":
-        if feat_cfg is None or sample_rate is None:
-            raise ValueError("the 'key' augmentation needs feat_cfg and sample_rate")
         semitones = _uniform(n, -KEY_SEMITONES, KEY_SEMITONES, gen)
         return mel_key_shift(mel, semitones, feat_cfg, sample_rate)
+    if name == "chain":
+        # EQ and band limit of a chain of the view's own, then that chain's noise floor.
+        bank = chain_bank(feat_cfg, sample_rate).to(mel.device, mel.dtype)
+        shapes = noise_mel_shapes(feat_cfg, sample_rate).to(mel.device, mel.dtype)
+        pick = torch.randint(len(bank), (n,), generator=gen)
+        colour = torch.randint(len(shapes), (n,), generator=gen)
+        snr = col(_uniform(n, *CHAIN_NOISE_SNR_DB, gen) * _DB)
+        out = mel + bank[pick.to(mel.device)][:, :, None]
+        mean_power = torch.logsumexp(out.reshape(n, -1), dim=1)[:, None, None] - math.log(n_mels * t)
+        return torch.logaddexp(out, mean_power - snr + shapes[colour.to(mel.device)][:, :, None])
     raise ValueError(f"unknown augmentation {name!r}; valid: {', '.join(EXTRA_AUGMENTATIONS)}")
 
 

@@ -118,6 +118,13 @@ class TimbreConfig(_Section):
         ("gain", "noise", "eq", "reverb", "key"), description="Augmentations always used as positives."
     )
     supervised: bool = Field(False, description="Use singer labels: all songs of a singer are positives.")
+    pseudo_neighbours: int = Field(0, ge=0, description="Without singer labels, each song's this many nearest "
+                                   "songs (by the model being trained, recomputed every epoch after the first) are "
+                                   "not used as its negatives: likely its singer's other songs. 0: off.")
+    validation: Literal["produced", "own_song"] = Field(
+        "produced", description="Early stopping without singer labels: each held-out song's first half, through a "
+        "production chain of its own, must find its second half ('produced'), or the plain halves ('own_song', which "
+        "the shared recording chain alone solves).")
     embedding_dim: int = Field(128, gt=0)
     projection_dim: int = Field(64, gt=0)
     channels: int = Field(32, gt=0)

@@ -65,6 +65,7 @@ def build_batch(
     generator: torch.Generator,
     singers: Sequence[str | None] | None = None,
     supervised: bool = False,
+    related: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, IndicesTuple | None]:
     """Views, labels and pairs for one contrastive step.
 
@@ -75,7 +76,9 @@ def build_batch(
     singers (supervised; an unlabelled song is a singer of its own), then one fresh
     label per (negative augmentation, song). In self-supervised mode with singer
     labels, originals of different songs by the same singer are neither positives
-    nor negatives (the returned indices_tuple leaves those pairs out).
+    nor negatives (the returned indices_tuple leaves those pairs out); `related`
+    ((n_songs, n_songs) bool, e.g. each song's nearest neighbours, its pseudo-singer)
+    does the same without labels, and overrides what `singers` would say.
     """
     if supervised and singers is None:
         raise ValueError("supervised batches need singer labels (singers=None given)")
@@ -141,21 +144,44 @@ def build_batch(
         views = apply_extra(views, name, generator, frame_s, feat_cfg, sample_rate)
     labels = torch.tensor([spec[4] for spec in specs], dtype=torch.long, device=views.device)
 
+    if related is None and not supervised and singers is not None:
+        related = same_singer_matrix(singers)
     indices_tuple = None
-    if not supervised and singers is not None:
-        singer_of = [singers[spec[0]] if spec[5] else None for spec in specs]
+    if not supervised and related is not None:
+        song_of = torch.tensor([spec[0] for spec in specs], device=labels.device)
+        original = torch.tensor([spec[5] for spec in specs], dtype=torch.bool, device=labels.device)
         a1, p, a2, neg_idx = lmu.get_all_pairs_indices(labels)
-        same_singer = torch.tensor(
-            [
-                singer_of[i] is not None and singer_of[i] == singer_of[j]
-                for i, j in zip(a2.tolist(), neg_idx.tolist())
-            ],
-            dtype=torch.bool,
-            device=labels.device,
-        )
-        if bool(same_singer.any()):
-            indices_tuple = (a1, p, a2[~same_singer], neg_idx[~same_singer])
+        skip = original[a2] & original[neg_idx] & related.to(labels.device)[song_of[a2], song_of[neg_idx]]
+        if bool(skip.any()):
+            indices_tuple = (a1, p, a2[~skip], neg_idx[~skip])
     return views, labels, indices_tuple
+
+
+def same_singer_matrix(singers: Sequence[str | None]) -> torch.Tensor:
+    """(n, n) bool: songs i != j share a singer label (unlabelled songs are related to none)."""
+    names = {s: k for k, s in enumerate(sorted({s for s in singers if s is not None}))}
+    codes = torch.tensor([names[s] if s is not None else -1 - i for i, s in enumerate(singers)])
+    same = codes[:, None] == codes[None, :]
+    return same & (codes >= 0)[:, None] & ~torch.eye(len(codes), dtype=torch.bool)
+
+
+def nearest_neighbour_matrix(vectors: torch.Tensor, k: int) -> torch.Tensor:
+    """(n, n) bool, symmetric: j is among i's k nearest songs by cosine, or i among j's.
+
+    Label-free pseudo-singers: the catalog's other songs nearest a song are the likeliest
+    to be its singer's, so the trainer stops pushing them away (DeepCluster-style rounds:
+    recomputed from the model being trained every epoch).
+    """
+    n = vectors.shape[0]
+    out = torch.zeros(n, n, dtype=torch.bool)
+    k = min(k, n - 1)
+    if k <= 0:
+        return out
+    sim = vectors @ vectors.T
+    sim.fill_diagonal_(-float("inf"))
+    top = sim.topk(k, dim=1).indices
+    out[torch.arange(n)[:, None], top] = True
+    return out | out.T
 
 
 def make_loss(cfg: TimbreConfig) -> torch.nn.Module:
@@ -173,26 +199,64 @@ def embed_songs(model: TimbreEncoder, mels: Sequence[torch.Tensor]) -> torch.Ten
     return TimbreSongEncoder(model).embed_songs([SongFeatures(m) for m in mels]).cpu()
 
 
-def _validate(model: TimbreEncoder, train: list[TrainingSong], valid: list[TrainingSong]) -> dict[str, float]:
-    """Same-singer retrieval of the held-out songs among all songs, or own-song retrieval without labels.
+VALIDATION_SEED_OFFSET = 7919  # the validation chains' generator: fixed per seed, apart from training's
 
-    Without singer labels, each query is the first half of a song and the base the
-    second halves of the same songs.
+
+def reproduced_halves(
+    valid: Sequence[TrainingSong], feat_cfg: FeatureConfig, sample_rate: int, seed: int
+) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """Label-free validation pairs: each song's first half through a room and a chain of its own, and its second half.
+
+    Only the voice links the two: the halves sing different notes and the query's chain
+    (reverb, EQ, band limit, noise floor; recsys.augment) is not the song's. The same
+    seed gives the same queries every epoch.
+    """
+    gen = torch.Generator().manual_seed(seed + VALIDATION_SEED_OFFSET)
+    frame_s = seconds_per_frame(feat_cfg, sample_rate)
+    queries, base = [], []
+    for s in valid:
+        first = s.mel[:, : s.n_frames // 2][None]
+        for name in ("reverb", "chain"):
+            first = apply_extra(first, name, gen, frame_s, feat_cfg, sample_rate)
+        queries.append(first[0])
+        base.append(s.mel[:, s.n_frames // 2 :])
+    return queries, base
+
+
+def _validate(
+    model: TimbreEncoder,
+    train: list[TrainingSong],
+    valid: list[TrainingSong],
+    label_free: tuple[list[torch.Tensor], list[torch.Tensor]] | None,
+) -> dict[str, float]:
+    """Same-singer retrieval of the held-out songs among all songs, or, without labels, half-to-half retrieval.
+
+    `label_free`: (queries, base) of the held-out songs' halves (reproduced_halves, or the
+    plain halves), the i-th query's answer the i-th base row.
     """
     queries = valid or train
-    if all(s.singer is not None for s in queries):
+    if label_free is None:
         base = train + valid if valid else train
         xb = embed_songs(model, [s.mel for s in base])
         xq = xb[len(train) :] if valid else xb
         exclude = [len(train) + i if valid else i for i in range(len(queries))]
         found = retrieval_metrics(xq, xb, [s.singer for s in queries], [s.singer for s in base], exclude)
     else:
-        halves = [(s.mel[:, : s.n_frames // 2], s.mel[:, s.n_frames // 2 :]) for s in queries]
-        xq = embed_songs(model, [a for a, _ in halves])
-        xb = embed_songs(model, [b for _, b in halves])
-        ids = list(range(len(queries)))
+        xq, xb = embed_songs(model, label_free[0]), embed_songs(model, label_free[1])
+        ids = list(range(len(xq)))
         found = retrieval_metrics(xq, xb, ids, ids)
     return {k: found[k] for k in ("p_at_1", "map")}  # what the epoch log and early stopping read
+
+
+def _label_free_pairs(
+    queries: list[TrainingSong], cfg: TimbreConfig, feat_cfg: FeatureConfig, sample_rate: int
+) -> tuple[list[torch.Tensor], list[torch.Tensor]] | None:
+    """The label-free validation pairs of `queries` per cfg.validation, or None when every query has a singer."""
+    if all(s.singer is not None for s in queries):
+        return None
+    if cfg.validation == "produced":
+        return reproduced_halves(queries, feat_cfg, sample_rate, cfg.seed)
+    return [s.mel[:, : s.n_frames // 2] for s in queries], [s.mel[:, s.n_frames // 2 :] for s in queries]
 
 
 # --- training ---------------------------------------------------------------------------------
@@ -264,6 +328,8 @@ def train_timbre(
             raise ValueError(
                 f"song {s.song_id}: mel shape {tuple(s.mel.shape)}, expected ({feat_cfg.n_mels}, T)"
             )
+    # The catalog's order (database ids, ingest order) must not change the model: one canonical order.
+    songs = sorted(songs, key=lambda s: (s.content_hash, str(s.song_id)))
     dev = pick_device(device)
     gen = seed_everything(cfg.seed)
     model_cfg = model_config_for(cfg, feat_cfg)
@@ -287,9 +353,13 @@ def train_timbre(
     )
     mels = [s.mel.to(dev, torch.float32) for s in train]
     amp = MixedPrecision(dev)  # autocast (and a float16 loss scaler) on CUDA only
+    label_free_pairs = _label_free_pairs(valid or train, cfg, feat_cfg, sample_rate)
 
     def run_epoch(epoch: int) -> dict[str, Any]:
         losses = []
+        related = None
+        if not labelled and cfg.pseudo_neighbours > 0 and epoch > 0:
+            related = nearest_neighbour_matrix(embed_songs(model, [s.mel for s in train]), cfg.pseudo_neighbours)
         for _ in tqdm(
             range(cfg.steps_per_epoch), desc=f"timbre epoch {epoch}", disable=not progress, leave=False
         ):
@@ -303,6 +373,7 @@ def train_timbre(
                 gen,
                 singers=singers if labelled else None,
                 supervised=cfg.supervised,
+                related=related,
             )
             with amp.autocast():
                 _, projection = model(views)
@@ -310,7 +381,7 @@ def train_timbre(
             optimizer.zero_grad(set_to_none=True)
             amp.backward_step(loss, optimizer)
             losses.append(loss.item())
-        return {"loss": sum(losses) / len(losses), **_validate(model, train, valid)}
+        return {"loss": sum(losses) / len(losses), **_validate(model, train, valid, label_free_pairs)}
 
     loop = run_epochs(
         kind=KIND,

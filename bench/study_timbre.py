@@ -1,0 +1,185 @@
+"""Timbre training variants on a produced catalog, label-free, several seeds: what closes the gap.
+
+    python bench/study_timbre.py [--singers 24] [--songs 6] [--seconds 15] [--corpus-seed 0]
+        [--seeds 0,1,2] [--variants default,ps_pos_ts_pos,...] [--out DIR] [--baselines ...]
+
+The catalog and the scoring are bench/bench_timbre_real.py's (every song through its own
+production chain, two synthesisers, covers, key- and tempo-changed copies, a clean twin;
+every third singer held out; a hit is a song of the query's singer). Unlike that bench, which
+runs the whole product path, this one trains the timbre encoder alone, on features computed
+once and cached, so that many variants and seeds fit in one run:
+each variant is a set of `timbre` settings over the defaults (VARIANTS below), trained on the
+seen singers' songs (copies included, no singer labels: the product's case) for every seed.
+Prints one markdown table: per system, the mean and spread over seeds of P@1, mAP, top-5
+vote, clean-query P@1 and key/tempo P@1, for seen and unseen singers, as ratios to Resemblyzer.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench_timbre_real import baseline_embedder, catalogs, score
+
+from recsys.config import Settings
+from recsys.encoders import timbre_encoder
+from recsys.features import SongFeatures, song_features
+from recsys.models.timbre import TimbreEncoder
+from recsys.training.contrastive import model_config_for, train_timbre
+from recsys.training.data import TrainingSong
+
+CHAIN_EXTRAS = ("gain", "noise", "eq", "reverb", "chain", "key")
+# Each variant: timbre settings over the defaults (recsys.config.TimbreConfig fields).
+VARIANTS: dict[str, dict] = {
+    "default": {},
+    "ps_neg_ts_neg": {"policy": "ps_neg_ts_neg"},
+    "ps_pos_ts_pos": {"policy": "ps_pos_ts_pos"},
+    "ps_pos_ts_neg": {"policy": "ps_pos_ts_neg"},
+    "ps_neg_ts_pos": {"policy": "ps_neg_ts_pos"},
+    "ps_pos_ts_pos+chain": {"policy": "ps_pos_ts_pos", "extra_positives": CHAIN_EXTRAS},
+    "ps_neg_ts_neg+chain": {"policy": "ps_neg_ts_neg", "extra_positives": CHAIN_EXTRAS},
+    "ps_pos_ts_pos+chain+pseudo3": {"policy": "ps_pos_ts_pos", "extra_positives": CHAIN_EXTRAS, "pseudo_neighbours": 3},
+    "ps_neg_ts_neg+chain+pseudo3": {"policy": "ps_neg_ts_neg", "extra_positives": CHAIN_EXTRAS, "pseudo_neighbours": 3},
+    "own_song_validation": {"validation": "own_song"},
+}
+
+
+def feature_cache(rows: list[dict], clean: dict[str, str], settings: Settings, out: Path) -> dict[str, SongFeatures]:
+    """path -> SongFeatures (log-mel) of every produced song, copy and clean twin, cached on disk."""
+    paths = [r["path"] for r in rows] + [clean[r["song_id"]] for r in rows if r["song_id"] in clean]
+    key = hashlib.sha256(
+        (settings.audio.model_dump_json() + settings.features.model_dump_json() + "\n".join(paths)).encode()
+    ).hexdigest()[:12]
+    cache = out / f"features-{key}.pt"
+    if cache.is_file():
+        mels = torch.load(cache)
+    else:
+        mels = {p: song_features(p, settings.audio, settings.features).mel for p in paths}
+        torch.save(mels, cache)
+    return {p: SongFeatures(m) for p, m in mels.items()}
+
+
+def encoder_embedder(model: TimbreEncoder, feats: dict[str, SongFeatures]):
+    encoder = timbre_encoder(model.eval())
+    return lambda paths: encoder.embed_songs([feats[p] for p in paths]).cpu().numpy()
+
+
+def summarise(runs: list[dict[str, float]]) -> dict[str, tuple[float, float]]:
+    keys = ("p_at_1", "map", "vote", "clean_p_at_1", "copy_p_at_1")
+    return {k: (float(np.mean([r[k] for r in runs])), float(np.std([r[k] for r in runs]))) for k in keys} | {
+        "n": runs[0]["n"], "n_copies": runs[0]["n_copies"], "seeds": len(runs)}
+
+
+def table(results: dict[tuple[str, str], dict]) -> str:
+    cols = ("p_at_1", "map", "vote", "clean_p_at_1", "copy_p_at_1")
+    heads = ("P@1", "mAP", "top-5 vote", "clean-query P@1", "key/tempo P@1")
+    lines = ["| singers | system | seeds | " + " | ".join(heads) + " |", "|---|---|---:|" + "---:|" * len(heads)]
+    for (split, system), m in sorted(results.items(), key=lambda kv: kv[0][0] != "seen"):
+        ref = results.get((split, "Resemblyzer"))
+        cells = []
+        for c in cols:
+            mean, sd = m[c]
+            spread = f" ±{sd:.3f}" if m["seeds"] > 1 else ""
+            ratio = f" ({mean / ref[c][0]:.2f}x)" if ref and system != "Resemblyzer" and ref[c][0] > 0 else ""
+            cells.append(f"{mean:.3f}{spread}{ratio}")
+        lines.append(f"| {split} ({m['n']}+{m['n_copies']}) | {system} | {m['seeds']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--singers", type=int, default=24)
+    p.add_argument("--songs", type=int, default=6)
+    p.add_argument("--seconds", type=float, default=15.0)
+    p.add_argument("--corpus-seed", type=int, default=0)
+    p.add_argument("--seeds", default="0,1,2")
+    p.add_argument("--variants", default="default")
+    p.add_argument("--epochs", type=int, default=None, help="override timbre.epochs (quick looks only)")
+    p.add_argument("--workers", type=int, default=None)
+    p.add_argument("--out", type=Path, default=Path("bench_out/study_timbre"))
+    p.add_argument("--baselines", default="mfcc_stats,resemblyzer")
+    args = p.parse_args()
+    for name in args.variants.split(","):
+        if name not in VARIANTS:
+            p.error(f"unknown variant {name!r}; valid: {', '.join(VARIANTS)}")
+    seeds = [int(s) for s in args.seeds.split(",")]
+    ns = argparse.Namespace(singers=args.singers, songs=args.songs, seconds=args.seconds, seed=args.corpus_seed,
+                            workers=args.workers)
+    tag = f"s{args.singers}x{args.songs}x{args.seconds:g}_seed{args.corpus_seed}"
+    out = args.out / tag
+    t0 = time.time()
+    rows, clean = catalogs(out, ns)
+    settings = Settings()
+    feats = feature_cache(rows, clean, settings, out)
+    print(f"catalog {tag}: {len(rows)} files, corpus + features {time.time() - t0:.0f} s", file=sys.stderr)
+    singers = sorted({r["singer"] for r in rows})
+    unseen = set(singers[2::3])
+    groups = {"seen": [r for r in rows if r["singer"] not in unseen],
+              "unseen": [r for r in rows if r["singer"] in unseen]}
+    train_rows = groups["seen"]  # copies included: the catalog the product trains on
+    songs = [TrainingSong(k, feats[r["path"]], None, hashlib.sha256(r["path"].encode()).hexdigest())
+             for k, r in enumerate(train_rows)]
+
+    results: dict[tuple[str, str], dict] = {}
+    fit = [r["path"] for r in train_rows if not r["copy_of"]]
+    names = {"mfcc_stats": "MFCC statistics", "resemblyzer": "Resemblyzer"}
+    for name in filter(None, args.baselines.split(",")):
+        try:
+            embed = baseline_embedder(name, fit, settings.audio.sample_rate)
+        except ImportError as e:
+            print(f"skipping {name}: {e}", file=sys.stderr)
+            continue
+        for split, group in groups.items():
+            results[(split, names.get(name, name))] = summarise([score(embed, group, clean)])
+    untrained = {split: [] for split in groups}
+    for seed in seeds:
+        torch.manual_seed(seed)
+        model = TimbreEncoder(model_config_for(settings.timbre.model_copy(update={"seed": seed}), settings.features))
+        for split, group in groups.items():
+            untrained[split].append(score(encoder_embedder(model, feats), group, clean))
+    for split in groups:
+        results[(split, "untrained encoder")] = summarise(untrained[split])
+
+    timings = []
+    for variant in args.variants.split(","):
+        runs = {split: [] for split in groups}
+        for seed in seeds:
+            update = {**VARIANTS[variant], "seed": seed}
+            if args.epochs is not None:
+                update["epochs"] = args.epochs
+            cfg = settings.timbre.model_copy(update=update)
+            began = time.time()
+            with tempfile.TemporaryDirectory() as ws:
+                result = train_timbre(songs, cfg, settings.features, settings.audio.sample_rate, Path(ws),
+                                      device="cpu", resume=False)
+            timings.append((variant, seed, time.time() - began, result.best_epoch, len(result.history)))
+            print(f"{variant} seed {seed}: {timings[-1][2]:.0f} s, best epoch {result.best_epoch} of "
+                  f"{len(result.history)}", file=sys.stderr)
+            for split, group in groups.items():
+                runs[split].append(score(encoder_embedder(result.model, feats), group, clean))
+        for split in groups:
+            results[(split, f"trained: {variant}")] = summarise(runs[split])
+
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False).stdout.strip()
+    print(f"catalog {tag}; {len(songs)} training songs, label-free; seeds {seeds}; commit {commit}; "
+          f"{platform.node()} {platform.processor() or platform.machine()} {torch.get_num_threads()} threads; "
+          f"total {time.time() - t0:.0f} s")
+    for variant, seed, secs, best, epochs in timings:
+        print(f"- {variant} seed {seed}: {secs:.0f} s, best epoch {best} of {epochs}")
+    print(table(results))
+
+
+if __name__ == "__main__":
+    main()
