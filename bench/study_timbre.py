@@ -33,13 +33,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench_timbre_real import baseline_embedder, catalogs, score
 
-from recsys.config import Settings
+from recsys.config import AugmentPolicy, Settings
 from recsys.encoders import timbre_encoder
 from recsys.features import SongFeatures, song_features
 from recsys.models.timbre import TimbreEncoder
-from recsys.training.contrastive import model_config_for, train_timbre
+from recsys.probes import probe_transfer
+from recsys.training.contrastive import model_config_for, nearest_neighbour_matrix, train_timbre
 from recsys.training.data import TrainingSong
 
+PSEUDO_K = 3  # neighbours per song in the pseudo-singer purity column (timbre.pseudo_neighbours' sense)
+FAR_PITCH_NEGATIVE = AugmentPolicy(role="negative", low=3.0, high=6.0)
 CHAIN_EXTRAS = ("gain", "noise", "eq", "reverb", "chain", "key")
 # Each variant: timbre settings over the defaults (recsys.config.TimbreConfig fields).
 VARIANTS: dict[str, dict] = {
@@ -53,6 +56,15 @@ VARIANTS: dict[str, dict] = {
     "ps_pos_ts_pos+chain+pseudo3": {"policy": "ps_pos_ts_pos", "extra_positives": CHAIN_EXTRAS, "pseudo_neighbours": 3},
     "ps_neg_ts_neg+chain+pseudo3": {"policy": "ps_neg_ts_neg", "extra_positives": CHAIN_EXTRAS, "pseudo_neighbours": 3},
     "own_song_validation": {"validation": "own_song"},
+    # Only large formant-moving shifts (3-6 semitones) are another voice; a re-upload's +-2 is not.
+    "ps_neg3-6_ts_neg+chain": {"pitch_shift": FAR_PITCH_NEGATIVE, "extra_positives": CHAIN_EXTRAS},
+    "ps_neg3-6_ts_pos+chain": {"policy": "ps_neg_ts_pos", "pitch_shift": FAR_PITCH_NEGATIVE,
+                               "extra_positives": CHAIN_EXTRAS},
+    "ps_neg3-6_ts_pos+chain+pseudo3": {"policy": "ps_neg_ts_pos", "pitch_shift": FAR_PITCH_NEGATIVE,
+                                       "extra_positives": CHAIN_EXTRAS, "pseudo_neighbours": 3},
+    "ps_neg3-6_ts_pos+chain+repitch": {"policy": "ps_neg_ts_pos", "pitch_shift": FAR_PITCH_NEGATIVE,
+                                       "extra_positives": CHAIN_EXTRAS + ("repitch",)},
+    "ps_neg3-6_ts_neg+chain+repitch": {"pitch_shift": FAR_PITCH_NEGATIVE, "extra_positives": CHAIN_EXTRAS + ("repitch",)},
 }
 
 
@@ -76,8 +88,29 @@ def encoder_embedder(model: TimbreEncoder, feats: dict[str, SongFeatures]):
     return lambda paths: encoder.embed_songs([feats[p] for p in paths]).cpu().numpy()
 
 
+def gender_probe(embed, seen: list[dict], unseen: list[dict]) -> dict[str, float]:
+    """A gender probe fitted on the seen singers' songs and scored on the unseen singers' (held out by singer)."""
+    train = [r for r in seen if not r["copy_of"]]
+    test = [r for r in unseen if not r["copy_of"]]
+    return probe_transfer(embed([r["path"] for r in train]), [r["gender"] for r in train],
+                          embed([r["path"] for r in test]), [r["gender"] for r in test])
+
+
+def evaluate(embed, groups: dict[str, list[dict]], clean: dict[str, str]) -> dict[str, dict[str, float]]:
+    """Per split, the retrieval figures; the unseen split also gets the gender probe (fitted on the seen singers)."""
+    out = {split: score(embed, group, clean) for split, group in groups.items()}
+    seen = groups["seen"]
+    related = nearest_neighbour_matrix(torch.from_numpy(embed([r["path"] for r in seen])), PSEUDO_K)
+    pairs = torch.nonzero(related).tolist()
+    out["seen"]["pseudo_purity"] = sum(seen[i]["singer"] == seen[j]["singer"] for i, j in pairs) / len(pairs)
+    probe = gender_probe(embed, groups["seen"], groups["unseen"])
+    out["unseen"] |= {"gender_accuracy": probe["accuracy"], "gender_macro_f1": probe["macro_f1"]}
+    return out
+
+
 def summarise(runs: list[dict[str, float]]) -> dict[str, tuple[float, float]]:
-    keys = ("p_at_1", "map", "vote", "clean_p_at_1", "copy_p_at_1")
+    keys = [k for k in ("p_at_1", "map", "vote", "clean_p_at_1", "copy_p_at_1", "pseudo_purity", "gender_accuracy",
+                        "gender_macro_f1") if k in runs[0]]
     return {k: (float(np.mean([r[k] for r in runs])), float(np.std([r[k] for r in runs]))) for k in keys} | {
         "n": runs[0]["n"], "n_copies": runs[0]["n_copies"], "seeds": len(runs)}
 
@@ -85,14 +118,22 @@ def summarise(runs: list[dict[str, float]]) -> dict[str, tuple[float, float]]:
 def table(results: dict[tuple[str, str], dict]) -> str:
     cols = ("p_at_1", "map", "vote", "clean_p_at_1", "copy_p_at_1")
     heads = ("P@1", "mAP", "top-5 vote", "clean-query P@1", "key/tempo P@1")
+    cols += ("pseudo_purity",)
+    heads += (f"{PSEUDO_K}-NN pseudo-singer purity",)
+    if any("gender_accuracy" in m for m in results.values()):
+        cols += ("gender_accuracy", "gender_macro_f1")
+        heads += ("gender probe acc. (unseen singers)", "gender macro-F1")
     lines = ["| singers | system | seeds | " + " | ".join(heads) + " |", "|---|---|---:|" + "---:|" * len(heads)]
     for (split, system), m in sorted(results.items(), key=lambda kv: kv[0][0] != "seen"):
         ref = results.get((split, "Resemblyzer"))
         cells = []
         for c in cols:
+            if c not in m:
+                cells.append("-")
+                continue
             mean, sd = m[c]
             spread = f" ±{sd:.3f}" if m["seeds"] > 1 else ""
-            ratio = f" ({mean / ref[c][0]:.2f}x)" if ref and system != "Resemblyzer" and ref[c][0] > 0 else ""
+            ratio = f" ({mean / ref[c][0]:.2f}x)" if ref and c in ref and system != "Resemblyzer" and ref[c][0] > 0 else ""
             cells.append(f"{mean:.3f}{spread}{ratio}")
         lines.append(f"| {split} ({m['n']}+{m['n_copies']}) | {system} | {m['seeds']} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -106,7 +147,10 @@ def main() -> None:
     p.add_argument("--corpus-seed", type=int, default=0)
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--variants", default="default")
-    p.add_argument("--epochs", type=int, default=None, help="override timbre.epochs (quick looks only)")
+    p.add_argument("--epochs", type=int, default=None, help="override timbre.epochs")
+    p.add_argument("--patience", type=int, default=None, help="override timbre.patience")
+    p.add_argument("--keep", choices=("best", "last"), default=None,
+                   help="override timbre.keep (last + a large patience: a fixed schedule)")
     p.add_argument("--workers", type=int, default=None)
     p.add_argument("--out", type=Path, default=Path("bench_out/study_timbre"))
     p.add_argument("--baselines", default="mfcc_stats,resemblyzer")
@@ -141,14 +185,14 @@ def main() -> None:
         except ImportError as e:
             print(f"skipping {name}: {e}", file=sys.stderr)
             continue
-        for split, group in groups.items():
-            results[(split, names.get(name, name))] = summarise([score(embed, group, clean)])
+        for split, found in evaluate(embed, groups, clean).items():
+            results[(split, names.get(name, name))] = summarise([found])
     untrained = {split: [] for split in groups}
     for seed in seeds:
         torch.manual_seed(seed)
         model = TimbreEncoder(model_config_for(settings.timbre.model_copy(update={"seed": seed}), settings.features))
-        for split, group in groups.items():
-            untrained[split].append(score(encoder_embedder(model, feats), group, clean))
+        for split, found in evaluate(encoder_embedder(model, feats), groups, clean).items():
+            untrained[split].append(found)
     for split in groups:
         results[(split, "untrained encoder")] = summarise(untrained[split])
 
@@ -159,6 +203,10 @@ def main() -> None:
             update = {**VARIANTS[variant], "seed": seed}
             if args.epochs is not None:
                 update["epochs"] = args.epochs
+            if args.patience is not None:
+                update["patience"] = args.patience
+            if args.keep is not None:
+                update["keep"] = args.keep
             cfg = settings.timbre.model_copy(update=update)
             began = time.time()
             with tempfile.TemporaryDirectory() as ws:
@@ -167,8 +215,8 @@ def main() -> None:
             timings.append((variant, seed, time.time() - began, result.best_epoch, len(result.history)))
             print(f"{variant} seed {seed}: {timings[-1][2]:.0f} s, best epoch {result.best_epoch} of "
                   f"{len(result.history)}", file=sys.stderr)
-            for split, group in groups.items():
-                runs[split].append(score(encoder_embedder(result.model, feats), group, clean))
+            for split, found in evaluate(encoder_embedder(result.model, feats), groups, clean).items():
+                runs[split].append(found)
         for split in groups:
             results[(split, f"trained: {variant}")] = summarise(runs[split])
 

@@ -227,7 +227,9 @@ CHAIN_BANK_SEED = 20261201
 CHAIN_NOISE_SNR_DB = (15.0, 40.0)  # the chain's noise floor below the view's mean power
 CHAIN_IMPULSE_SAMPLES = 8192  # long enough for a 50 Hz 4th-order high-pass to ring out
 
-EXTRA_AUGMENTATIONS = ("gain", "noise", "eq", "reverb", "key", "chain")
+REPITCH_SEMITONES = 2.0  # a re-upload's pitch change, formants moving: uniform in +-2 semitones
+
+EXTRA_AUGMENTATIONS = ("gain", "noise", "eq", "reverb", "key", "chain", "repitch")
 
 
 def _fine_mel_filterbank(feat_cfg: FeatureConfig, sample_rate: int) -> torch.Tensor:
@@ -327,11 +329,16 @@ def apply_extra(
             tail[..., i] = acc
         tail = tail * (1 - decay)
         return torch.log(power + wet * tail)
-    if name in ("key", "chain") and (feat_cfg is None or sample_rate is None):
+    if name in ("key", "chain", "repitch") and (feat_cfg is None or sample_rate is None):
         raise ValueError(f"the {name!r} augmentation needs feat_cfg and sample_rate")
     if name == "key":
         semitones = _uniform(n, -KEY_SEMITONES, KEY_SEMITONES, gen)
         return mel_key_shift(mel, semitones, feat_cfg, sample_rate)
+    if name == "repitch":
+        # The plain pitch change of a sped-up or pitched re-upload (formants move with it): the
+        # same singer, whatever a pitch-shift policy says of larger shifts.
+        semitones = _uniform(n, -REPITCH_SEMITONES, REPITCH_SEMITONES, gen)
+        return mel_pitch_shift(mel, semitones, feat_cfg, sample_rate)
     if name == "chain":
         # EQ and band limit of a chain of the view's own, then that chain's noise floor.
         bank = chain_bank(feat_cfg, sample_rate).to(mel.device, mel.dtype)
@@ -348,7 +355,9 @@ def apply_extra(
 # --- pair policies ----------------------------------------------------------------------
 
 PITCH_POSITIVE = AugmentPolicy(role="positive", low=0.0, high=2.0)  # semitones
-PITCH_NEGATIVE = AugmentPolicy(role="negative", low=1.0, high=4.0)
+# A negative pitch shift starts at 3 semitones: a re-upload's +-2 (formants moving) is still its singer
+# (issue 15); 3-6 semitones moves the formants as far as another voice's.
+PITCH_NEGATIVE = AugmentPolicy(role="negative", low=3.0, high=6.0)
 STRETCH_POSITIVE = AugmentPolicy(role="positive", low=1.0, high=1.15)  # rate factor, either way
 STRETCH_NEGATIVE = AugmentPolicy(role="negative", low=1.1, high=1.25)
 

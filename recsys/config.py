@@ -109,13 +109,14 @@ class AugmentPolicy(_Section):
 class TimbreConfig(_Section):
     """Contrastive timbre/style encoder (recsys.models.timbre, recsys.training.contrastive)."""
 
-    policy: str = Field("ps_neg_ts_neg", description="Named pair policy; see recsys.augment.PAIR_POLICIES.")
+    policy: str = Field("ps_neg_ts_pos", description="Named pair policy; see recsys.augment.PAIR_POLICIES.")
     pitch_shift: AugmentPolicy | None = Field(None, description="Overrides the named policy's pitch shift.")
     time_stretch: AugmentPolicy | None = Field(None, description="Overrides the named policy's time stretch.")
-    # gain + noise + room (eq, reverb) + key change: robust to the recordings the product meets (unseen
-    # singers sung in another key, noisy, other rooms); bench/bench_timbre_robustness.py, docs/evaluation.md.
+    # gain + noise + room (eq, reverb) + a recording chain per view + key change: robust to the recordings
+    # the product meets (each song its own chain, unseen singers in another key); bench/study_timbre.py,
+    # bench/bench_timbre_robustness.py, docs/evaluation.md.
     extra_positives: tuple[str, ...] = Field(
-        ("gain", "noise", "eq", "reverb", "key"), description="Augmentations always used as positives."
+        ("gain", "noise", "eq", "reverb", "chain", "key"), description="Augmentations always used as positives."
     )
     supervised: bool = Field(False, description="Use singer labels: all songs of a singer are positives.")
     pseudo_neighbours: int = Field(0, ge=0, description="Without singer labels, each song's this many nearest "
@@ -125,6 +126,9 @@ class TimbreConfig(_Section):
         "produced", description="Early stopping without singer labels: each held-out song's first half, through a "
         "production chain of its own, must find its second half ('produced'), or the plain halves ('own_song', which "
         "the shared recording chain alone solves).")
+    keep: Literal["auto", "best", "last"] = Field(
+        "auto", description="The epoch published: 'best' by validation (with early stopping), or 'last' of the "
+        "whole schedule (no early stopping); 'auto': best when songs have singer labels, else last.")
     embedding_dim: int = Field(128, gt=0)
     projection_dim: int = Field(64, gt=0)
     channels: int = Field(32, gt=0)
@@ -133,7 +137,7 @@ class TimbreConfig(_Section):
     chunks_per_song: int = Field(2, gt=0)
     temperature: float = Field(0.1, gt=0)
     learning_rate: float = Field(1e-3, gt=0)
-    epochs: int = Field(30, gt=0)
+    epochs: int = Field(20, gt=0)
     steps_per_epoch: int = Field(40, gt=0)
     patience: int = Field(5, gt=0)
     seed: int = 0

@@ -337,6 +337,22 @@ def fit_probe(
     return Probe(attribute, timbre_version, classes, coef, intercept, metrics, created=time.time())
 
 
+def probe_transfer(
+    x_train: np.ndarray, y_train: list[str], x_test: np.ndarray, y_test: list[str], c: float = 1.0, seed: int = 0
+) -> dict[str, float]:
+    """Fit on one set of singers, score on another: accuracy and macro-F1, beside the majority class's.
+
+    For studies that compare vector spaces with a fixed split (fit_probe picks its own).
+    """
+    classes = sorted(set(y_train) | set(y_test))
+    coef, intercept = _fit(np.asarray(x_train, np.float64), list(y_train), sorted(set(y_train)), c, seed)
+    y_pred, _ = Probe("probe", "study", sorted(set(y_train)), coef, intercept).predict(np.asarray(x_test, np.float64))
+    majority = Counter(y_train).most_common(1)[0][0]
+    accuracy, macro_f1 = _scores(list(y_test), y_pred, classes)
+    base_accuracy, base_f1 = _scores(list(y_test), [majority] * len(y_test), classes)
+    return {"accuracy": accuracy, "macro_f1": macro_f1, "majority_accuracy": base_accuracy, "majority_macro_f1": base_f1}
+
+
 # ---------------------------------------------------------------------------- on a workspace
 
 

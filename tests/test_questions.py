@@ -34,7 +34,7 @@ def covers(tmp_path_factory: pytest.TempPathFactory) -> tuple[Recommender, dict[
     manifest = generate_corpus(ws / "corpus", n_singers=N_SINGERS, songs_per_singer=N_SONGS, song_seconds=12.0,
                                seed=4, workers=1, common_melodies=N_COMMON)
     settings = load_settings(manifest_file=None, workspace=ws, device="cpu",
-                             timbre={"epochs": 3, "steps_per_epoch": 8}, melody={"epochs": 1})
+                             timbre={"epochs": 6, "steps_per_epoch": 8}, melody={"epochs": 1})
     rec = Recommender(settings)
     rec.ingest(manifest, workers=1)
     rec.train()

@@ -126,6 +126,7 @@ def run_epochs(
     resume: bool = True,
     log: Callable[[dict], None] | None = None,
     scaler: torch.amp.GradScaler | None = None,
+    keep_best: bool = True,
 ) -> LoopResult:
     """The epoch loop both encoders train with: resume, early stopping, best weights, history.
 
@@ -136,7 +137,8 @@ def run_epochs(
     early-stopping counters) is saved as the kind's
     resume point, so a run killed between epochs continues where it stopped when
     started again with the same config and songs. Ends with the best epoch's weights
-    loaded into `model`, in eval mode.
+    loaded into `model`, in eval mode; with keep_best=False the last epoch's (early
+    stopping still ends the run, but the monitored value no longer picks the weights).
     """
     history: list[dict[str, Any]] = []
     best_state, best_epoch, start_epoch = _cpu_copy(model), -1, 0
@@ -165,7 +167,8 @@ def run_epochs(
         record = {"epoch": epoch, **run_epoch(epoch), "seconds": 0.0}
         record["seconds"] = time.perf_counter() - began
         history.append(record)
-        if early.step(monitor(record)):
+        improved = early.step(monitor(record))
+        if improved or not keep_best:
             best_state, best_epoch = _cpu_copy(model), epoch
         save_resume(
             workspace,
