@@ -144,25 +144,33 @@ def build_batch(
         views = apply_extra(views, name, generator, frame_s, feat_cfg, sample_rate)
     labels = torch.tensor([spec[4] for spec in specs], dtype=torch.long, device=views.device)
 
-    if related is None and not supervised and singers is not None:
-        related = same_singer_matrix(singers)
     indices_tuple = None
-    if not supervised and related is not None:
+    if not supervised and (related is not None or singers is not None):
         song_of = torch.tensor([spec[0] for spec in specs], device=labels.device)
         original = torch.tensor([spec[5] for spec in specs], dtype=torch.bool, device=labels.device)
         a1, p, a2, neg_idx = lmu.get_all_pairs_indices(labels)
-        skip = original[a2] & original[neg_idx] & related.to(labels.device)[song_of[a2], song_of[neg_idx]]
+        of_a, of_n = song_of[a2], song_of[neg_idx]
+        if related is not None:
+            linked = related.to(labels.device)[of_a, of_n]
+        else:  # only the batch's pairs are compared: no (n_songs, n_songs) matrix per step
+            codes = singer_codes(singers).to(labels.device)
+            linked = (codes[of_a] == codes[of_n]) & (of_a != of_n)
+        skip = original[a2] & original[neg_idx] & linked
         if bool(skip.any()):
             indices_tuple = (a1, p, a2[~skip], neg_idx[~skip])
     return views, labels, indices_tuple
 
 
+def singer_codes(singers: Sequence[str | None]) -> torch.Tensor:
+    """(n,) long: equal for songs of one singer label; each unlabelled song a negative code of its own."""
+    names = {s: k for k, s in enumerate(sorted({s for s in singers if s is not None}))}
+    return torch.tensor([names[s] if s is not None else -1 - i for i, s in enumerate(singers)], dtype=torch.long)
+
+
 def same_singer_matrix(singers: Sequence[str | None]) -> torch.Tensor:
     """(n, n) bool: songs i != j share a singer label (unlabelled songs are related to none)."""
-    names = {s: k for k, s in enumerate(sorted({s for s in singers if s is not None}))}
-    codes = torch.tensor([names[s] if s is not None else -1 - i for i, s in enumerate(singers)])
-    same = codes[:, None] == codes[None, :]
-    return same & (codes >= 0)[:, None] & ~torch.eye(len(codes), dtype=torch.bool)
+    codes = singer_codes(singers)
+    return (codes[:, None] == codes[None, :]) & ~torch.eye(len(codes), dtype=torch.bool)
 
 
 def nearest_neighbour_matrix(vectors: torch.Tensor, k: int) -> torch.Tensor:
