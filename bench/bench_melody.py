@@ -60,6 +60,7 @@ SR = 16000
 FEAT = FeatureConfig()
 VARIANTS = {
     "equivariant": {"model": "equivariant"},  # the product's default melody model
+    "equivariant-produced": {"model": "equivariant", "equivariant": {"production": 0.5}},  # half its views produced
     "mel": {"model": "frame", "input": "mel"},
     "pitch": {"model": "frame", "input": "pitch"},
     "mel+pitch": {"model": "frame", "input": "mel+pitch"},
@@ -306,9 +307,10 @@ def main() -> None:
             sizes = {"epochs": args.epochs or base.epochs, "channels": args.channels or base.channels}
             variants = {}
             for name in args.variants:
-                seeds = range(args.seeds) if name == "equivariant" else [0]
+                equivariant = name.startswith("equivariant")
+                seeds = range(args.seeds) if equivariant else [0]
                 for seed in seeds:
-                    label = f"{name} seed {seed}" if name == "equivariant" and args.seeds > 1 else name
+                    label = f"{name} seed {seed}" if equivariant and args.seeds > 1 else name
                     variants[label] = MelodyConfig(**VARIANTS[name], **sizes, seed=seed)
             settings = Settings(device="cpu", features=FEAT, audio={"sample_rate": SR})
             trained = compare_melody_variants(songs, songs, queries, variants, settings, Path(tmp) / "ws",

@@ -321,14 +321,7 @@ def apply_extra(
         decay = col(torch.exp(-frame_seconds / tau))  # per-frame power decay
         wet = col(_uniform(n, *REVERB_WET, gen))
         power = mel.exp()
-        tail = torch.zeros_like(power)
-        acc = torch.zeros_like(power[..., 0])
-        # Exponential tail: a first-order recursion over frames (T is small in training).
-        for i in range(t):
-            acc = acc * decay[..., 0] + power[..., i]
-            tail[..., i] = acc
-        tail = tail * (1 - decay)
-        return torch.log(power + wet * tail)
+        return torch.log(power + wet * reverb_tail(power, decay[..., 0]))
     if name in ("key", "chain", "repitch") and (feat_cfg is None or sample_rate is None):
         raise ValueError(f"the {name!r} augmentation needs feat_cfg and sample_rate")
     if name == "key":
@@ -350,6 +343,58 @@ def apply_extra(
         mean_power = torch.logsumexp(out.reshape(n, -1), dim=1)[:, None, None] - math.log(n_mels * t)
         return torch.logaddexp(out, mean_power - snr + shapes[colour.to(mel.device)][:, :, None])
     raise ValueError(f"unknown augmentation {name!r}; valid: {', '.join(EXTRA_AUGMENTATIONS)}")
+
+
+def reverb_tail(power: torch.Tensor, decay: torch.Tensor) -> torch.Tensor:
+    """(B, C, T) linear power, (B, 1) per-frame power decay -> each view's exponential tail, of unit gain:
+    tail[t] = (1 - decay) * sum over k >= 0 of decay^k * power[t - k] (a first-order recursion over frames)."""
+    tail = torch.zeros_like(power)
+    acc = torch.zeros_like(power[..., 0])
+    for i in range(power.shape[-1]):
+        acc = acc * decay + power[..., i]
+        tail[..., i] = acc
+    return tail * (1 - decay)[..., None]
+
+
+# --- production on a pitch salience (the melody encoder's views) -----------------------------
+
+SALIENCE_TILT_DB = 6.0  # tilt uniform in +-6 dB from the lowest to the highest pitch candidate
+SALIENCE_CUT_HZ = (60.0, 250.0)  # a band limit's high-pass: fundamentals below it lose weight
+SALIENCE_CUT_DB = 10.0  # at most this much, one octave or more under the cut
+SALIENCE_SNR_DB = (10.0, 30.0)  # noise floor below the view's mean salience
+SALIENCE_REVERB_S = (0.05, 0.5)  # tail time constant
+SALIENCE_REVERB_WET = (0.1, 0.6)
+
+
+def produce_salience(
+    salience: torch.Tensor, gen: torch.Generator, frame_seconds: float, midi: torch.Tensor
+) -> torch.Tensor:
+    """(B, P, T) log pitch salience, (P,) MIDI pitch of each row -> each view as if recorded through
+    a chain of its own: a tilt over pitch and a high-pass's loss of low fundamentals (EQ and band
+    limit), a room's tail over time, and a fluctuating noise floor.
+
+    Why: the melody encoder's views otherwise differ only in key and tempo, so it never learns
+    what production does to the pitch it refines; on a produced catalog each song has its own.
+    Done on the salience, not the waveform: the trainer keeps features, not audio.
+    """
+    n, p = salience.shape[:2]
+
+    def col(v: torch.Tensor) -> torch.Tensor:
+        return v.to(device=salience.device, dtype=salience.dtype)[:, None, None]
+
+    ramp = torch.linspace(-0.5, 0.5, p, device=salience.device, dtype=salience.dtype)[None, :, None]
+    gain = col(_uniform(n, -SALIENCE_TILT_DB, SALIENCE_TILT_DB, gen)) * ramp
+    f0 = (440.0 * 2.0 ** ((midi.to(salience.device, salience.dtype) - 69.0) / 12.0))[None, :, None]
+    cut = col(_uniform(n, *SALIENCE_CUT_HZ, gen))
+    gain = gain - SALIENCE_CUT_DB * torch.log2(cut / f0).clamp(0.0, 1.0)
+    power = (salience + gain * _DB).exp()
+    tau = _uniform(n, *SALIENCE_REVERB_S, gen)
+    decay = torch.exp(-frame_seconds / tau).to(power)[:, None]
+    power = power + col(_uniform(n, *SALIENCE_REVERB_WET, gen)) * reverb_tail(power, decay)
+    mean_power = power.mean(dim=(1, 2), keepdim=True)
+    snr = col(_uniform(n, *SALIENCE_SNR_DB, gen) * _DB)
+    noise = torch.empty(power.shape, dtype=power.dtype).exponential_(generator=gen).to(power.device)
+    return torch.log(power + mean_power * torch.exp(-snr) * noise + 1e-5)
 
 
 # --- pair policies ----------------------------------------------------------------------

@@ -164,6 +164,9 @@ class EquivariantMelodyConfig(_Section):
     time_stretch: AugmentPolicy = Field(AugmentPolicy(role="positive", low=1.0, high=1.15),
                                         description="Tempo factor (either way): positive or off.")
     view_seconds: float = Field(20.0, gt=0, description="Length of a training view (shorter songs are tiled).")
+    production: float = Field(0.0, ge=0, le=1, description="Share of training views put through a production chain "
+                              "of their own on the salience (recsys.augment.produce_salience: EQ tilt, a high-pass's "
+                              "low-pitch loss, a room's tail, a noise floor).")
     songs_per_step: int = Field(16, gt=1, description="Songs per step, half of them pseudo-covers of the other half.")
     steps_per_epoch: int = Field(10, gt=0)
     temperature: float = Field(0.1, gt=0)

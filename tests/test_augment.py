@@ -227,3 +227,68 @@ def test_key_shift_is_closer_to_the_same_voice_singing_higher_than_pitch_shift()
         assert (keyed - target).abs().mean() < (shifted - target).abs().mean(), voice.name
         with pytest.raises(ValueError, match="needs feat_cfg"):
             apply_extra(low[None], "key", torch.Generator(), 0.016)
+
+
+# --- production on a pitch salience (the melody encoder's views) ----------------------------
+
+
+def tone_then_rest_salience(f0: float = 220.0) -> torch.Tensor:
+    """wave_pitch of 1 s of a harmonic tone then 1 s of silence -> (N_PITCH, T) log salience."""
+    from recsys import pitch
+
+    wave = torch.cat([tone(f0, 1.0, harmonics=8), torch.zeros(SR)])
+    return pitch.wave_pitch(wave, SR, FEAT.hop_length)
+
+
+def test_produced_salience_keeps_the_note_adds_a_room_tail_and_a_noise_floor():
+    from recsys import pitch
+    from recsys.augment import produce_salience
+
+    sal = tone_then_rest_salience(220.0)  # MIDI 57, row 17
+    row = 57 - pitch.MIDI_LOW
+    frame_s = FEAT.hop_length / SR
+    views = sal[None].repeat(16, 1, 1)
+    out = produce_salience(views, torch.Generator().manual_seed(0), frame_s, pitch.candidate_midi())
+    again = produce_salience(views, torch.Generator().manual_seed(0), frame_s, pitch.candidate_midi())
+    assert out.shape == views.shape and torch.equal(out, again)
+    note, rest = slice(10, 55), slice(70, 120)  # 0.16-0.88 s; 1.12-1.92 s (clear of the STFT's edge)
+    # The melody survives: the tone's row is still the strongest in (nearly) every frame of the note.
+    assert (out[:, :, note].argmax(1) == row).float().mean() > 0.95
+    # A room's tail: just after the note the tone's row is above where it is late in the rest.
+    after = out[:, row, 64:68].mean(1)
+    late = out[:, row, 110:120].mean(1)
+    assert (after > late + 1.0).float().mean() > 0.8
+    # A noise floor (with what is left of the tail): the rest rises from the silence's floor to 10-30 dB
+    # under the view's mean power.
+    floor_db = 10 / math.log(10) * (out[:, :, rest].exp().mean(dim=(1, 2)) / out.exp().mean(dim=(1, 2))).log()
+    assert torch.all(floor_db < -3.0) and torch.all(floor_db > -40.0) and floor_db.median() < -8.0
+    assert torch.all(out[:, :, rest].mean(dim=(1, 2)) > sal[:, rest].mean() + 1.0)
+
+
+def test_produced_salience_takes_weight_from_low_fundamentals_as_a_high_pass_does():
+    from recsys import pitch
+    from recsys.augment import produce_salience
+
+    midi = pitch.candidate_midi()
+    flat = torch.zeros(64, pitch.N_PITCH, 50)  # the same salience on every pitch, so only the gain shows
+    out = produce_salience(flat, torch.Generator().manual_seed(3), 0.016, midi)
+    gain_db = 10 / math.log(10) * (out.exp().mean(-1) / flat.exp().mean(-1)).log().mean(0)  # per row, over views
+    low = gain_db[midi < 45].mean()  # fundamentals under 110 Hz: under most drawn cuts (60-250 Hz)
+    high = gain_db[midi > 70].mean()  # over 466 Hz: above every cut
+    assert high - low > 3.0
+
+
+def test_melody_views_get_production_only_when_asked():
+    from recsys.config import MelodyConfig
+    from recsys.training.melody import draw_views
+
+    gen = torch.Generator().manual_seed(0)
+    songs = [(tone_then_rest_salience(220.0), torch.rand(126, generator=gen))]
+    off = MelodyConfig(equivariant={"pitch_shift": {"role": "off"}, "time_stretch": {"role": "off"}}).equivariant
+    on = off.model_copy(update={"production": 1.0})
+    plain, w_plain = draw_views(songs, [0] * 4, 100, off, torch.Generator().manual_seed(5))
+    produced, w_produced = draw_views(songs, [0] * 4, 100, on, torch.Generator().manual_seed(5))
+    assert torch.equal(w_plain, w_produced)  # the same crops; the voicing weight is not the salience's
+    assert all(not torch.allclose(p, q) for p, q in zip(plain, produced))
+    with pytest.raises(ValueError):
+        MelodyConfig(equivariant={"production": 1.5})

@@ -29,11 +29,12 @@ from typing import TYPE_CHECKING, Any
 import torch
 from tqdm.auto import tqdm
 
-from recsys.augment import crop_stretch, draw_rates, draw_semitones
+from recsys.augment import crop_stretch, draw_rates, draw_semitones, produce_salience
 from recsys.config import EquivariantMelodyConfig, FeatureConfig, MelodyConfig
 from recsys.encoders import melody_timeline
 from recsys.models.melody import melody_model_config
 from recsys.models.pitch_tcae import PitchTCAE, PitchTCAEConfig
+from recsys.pitch import candidate_midi
 from recsys.training.checkpoint import catalog_fingerprint, clear_resume, save_version
 from recsys.training.common import EarlyStopping, MixedPrecision, pick_device, run_epochs, seed_everything
 from recsys.training.data import TrainingSong
@@ -95,10 +96,12 @@ def shift_pitch(salience: torch.Tensor, semitones: int) -> torch.Tensor:
 
 
 def draw_views(
-    songs: Sequence[Song], picks: Sequence[int], frames: int, eq: EquivariantMelodyConfig, gen: torch.Generator
+    songs: Sequence[Song], picks: Sequence[int], frames: int, eq: EquivariantMelodyConfig, gen: torch.Generator,
+    frame_seconds: float = 0.016,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """One view per pick: a random crop of `frames` frames, time-stretched and pitch-shifted per the policies
-    -> (B, P, frames) salience and (B, frames) voicing weights."""
+    """One view per pick: a random crop of `frames` frames, time-stretched and pitch-shifted per the policies,
+    and a share `eq.production` of them through a production chain of their own (`frame_seconds`: the
+    frame hop, the room's time scale) -> (B, P, frames) salience and (B, frames) voicing weights."""
     n = len(picks)
     rates = draw_rates(eq.time_stretch, n, gen) if eq.time_stretch.role == "positive" else torch.ones(n)
     shifts = draw_semitones(eq.pitch_shift, n, gen) if eq.pitch_shift.role == "positive" else torch.zeros(n)
@@ -111,7 +114,12 @@ def draw_views(
         view = crop_stretch(torch.cat([sal, weight[None]]), start, frames, rate)
         sal_out.append(shift_pitch(view[:-1], round(float(shifts[i]))))
         w_out.append(view[-1])
-    return torch.stack(sal_out), torch.stack(w_out)
+    sal_views = torch.stack(sal_out)
+    if eq.production > 0:
+        produced = (torch.rand(n, generator=gen) < eq.production).nonzero()[:, 0]
+        if len(produced):
+            sal_views[produced] = produce_salience(sal_views[produced], gen, frame_seconds, candidate_midi())
+    return sal_views, torch.stack(w_out)
 
 
 # --- the loss ---------------------------------------------------------------------------
@@ -199,7 +207,8 @@ def train_equivariant(
     fixed_gen = torch.Generator().manual_seed(cfg.seed + 1)
     fixed_anchors = torch.randperm(len(inputs), generator=fixed_gen)[:VALID_ANCHORS].tolist()
     fixed_picks = [i for a in fixed_anchors for i in (a, partners[a][0])]
-    fixed_views = draw_views(inputs, fixed_picks + fixed_picks, frames, eq, fixed_gen)
+    frame_seconds = feat_cfg.hop_length / sample_rate
+    fixed_views = draw_views(inputs, fixed_picks + fixed_picks, frames, eq, fixed_gen, frame_seconds)
     fixed_labels = torch.tensor([a for a in fixed_anchors for _ in range(2)] * 2)
     train = [(sal.to(dev), w.to(dev)) for sal, w in inputs]
 
@@ -216,7 +225,7 @@ def train_equivariant(
                 group = partners[a]
                 picks += [a, group[int(torch.randint(0, len(group), (1,), generator=gen))]]
                 labels += [a, a]
-            sal, weight = draw_views(train, picks + picks, frames, eq, gen)
+            sal, weight = draw_views(train, picks + picks, frames, eq, gen, frame_seconds)
             loss = loss_fn(model, sal.to(dev), weight.to(dev), torch.tensor(labels + labels, device=dev), amp)
             optimizer.zero_grad(set_to_none=True)
             amp.backward_step(loss, optimizer)
