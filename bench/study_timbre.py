@@ -65,6 +65,9 @@ VARIANTS: dict[str, dict] = {
     "ps_neg3-6_ts_pos+chain+repitch": {"policy": "ps_neg_ts_pos", "pitch_shift": FAR_PITCH_NEGATIVE,
                                        "extra_positives": CHAIN_EXTRAS + ("repitch",)},
     "ps_neg3-6_ts_neg+chain+repitch": {"pitch_shift": FAR_PITCH_NEGATIVE, "extra_positives": CHAIN_EXTRAS + ("repitch",)},
+    # No pitch-shifted views at all: what the 3-6 semitone negatives cost the +-2 semitone copies.
+    "ps_off_ts_pos+chain": {"policy": "ps_neg_ts_pos", "pitch_shift": AugmentPolicy(role="off"),
+                            "extra_positives": CHAIN_EXTRAS},
 }
 
 
@@ -109,15 +112,15 @@ def evaluate(embed, groups: dict[str, list[dict]], clean: dict[str, str]) -> dic
 
 
 def summarise(runs: list[dict[str, float]]) -> dict[str, tuple[float, float]]:
-    keys = [k for k in ("p_at_1", "map", "vote", "clean_p_at_1", "copy_p_at_1", "pseudo_purity", "gender_accuracy",
-                        "gender_macro_f1") if k in runs[0]]
+    keys = [k for k in ("p_at_1", "map", "vote", "clean_p_at_1", "copy_p_at_1", "pitch_copy_p_at_1",
+                        "tempo_copy_p_at_1", "pseudo_purity", "gender_accuracy", "gender_macro_f1") if k in runs[0]]
     return {k: (float(np.mean([r[k] for r in runs])), float(np.std([r[k] for r in runs]))) for k in keys} | {
         "n": runs[0]["n"], "n_copies": runs[0]["n_copies"], "seeds": len(runs)}
 
 
 def table(results: dict[tuple[str, str], dict]) -> str:
-    cols = ("p_at_1", "map", "vote", "clean_p_at_1", "copy_p_at_1")
-    heads = ("P@1", "mAP", "top-5 vote", "clean-query P@1", "key/tempo P@1")
+    cols = ("p_at_1", "map", "vote", "clean_p_at_1", "copy_p_at_1", "pitch_copy_p_at_1", "tempo_copy_p_at_1")
+    heads = ("P@1", "mAP", "top-5 vote", "clean-query P@1", "key/tempo P@1", "of which +-2 st", "of which +-10 %")
     cols += ("pseudo_purity",)
     heads += (f"{PSEUDO_K}-NN pseudo-singer purity",)
     if any("gender_accuracy" in m for m in results.values()):
@@ -139,6 +142,47 @@ def table(results: dict[tuple[str, str], dict]) -> str:
     return "\n".join(lines)
 
 
+def speaker_backend_runs(train_rows: list[dict], rows: list[dict], seeds: list[int], sample_rate: int, out: Path,
+                         groups: dict[str, list[dict]], clean: dict[str, str], timings: list) -> dict[str, list]:
+    """Resemblyzer partials (cached on disk) -> the back end trained per seed -> each split's figures."""
+    import speaker_backend as sb
+
+    cache_file = out / "resemblyzer-partials.pt"
+    cache: dict[str, torch.Tensor] = torch.load(cache_file) if cache_file.is_file() else {}
+    partials = None
+
+    def of(key: str, wave_fn) -> torch.Tensor:
+        nonlocal partials
+        if key not in cache:
+            partials = partials or sb.Partials(sample_rate)
+            cache[key] = partials(wave_fn())
+        return cache[key]
+
+    began = time.time()
+    rng = np.random.default_rng(20261202)
+    train = []
+    for r in train_rows:
+        wave = sb.read(r["path"])
+        views = sb.views_of(wave, sample_rate, rng)  # drawn in a fixed order: the same views every run
+        train.append({name: of(f"{r['path']}#{name}", lambda v=v: v) for name, v in views.items()})
+    for r in rows:
+        of(r["path"], lambda r=r: sb.read(r["path"]))
+        if r["song_id"] in clean:
+            of(clean[r["song_id"]], lambda r=r: sb.read(clean[r["song_id"]]))
+    torch.save(cache, cache_file)
+    print(f"speaker back end: partials of {len(train)} training songs x 4 views and {len(rows)} files "
+          f"({time.time() - began:.0f} s)", file=sys.stderr)
+    runs: dict[str, list] = {split: [] for split in groups}
+    for seed in seeds:
+        began = time.time()
+        model = sb.train_backend(train, seed, log=lambda m: print(m, file=sys.stderr))
+        timings.append(("speaker back end", seed, time.time() - began, -1, sb.STEPS))
+        embed = sb.backend_embedder(model, lambda p: cache[p])
+        for split, found in evaluate(embed, groups, clean).items():
+            runs[split].append(found)
+    return runs
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--singers", type=int, default=24)
@@ -154,8 +198,11 @@ def main() -> None:
     p.add_argument("--workers", type=int, default=None)
     p.add_argument("--out", type=Path, default=Path("bench_out/study_timbre"))
     p.add_argument("--baselines", default="mfcc_stats,resemblyzer")
+    p.add_argument("--speaker-backend", action="store_true",
+                   help="also Resemblyzer's partials as the front end of a contrastive back end trained "
+                        "label-free per seed (bench/speaker_backend.py)")
     args = p.parse_args()
-    for name in args.variants.split(","):
+    for name in filter(None, args.variants.split(",")):
         if name not in VARIANTS:
             p.error(f"unknown variant {name!r}; valid: {', '.join(VARIANTS)}")
     seeds = [int(s) for s in args.seeds.split(",")]
@@ -197,7 +244,11 @@ def main() -> None:
         results[(split, "untrained encoder")] = summarise(untrained[split])
 
     timings = []
-    for variant in args.variants.split(","):
+    if args.speaker_backend:
+        for split, runs in speaker_backend_runs(train_rows, rows, seeds, settings.audio.sample_rate, out,
+                                                groups, clean, timings).items():
+            results[(split, "Resemblyzer front end + contrastive back end")] = summarise(runs)
+    for variant in filter(None, args.variants.split(",")):
         runs = {split: [] for split in groups}
         for seed in seeds:
             update = {**VARIANTS[variant], "seed": seed}
