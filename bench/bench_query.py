@@ -49,7 +49,7 @@ from recsys.audio import load_audio, voiced_audio
 from recsys.config import Settings
 from recsys.corpus import make_melodies, make_singers, sing
 from recsys.embedding import Vectors
-from recsys.encoders import SongEncoder, melody_encoder, timbre_encoder
+from recsys.encoders import SongEncoder, TimbreSongEncoder, melody_encoder, timbre_encoder
 from recsys.evaluation import format_table
 from recsys.features import SongFeatures, log_mel
 from recsys.fusion import question_weights
@@ -173,8 +173,12 @@ def bench_embed_3min(settings: Settings, clip: Path, repeats: int = 5) -> list[d
         return [SongFeatures(mel, wave_pitch(wave, SR, hop) if "pitch" in melody.needs else None)]
 
     song = features()
+    pooled = {n: TimbreSongEncoder(timbre_model, pitch_pool=shifts, feat_cfg=settings.features, sample_rate=SR)
+              for n, shifts in (("timbre, pitch_pool -2 0 2", (-2, 0, 2)),
+                                ("timbre, pitch_pool -2 -1 0 1 2", (-2, -1, 0, 1, 2)))}
     work = {
         "timbre": lambda: timbre.embed_songs(song),
+        **{n: (lambda e=e: e.embed_songs(song)) for n, e in pooled.items()},
         "melody": lambda: melody.embed_songs(song),
         "TCAE latents alone (refine / encode_frames)": (
             (lambda: tcae.refine(song[0].pitch)) if isinstance(tcae, PitchTCAE) else (lambda: tcae.encode_frames(mel))),

@@ -33,6 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench_timbre_real import baseline_embedder, catalogs, score
 
+from recsys.augment import mel_pitch_shift
 from recsys.config import AugmentPolicy, Settings
 from recsys.encoders import timbre_encoder
 from recsys.features import SongFeatures, song_features
@@ -86,9 +87,36 @@ def feature_cache(rows: list[dict], clean: dict[str, str], settings: Settings, o
     return {p: SongFeatures(m) for p, m in mels.items()}
 
 
-def encoder_embedder(model: TimbreEncoder, feats: dict[str, SongFeatures]):
+def encoder_embedder(model: TimbreEncoder, feats: dict[str, SongFeatures], shifts: tuple[float, ...] = (0.0,)):
+    """paths -> song vectors; with `shifts`, the mean of the vectors of the log-mel shifted by each
+    (formants moving, recsys.augment.mel_pitch_shift), renormalised: a vector pooled over pitch."""
     encoder = timbre_encoder(model.eval())
-    return lambda paths: encoder.embed_songs([feats[p] for p in paths]).cpu().numpy()
+    if shifts == (0.0,):
+        return lambda paths: encoder.embed_songs([feats[p] for p in paths]).cpu().numpy()
+    settings = Settings()
+
+    def embed(paths):
+        total = 0
+        for s in shifts:
+            songs = [SongFeatures(mel_pitch_shift(feats[p].mel, s, settings.features, settings.audio.sample_rate)
+                                  if s else feats[p].mel) for p in paths]
+            total = total + encoder.embed_songs(songs)
+        return torch.nn.functional.normalize(total, dim=1).cpu().numpy()
+
+    return embed
+
+
+def queries_only(pooled, plain, catalog: set[str]):
+    """An embedder that gives catalog songs their plain vectors and every other file its pooled one."""
+
+    def embed(paths):
+        out = plain(paths)
+        outside = [k for k, p in enumerate(paths) if p not in catalog]
+        if outside:
+            out[outside] = pooled([paths[k] for k in outside])
+        return out
+
+    return embed
 
 
 def gender_probe(embed, seen: list[dict], unseen: list[dict]) -> dict[str, float]:
@@ -198,6 +226,12 @@ def main() -> None:
     p.add_argument("--workers", type=int, default=None)
     p.add_argument("--out", type=Path, default=Path("bench_out/study_timbre"))
     p.add_argument("--baselines", default="mfcc_stats,resemblyzer")
+    p.add_argument("--pitch-pool", type=float, nargs="*", default=[],
+                   help="also score each trained model with its vectors pooled over these pitch shifts "
+                        "(semitones, e.g. -2 -1 0 1 2)")
+    p.add_argument("--pool-queries-only", action="store_true",
+                   help="with --pitch-pool: pool only the vectors of files outside the catalog (copies, clean twins), "
+                        "as a search-time option would; catalog songs keep their plain vectors")
     p.add_argument("--speaker-backend", action="store_true",
                    help="also Resemblyzer's partials as the front end of a contrastive back end trained "
                         "label-free per seed (bench/speaker_backend.py)")
@@ -248,8 +282,11 @@ def main() -> None:
         for split, runs in speaker_backend_runs(train_rows, rows, seeds, settings.audio.sample_rate, out,
                                                 groups, clean, timings).items():
             results[(split, "Resemblyzer front end + contrastive back end")] = summarise(runs)
+    pooled_shifts = tuple(args.pitch_pool)
+    catalog_paths = {r["path"] for r in rows if not r["copy_of"]}
     for variant in filter(None, args.variants.split(",")):
         runs = {split: [] for split in groups}
+        pooled = {split: [] for split in groups}
         for seed in seeds:
             update = {**VARIANTS[variant], "seed": seed}
             if args.epochs is not None:
@@ -268,8 +305,18 @@ def main() -> None:
                   f"{len(result.history)}", file=sys.stderr)
             for split, found in evaluate(encoder_embedder(result.model, feats), groups, clean).items():
                 runs[split].append(found)
+            if pooled_shifts:
+                embed = encoder_embedder(result.model, feats, pooled_shifts)
+                if args.pool_queries_only:
+                    embed = queries_only(embed, encoder_embedder(result.model, feats), catalog_paths)
+                for split, found in evaluate(embed, groups, clean).items():
+                    pooled[split].append(found)
         for split in groups:
             results[(split, f"trained: {variant}")] = summarise(runs[split])
+            if pooled_shifts:
+                shifts = ", ".join(f"{s:+g}" for s in pooled_shifts)
+                where = "queries" if args.pool_queries_only else "vectors"
+                results[(split, f"trained: {variant}, {where} pooled over {shifts} st")] = summarise(pooled[split])
 
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False).stdout.strip()
     print(f"catalog {tag}; {len(songs)} training songs, label-free; seeds {seeds}; commit {commit}; "

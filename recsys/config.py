@@ -129,6 +129,10 @@ class TimbreConfig(_Section):
     keep: Literal["auto", "best", "last"] = Field(
         "auto", description="The epoch published: 'best' by validation (with early stopping), or 'last' of the "
         "whole schedule (no early stopping); 'auto': best when songs have singer labels, else last.")
+    pitch_pool: tuple[float, ...] = Field(
+        (), description="Semitone shifts (formants moving) the song vector is pooled over: the mean of the vectors "
+        "of the log-mel shifted by each, so a pitched re-upload meets its original (e.g. [-2, -1, 0, 1, 2]; costs "
+        "one embedding per shift). Recorded with the model: takes effect at the next `recsys train`. () = off.")
     embedding_dim: int = Field(128, gt=0)
     projection_dim: int = Field(64, gt=0)
     channels: int = Field(32, gt=0)

@@ -97,11 +97,22 @@ class TimbreSongEncoder(_ModelEncoder):
 
     needs = MEL
 
-    def __init__(self, model: TimbreEncoder, max_chunks_per_pass: int | None = None) -> None:
+    def __init__(
+        self,
+        model: TimbreEncoder,
+        max_chunks_per_pass: int | None = None,
+        pitch_pool: Sequence[float] = (),
+        feat_cfg: FeatureConfig | None = None,
+        sample_rate: int | None = None,
+    ) -> None:
         if max_chunks_per_pass is not None and max_chunks_per_pass < 1:
             raise ValueError(f"max_chunks_per_pass must be >= 1, got {max_chunks_per_pass}")
+        if pitch_pool and (feat_cfg is None or sample_rate is None):
+            raise ValueError("pitch_pool needs the features' config and sample rate (the mel bands it shifts)")
         super().__init__(model)  # TimbreEncoder.embed runs it in eval mode, whatever its mode
         self.max_chunks_per_pass = max_chunks_per_pass  # None: by device (chunks_per_pass)
+        self.pitch_pool = tuple(float(s) for s in pitch_pool)  # (): the plain vector
+        self.feat_cfg, self.sample_rate = feat_cfg, sample_rate
 
     @property
     def chunks_per_pass(self) -> int:
@@ -122,6 +133,15 @@ class TimbreSongEncoder(_ModelEncoder):
         _check_songs(songs, self.needs)
         if not songs:
             return torch.zeros(0, self.dim, device=self.device)
+        if not self.pitch_pool:
+            return self._embed(songs, 0.0)
+        # timbre.pitch_pool: the mean of the song's unit vectors at each shift, renormalised.
+        return F.normalize(sum(self._embed(songs, shift) for shift in self.pitch_pool), dim=-1)
+
+    def _embed(self, songs: Sequence[SongFeatures], shift: float) -> torch.Tensor:
+        """The songs' unit vectors with every chunk's log-mel shifted by `shift` semitones (0: as it is)."""
+        from recsys.augment import mel_pitch_shift
+
         # Which frames each chunk reads: TimbreEncoder.chunk_song applied to frame positions.
         frames = [self.model.chunk_song(torch.arange(s.n_frames)[None])[:, 0] for s in songs]  # (n_i, F_i)
         by_frames: dict[int, list[int]] = defaultdict(list)  # songs shorter than a chunk keep their length
@@ -131,6 +151,8 @@ class TimbreSongEncoder(_ModelEncoder):
         for idx in by_frames.values():
             for part in _passes([(i, frames[i].shape[0]) for i in idx], self.chunks_per_pass):
                 batch = torch.cat([_chunks(songs[i].mel, frames[i][lo:hi]).to(self.device) for i, lo, hi in part])
+                if shift:
+                    batch = mel_pitch_shift(batch, shift, self.feat_cfg, self.sample_rate)
                 out = self.model.embed(batch)  # (sum hi - lo, dim)
                 for (i, lo, hi), zi in zip(part, out.split([hi - lo for _, lo, hi in part])):
                     z[i][lo:hi] = zi
@@ -324,9 +346,14 @@ class IntervalLagMelody:
         return pitch.voiced_interval_lag_profile(chroma, weight, lags, self.cfg.unison, self.cfg.lag_bands)
 
 
-def timbre_encoder(model: TimbreEncoder) -> TimbreSongEncoder:
-    """A loaded timbre model behind the encoder contract."""
-    return TimbreSongEncoder(model)
+def timbre_encoder(model: TimbreEncoder, meta: dict | None = None) -> TimbreSongEncoder:
+    """A loaded timbre model behind the encoder contract; `meta`, its version's recorded config, says
+    whether its vector is pooled over pitch (training.pitch_pool) and the mel bands to shift."""
+    shifts = tuple((meta or {}).get("training", {}).get("pitch_pool", ()))
+    if not shifts:
+        return TimbreSongEncoder(model)
+    return TimbreSongEncoder(model, pitch_pool=shifts, feat_cfg=FeatureConfig(**meta["features"]),
+                             sample_rate=int(meta["sample_rate"]))
 
 
 def melody_encoder(tcae: MelodyModel) -> PitchTCAEMelody | TCAEMelodyEncoder | IntervalLagMelody:

@@ -156,7 +156,7 @@ def load_models(workspace: Path, pair: ModelPair | None = None) -> Models:
     except FileNotFoundError as e:
         raise NoModelsError(f"model pair {pair.version} is not on disk ({e})",
                             "run `recsys train`, or `recsys reembed` to pick a published pair") from e
-    return Models(timbre_encoder(timbre), melody_encoder(melody), t_meta, m_meta)
+    return Models(timbre_encoder(timbre, t_meta.model_config), melody_encoder(melody), t_meta, m_meta)
 
 
 def load_timbre_model(workspace: Path, version: str) -> tuple[TimbreEncoder, ModelVersion]:
