@@ -265,7 +265,9 @@ def evaluate(
     began = time.perf_counter()
     from recsys.encoders import melody_encoder, timbre_encoder
 
-    encoders = {"timbre": timbre_encoder(trained["timbre"]), "melody": melody_encoder(trained["melody"])}
+    recorded = {"training": settings.timbre.model_dump(mode="json"), "features": feat.model_dump(mode="json"),
+                "sample_rate": sr}  # what the timbre version records: its pitch_pool, as search uses it
+    encoders = {"timbre": timbre_encoder(trained["timbre"], recorded), "melody": melody_encoder(trained["melody"])}
     for name, enc in encoders.items():
         if not enc.needs <= needs:
             raise ValueError(f"the {name} model reads {sorted(enc.needs - needs)}, which its settings do not: "
