@@ -209,8 +209,12 @@ def test_song_order_does_not_change_the_model(songs, tmp_path):
 
 
 def test_supervised_training_follows_the_singer_column(songs, tmp_path):
-    """Labels that disagree with the audio (every singer's songs dealt to others) give a different, worse model."""
-    cfg = TINY.model_copy(update={"supervised": True, "epochs": 4})
+    """Labels that disagree with the audio (every singer's songs dealt to others) give a different, worse model.
+
+    A fixed schedule (keep the last epoch): with early stopping, this tiny catalog's validation picks an
+    epoch 0 or 1 model by noise, and the comparison measured that choice instead of the labels (seeds 0-3 of
+    the fixed schedule: mAP .62-.89 with the true labels, .48-.66 with the dealt ones)."""
+    cfg = TINY.model_copy(update={"supervised": True, "epochs": 6, "keep": "last", "patience": 100})
     true = train_timbre(songs, cfg, FEAT, SR, tmp_path / "true", resume=False)
     names = [s.singer for s in songs]
     # Song j of singer i labelled singer i + j + 1: each label's 3 songs come from 3 other singers.
@@ -219,14 +223,14 @@ def test_supervised_training_follows_the_singer_column(songs, tmp_path):
     wrong = train_timbre([replace(s, singer=d) for s, d in zip(songs, dealt)], cfg, FEAT, SR, tmp_path / "wrong",
                          resume=False)
 
-    def p_at_1(model) -> float:
-        x = embed_songs(model, [s.mel for s in songs])
-        return retrieval_metrics(x, x, names, names, list(range(len(names))))["p_at_1"]
+    def scores(x) -> dict:
+        return retrieval_metrics(x, x, names, names, list(range(len(names))))
 
     xt = embed_songs(true.model, [s.mel for s in songs])
     xw = embed_songs(wrong.model, [s.mel for s in songs])
     assert float((xt - xw).abs().max()) > 1e-2
-    assert p_at_1(true.model) > p_at_1(wrong.model)
+    assert scores(xt)["p_at_1"] > scores(xw)["p_at_1"]
+    assert scores(xt)["map"] > scores(xw)["map"] + 0.1
 
 
 def test_keep_last_publishes_the_last_epoch_not_the_best(tmp_path):
