@@ -33,9 +33,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench_timbre_real import baseline_embedder, catalogs, score
 
-from recsys.augment import mel_pitch_shift
 from recsys.config import AugmentPolicy, Settings
-from recsys.encoders import timbre_encoder
+from recsys.encoders import TimbreSongEncoder
 from recsys.features import SongFeatures, song_features
 from recsys.models.timbre import TimbreEncoder
 from recsys.probes import probe_transfer
@@ -87,23 +86,12 @@ def feature_cache(rows: list[dict], clean: dict[str, str], settings: Settings, o
     return {p: SongFeatures(m) for p, m in mels.items()}
 
 
-def encoder_embedder(model: TimbreEncoder, feats: dict[str, SongFeatures], shifts: tuple[float, ...] = (0.0,)):
-    """paths -> song vectors; with `shifts`, the mean of the vectors of the log-mel shifted by each
-    (formants moving, recsys.augment.mel_pitch_shift), renormalised: a vector pooled over pitch."""
-    encoder = timbre_encoder(model.eval())
-    if shifts == (0.0,):
-        return lambda paths: encoder.embed_songs([feats[p] for p in paths]).cpu().numpy()
+def encoder_embedder(model: TimbreEncoder, feats: dict[str, SongFeatures], shifts: tuple[float, ...] = ()):
+    """paths -> song vectors; with `shifts`, pooled over those pitch shifts as timbre.pitch_pool does."""
     settings = Settings()
-
-    def embed(paths):
-        total = 0
-        for s in shifts:
-            songs = [SongFeatures(mel_pitch_shift(feats[p].mel, s, settings.features, settings.audio.sample_rate)
-                                  if s else feats[p].mel) for p in paths]
-            total = total + encoder.embed_songs(songs)
-        return torch.nn.functional.normalize(total, dim=1).cpu().numpy()
-
-    return embed
+    encoder = TimbreSongEncoder(model.eval(), pitch_pool=shifts, feat_cfg=settings.features,
+                                sample_rate=settings.audio.sample_rate)
+    return lambda paths: encoder.embed_songs([feats[p] for p in paths]).cpu().numpy()
 
 
 def queries_only(pooled, plain, catalog: set[str]):
