@@ -161,7 +161,9 @@ def bench_queries(settings: Settings, clips: list[Path], n_catalog: int, n_queri
 def bench_embed_3min(settings: Settings, clip: Path, repeats: int = 5) -> list[dict]:
     """One thread: the CPU cost of a song, without OpenMP threads spinning on a busy machine."""
     timbre_model, tcae = untrained_models(settings)
-    timbre, melody = timbre_encoder(timbre_model), melody_encoder(tcae)
+    recorded = {"training": settings.timbre.model_dump(mode="json"),
+                "features": settings.features.model_dump(mode="json"), "sample_rate": SR}  # as a version records
+    timbre, melody = timbre_encoder(timbre_model, recorded), melody_encoder(tcae)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     wave30 = load_audio(clip, settings.audio)
@@ -173,11 +175,15 @@ def bench_embed_3min(settings: Settings, clip: Path, repeats: int = 5) -> list[d
         return [SongFeatures(mel, wave_pitch(wave, SR, hop) if "pitch" in melody.needs else None)]
 
     song = features()
-    pooled = {n: TimbreSongEncoder(timbre_model, pitch_pool=shifts, feat_cfg=settings.features, sample_rate=SR)
-              for n, shifts in (("timbre, pitch_pool -2 0 2", (-2, 0, 2)),
-                                ("timbre, pitch_pool -2 -1 0 1 2", (-2, -1, 0, 1, 2)))}
+    five = (-2, -1, 0, 1, 2)
+    pooled = {n: TimbreSongEncoder(timbre_model, pitch_pool=shifts, feat_cfg=settings.features, sample_rate=SR,
+                                   pitch_pool_chunks=chunks)
+              for n, shifts, chunks in (("timbre, plain (pitch_pool off)", (), "every"),
+                                        ("timbre, pitch_pool -2 0 2, every chunk", (-2, 0, 2), "every"),
+                                        ("timbre, pitch_pool -2 -1 0 1 2, every chunk", five, "every"),
+                                        ("timbre, pitch_pool -2 -1 0 1 2, rotate", five, "rotate"))}
     work = {
-        "timbre": lambda: timbre.embed_songs(song),
+        "timbre (settings.timbre)": lambda: timbre.embed_songs(song),
         **{n: (lambda e=e: e.embed_songs(song)) for n, e in pooled.items()},
         "melody": lambda: melody.embed_songs(song),
         "TCAE latents alone (refine / encode_frames)": (
@@ -272,7 +278,7 @@ def main() -> None:
                                    ("cpu_ms", "CPU ms"), ("target_ms", "target ms"),
                                    ("cpu_vs_target", "CPU / target")], 1))
         for row in embed:
-            if row["encoder"] in ("timbre", "melody + its waveform pitch"):
+            if row["encoder"] in ("timbre (settings.timbre)", "melody + its waveform pitch"):
                 check("bench_query", f"3-minute song, {row['encoder']}: CPU", row["cpu_ms"], EMBED_TARGET_MS, "ms",
                       False, "1 thread")
         memory = [{"part": "start (imports, clips)", "peak_rss_mb": rss_before},

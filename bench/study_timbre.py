@@ -86,11 +86,13 @@ def feature_cache(rows: list[dict], clean: dict[str, str], settings: Settings, o
     return {p: SongFeatures(m) for p, m in mels.items()}
 
 
-def encoder_embedder(model: TimbreEncoder, feats: dict[str, SongFeatures], shifts: tuple[float, ...] = ()):
-    """paths -> song vectors; with `shifts`, pooled over those pitch shifts as timbre.pitch_pool does."""
+def encoder_embedder(model: TimbreEncoder, feats: dict[str, SongFeatures], shifts: tuple[float, ...] = (),
+                     chunks: str = "every"):
+    """paths -> song vectors; with `shifts`, pooled over those pitch shifts as timbre.pitch_pool does
+    (`chunks`: timbre.pitch_pool_chunks)."""
     settings = Settings()
     encoder = TimbreSongEncoder(model.eval(), pitch_pool=shifts, feat_cfg=settings.features,
-                                sample_rate=settings.audio.sample_rate)
+                                sample_rate=settings.audio.sample_rate, pitch_pool_chunks=chunks)
     return lambda paths: encoder.embed_songs([feats[p] for p in paths]).cpu().numpy()
 
 
@@ -220,6 +222,9 @@ def main() -> None:
     p.add_argument("--pool-queries-only", action="store_true",
                    help="with --pitch-pool: pool only the vectors of files outside the catalog (copies, clean twins), "
                         "as a search-time option would; catalog songs keep their plain vectors")
+    p.add_argument("--pool-chunks", default="every",
+                   help="with --pitch-pool: comma-separated timbre.pitch_pool_chunks modes to score "
+                        "(every: each chunk at every shift; rotate: chunk j at the j-th shift)")
     p.add_argument("--speaker-backend", action="store_true",
                    help="also Resemblyzer's partials as the front end of a contrastive back end trained "
                         "label-free per seed (bench/speaker_backend.py)")
@@ -227,6 +232,9 @@ def main() -> None:
     for name in filter(None, args.variants.split(",")):
         if name not in VARIANTS:
             p.error(f"unknown variant {name!r}; valid: {', '.join(VARIANTS)}")
+    for mode in filter(None, args.pool_chunks.split(",")):
+        if mode not in ("every", "rotate"):
+            p.error(f"--pool-chunks: unknown mode {mode!r}; valid: every, rotate")
     seeds = [int(s) for s in args.seeds.split(",")]
     ns = argparse.Namespace(singers=args.singers, songs=args.songs, seconds=args.seconds, seed=args.corpus_seed,
                             workers=args.workers)
@@ -271,10 +279,11 @@ def main() -> None:
                                                 groups, clean, timings).items():
             results[(split, "Resemblyzer front end + contrastive back end")] = summarise(runs)
     pooled_shifts = tuple(args.pitch_pool)
+    pool_modes = [m for m in args.pool_chunks.split(",") if m] if pooled_shifts else []
     catalog_paths = {r["path"] for r in rows if not r["copy_of"]}
     for variant in filter(None, args.variants.split(",")):
         runs = {split: [] for split in groups}
-        pooled = {split: [] for split in groups}
+        pooled = {(mode, split): [] for mode in pool_modes for split in groups}
         for seed in seeds:
             update = {**VARIANTS[variant], "seed": seed}
             if args.epochs is not None:
@@ -293,18 +302,19 @@ def main() -> None:
                   f"{len(result.history)}", file=sys.stderr)
             for split, found in evaluate(encoder_embedder(result.model, feats), groups, clean).items():
                 runs[split].append(found)
-            if pooled_shifts:
-                embed = encoder_embedder(result.model, feats, pooled_shifts)
+            for mode in pool_modes:
+                embed = encoder_embedder(result.model, feats, pooled_shifts, mode)
                 if args.pool_queries_only:
                     embed = queries_only(embed, encoder_embedder(result.model, feats), catalog_paths)
                 for split, found in evaluate(embed, groups, clean).items():
-                    pooled[split].append(found)
+                    pooled[(mode, split)].append(found)
         for split in groups:
             results[(split, f"trained: {variant}")] = summarise(runs[split])
-            if pooled_shifts:
+            for mode in pool_modes:
                 shifts = ", ".join(f"{s:+g}" for s in pooled_shifts)
                 where = "queries" if args.pool_queries_only else "vectors"
-                results[(split, f"trained: {variant}, {where} pooled over {shifts} st")] = summarise(pooled[split])
+                results[(split, f"trained: {variant}, {where} pooled over {shifts} st ({mode})")] = \
+                    summarise(pooled[(mode, split)])
 
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False).stdout.strip()
     print(f"catalog {tag}; {len(songs)} training songs, label-free; seeds {seeds}; commit {commit}; "

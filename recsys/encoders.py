@@ -104,14 +104,18 @@ class TimbreSongEncoder(_ModelEncoder):
         pitch_pool: Sequence[float] = (),
         feat_cfg: FeatureConfig | None = None,
         sample_rate: int | None = None,
+        pitch_pool_chunks: str = "every",
     ) -> None:
         if max_chunks_per_pass is not None and max_chunks_per_pass < 1:
             raise ValueError(f"max_chunks_per_pass must be >= 1, got {max_chunks_per_pass}")
         if pitch_pool and (feat_cfg is None or sample_rate is None):
             raise ValueError("pitch_pool needs the features' config and sample rate (the mel bands it shifts)")
+        if pitch_pool_chunks not in ("every", "rotate"):
+            raise ValueError(f"pitch_pool_chunks must be 'every' or 'rotate', got {pitch_pool_chunks!r}")
         super().__init__(model)  # TimbreEncoder.embed runs it in eval mode, whatever its mode
         self.max_chunks_per_pass = max_chunks_per_pass  # None: by device (chunks_per_pass)
         self.pitch_pool = tuple(float(s) for s in pitch_pool)  # (): the plain vector
+        self.pitch_pool_chunks = pitch_pool_chunks
         self.feat_cfg, self.sample_rate = feat_cfg, sample_rate
 
     @property
@@ -134,12 +138,15 @@ class TimbreSongEncoder(_ModelEncoder):
         if not songs:
             return torch.zeros(0, self.dim, device=self.device)
         if not self.pitch_pool:
-            return self._embed(songs, 0.0)
+            return self._embed(songs, (0.0,))
+        if self.pitch_pool_chunks == "rotate":
+            return self._embed(songs, _rotation(self.pitch_pool))
         # timbre.pitch_pool: the mean of the song's unit vectors at each shift, renormalised.
-        return F.normalize(sum(self._embed(songs, shift) for shift in self.pitch_pool), dim=-1)
+        return F.normalize(sum(self._embed(songs, (shift,)) for shift in self.pitch_pool), dim=-1)
 
-    def _embed(self, songs: Sequence[SongFeatures], shift: float) -> torch.Tensor:
-        """The songs' unit vectors with every chunk's log-mel shifted by `shift` semitones (0: as it is)."""
+    def _embed(self, songs: Sequence[SongFeatures], shifts: tuple[float, ...]) -> torch.Tensor:
+        """The songs' unit vectors, chunk j of each song's log-mel shifted by shifts[j % len(shifts)]
+        semitones (0: as it is)."""
         from recsys.augment import mel_pitch_shift
 
         # Which frames each chunk reads: TimbreEncoder.chunk_song applied to frame positions.
@@ -151,12 +158,20 @@ class TimbreSongEncoder(_ModelEncoder):
         for idx in by_frames.values():
             for part in _passes([(i, frames[i].shape[0]) for i in idx], self.chunks_per_pass):
                 batch = torch.cat([_chunks(songs[i].mel, frames[i][lo:hi]).to(self.device) for i, lo, hi in part])
-                if shift:
-                    batch = mel_pitch_shift(batch, shift, self.feat_cfg, self.sample_rate)
+                if any(shifts):
+                    per_chunk = torch.tensor([shifts[j % len(shifts)] for _, lo, hi in part for j in range(lo, hi)])
+                    batch = mel_pitch_shift(batch, per_chunk, self.feat_cfg, self.sample_rate)
                 out = self.model.embed(batch)  # (sum hi - lo, dim)
                 for (i, lo, hi), zi in zip(part, out.split([hi - lo for _, lo, hi in part])):
                     z[i][lo:hi] = zi
         return torch.stack([F.normalize(zi.mean(0), dim=-1) for zi in z])  # (B, dim)
+
+
+def _rotation(shifts: tuple[float, ...]) -> tuple[float, ...]:
+    """The order chunks take the pool's shifts in (timbre.pitch_pool_chunks = 'rotate'): the smallest
+    shifts first, so a song of one or two chunks is read nearest its own key, and a song of n chunks
+    uses every shift about n / len(shifts) times."""
+    return tuple(sorted(shifts, key=lambda s: (abs(s), s)))
 
 
 def _chunks(mel: torch.Tensor, frames: torch.Tensor) -> torch.Tensor:
@@ -349,11 +364,13 @@ class IntervalLagMelody:
 def timbre_encoder(model: TimbreEncoder, meta: dict | None = None) -> TimbreSongEncoder:
     """A loaded timbre model behind the encoder contract; `meta`, its version's recorded config, says
     whether its vector is pooled over pitch (training.pitch_pool) and the mel bands to shift."""
-    shifts = tuple((meta or {}).get("training", {}).get("pitch_pool", ()))
+    training = (meta or {}).get("training", {})
+    shifts = tuple(training.get("pitch_pool", ()))
     if not shifts:
         return TimbreSongEncoder(model)
     return TimbreSongEncoder(model, pitch_pool=shifts, feat_cfg=FeatureConfig(**meta["features"]),
-                             sample_rate=int(meta["sample_rate"]))
+                             sample_rate=int(meta["sample_rate"]),
+                             pitch_pool_chunks=training.get("pitch_pool_chunks", "every"))  # older models: every
 
 
 def melody_encoder(tcae: MelodyModel) -> PitchTCAEMelody | TCAEMelodyEncoder | IntervalLagMelody:

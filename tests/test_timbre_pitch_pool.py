@@ -27,7 +27,7 @@ def model(seed: int = 0) -> TimbreEncoder:
 
 def meta(shifts) -> dict:
     """What a timbre version records (recsys.training.contrastive._meta_config), as far as the encoder reads it."""
-    return {"training": TimbreConfig(pitch_pool=shifts).model_dump(mode="json"),
+    return {"training": TimbreConfig(pitch_pool=shifts, pitch_pool_chunks="every").model_dump(mode="json"),
             "features": FEAT.model_dump(mode="json"), "sample_rate": SR}
 
 
@@ -69,3 +69,56 @@ def test_pitch_pool_is_part_of_what_a_model_version_records():
     recorded = _meta_config(model_config_for(cfg, FEAT), cfg, FEAT, SR)
     assert recorded["training"]["pitch_pool"] == [-2.0, 0.0, 2.0]
     assert timbre_encoder(model(), recorded).pitch_pool == (-2.0, 0.0, 2.0)
+
+
+def meta_rotate(shifts) -> dict:
+    return {"training": TimbreConfig(pitch_pool=shifts, pitch_pool_chunks="rotate").model_dump(mode="json"),
+            "features": FEAT.model_dump(mode="json"), "sample_rate": SR}
+
+
+def test_rotate_reads_each_chunk_once_at_its_own_shift_smallest_first():
+    m = model()
+    rotate = timbre_encoder(m, meta_rotate(SHIFTS))
+    assert rotate.pitch_pool_chunks == "rotate" and timbre_encoder(m, meta(SHIFTS)).pitch_pool_chunks == "every"
+    s = song(seconds=16.0)
+    chunks = m.chunk_song(s.mel)  # (n, n_mels, F)
+    assert chunks.shape[0] == 5
+    order = (0.0, -1.0, 1.0, -2.0, 2.0)  # the smallest shifts first: a one-chunk song is read in its own key
+    by_hand = torch.cat([m.embed(mel_pitch_shift(c[None], x, FEAT, SR)) for c, x in zip(chunks, order)])
+    expected = F.normalize(by_hand.mean(0), dim=-1)
+    calls, embed = [], m.embed
+    m.embed = lambda batch: calls.append(batch.shape[0]) or embed(batch)  # counts the chunks embedded
+    got = rotate.embed_songs([s])[0]
+    assert float(got @ expected) > 0.9999
+    assert sum(calls) == 5  # as many chunk embeddings as the plain vector: the pool costs no extra pass
+    plain = timbre_encoder(m).embed_songs([s])[0]
+    assert float(got @ plain) < 0.9999
+
+
+def test_rotate_brings_a_pitched_copy_nearer_its_original():
+    m = model()
+    original, up, down = song(16.0), song(16.0, semitones=2.0), song(16.0, semitones=-2.0)
+    for name, copy in (("+2", up), ("-2", down)):
+        plain = timbre_encoder(m).embed_songs([original, copy])
+        rotate = timbre_encoder(m, meta_rotate(SHIFTS)).embed_songs([original, copy])
+        assert float(rotate[0] @ rotate[1]) > float(plain[0] @ plain[1]), name
+
+
+def test_a_model_recorded_before_pitch_pool_chunks_pools_every_chunk():
+    recorded = meta(SHIFTS)
+    del recorded["training"]["pitch_pool_chunks"]
+    assert timbre_encoder(model(), recorded).pitch_pool_chunks == "every"
+
+
+def test_pitch_pool_rejects_shifts_out_of_range_or_repeated():
+    import pytest
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match=r"timbre.pitch_pool \[-12.0, 0.0\]: every shift must lie within"):
+        TimbreConfig(pitch_pool=(-12, 0))
+    with pytest.raises(ValidationError, match="repeats a shift"):
+        TimbreConfig(pitch_pool=(0, 1, 1))
+    with pytest.raises(ValidationError, match="pitch_pool_chunks"):
+        TimbreConfig(pitch_pool_chunks="some")
+    with pytest.raises(ValueError, match="pitch_pool_chunks must be 'every' or 'rotate'"):
+        TimbreSongEncoder(model(), pitch_pool=SHIFTS, feat_cfg=FEAT, sample_rate=SR, pitch_pool_chunks="some")
