@@ -213,11 +213,12 @@ def main() -> None:
         what = st.radio(
             "Points", MAP_KINDS, index=MAP_KINDS.index(first_what), key="map_what", horizontal=True
         )
-        weighting = st.selectbox(
+        weighting = st.radio(
             "Map weighting",
             WEIGHTINGS,
             index=WEIGHTINGS.index(first_weighting),
             key="map_weighting",
+            horizontal=True,
             help=f"fused uses the configured weights (timbre {default_w.timbre:g}, "
             f"melody {default_w.melody:g})",
         )

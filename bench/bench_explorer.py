@@ -91,6 +91,9 @@ def main() -> None:
     ap.add_argument("--manifest", type=Path, default=None, help="passed to the explorer")
     ap.add_argument("--interactions", type=int, default=0,
                     help="with --browser: then time each interaction this many times in the first visit's page")
+    ap.add_argument("--profile", action="store_true",
+                    help="with --interactions: then make each again under the browser's CPU profiler and print "
+                         "where its time went (ms by frontend component, style, layout)")
     ap.add_argument("--build-demo", type=float, nargs=3, metavar=("SINGERS", "SONGS", "SECONDS"),
                     help="make the workspace first with `recsys demo` of this size when it has no catalog yet")
     args = ap.parse_args()
@@ -100,7 +103,10 @@ def main() -> None:
         extra = ["--manifest", str(args.manifest.resolve())] if args.manifest else []
         if args.cli and args.no_warm:
             ap.error("--cli always warms the page (as `recsys app` does); leave out --no-warm")
-        browser_loads(args.workspace.resolve(), args.visits, not args.no_warm, extra, args.cli, args.interactions)
+        if args.profile and not args.interactions:
+            ap.error("--profile profiles the interactions: give --interactions N too")
+        browser_loads(args.workspace.resolve(), args.visits, not args.no_warm, extra, args.cli, args.interactions,
+                      args.profile)
         return
     os.environ["RECSYS_HOME"] = str(args.workspace.resolve())
     os.environ.setdefault("RECSYS_DEVICE", "cpu")
@@ -124,7 +130,7 @@ def main() -> None:
         ("map: singers", lambda i: at.radio(key="map_what").set_value("singers")),
         (
             "map weighting",
-            lambda i: at.selectbox(key="map_weighting").set_value(["timbre", "melody", "fused"][i % 3]),
+            lambda i: at.radio(key="map_weighting").set_value(["timbre", "melody", "fused"][i % 3]),
         ),
         (
             "query by catalog song",
@@ -200,11 +206,74 @@ def tree_cpu_seconds(root: int) -> float:
     return total
 
 
-def browser_interactions(page, repeats: int) -> list[dict]:
+def _script_bucket(url: str, function: str) -> str:
+    """A CPU profile node -> what it is part of: a Streamlit frontend chunk by its component's name
+    (PlotlyChart, DataFrame, index: the app's core, ...), or the renderer's own work ("(program)": style,
+    layout, paint and other native work; "(garbage collector)"; "(idle)")."""
+    if not url:
+        return function if function.startswith("(") else "(native)"
+    name = url.rsplit("/", 1)[-1].split("?")[0]
+    return name.split(".")[0] or name
+
+
+def trace_self_ms(trace: bytes) -> dict[str, float]:
+    """A Chrome trace -> self time (ms) per event name on the renderer's main thread, the top 12
+    ("v8.*"/"FunctionCall": script; "Paint", "Layout", "UpdateLayoutTree", ...: the rendering)."""
+    import json
+    from collections import Counter
+
+    events = json.loads(trace)["traceEvents"]
+    main = {(e["pid"], e["tid"]) for e in events
+            if e.get("ph") == "M" and e.get("name") == "thread_name" and e["args"].get("name") == "CrRendererMain"}
+    spans = sorted(((e["ts"], e["ts"] + e["dur"], e["name"]) for e in events
+                    if e.get("ph") == "X" and (e["pid"], e["tid"]) in main and e.get("dur")),
+                   key=lambda x: (x[0], -x[1]))
+    own: Counter[str] = Counter()  # self time: an event's duration less its direct children's
+    stack: list[tuple[float, str]] = []  # (end, name) of the events enclosing the current one
+    for start, end, name in spans:
+        while stack and stack[-1][0] <= start:
+            stack.pop()
+        if stack:
+            own[stack[-1][1]] -= end - start
+        own[name] += end - start
+        stack.append((end, name))
+    return {f"trace: {k}": v / 1e3 for k, v in own.most_common(12)}
+
+
+def profiled(page, cdp, act: Callable[[], float]) -> tuple[float, dict[str, float]]:
+    """Run `act` (returns its wall ms) under the renderer's sampling profiler, a Chrome trace and the
+    performance counters: (wall ms, ms per bucket of _script_bucket, the trace's main-thread self time
+    per event, and the renderer's style/layout/script/task totals)."""
+    from collections import Counter
+
+    browser = page.context.browser
+    before = {m["name"]: m["value"] for m in cdp.send("Performance.getMetrics")["metrics"]}
+    browser.start_tracing(page=page, categories=["devtools.timeline", "disabled-by-default-devtools.timeline",
+                                                 "v8.execute", "blink", "cc"])
+    cdp.send("Profiler.start")
+    wall = act()
+    profile = cdp.send("Profiler.stop")["profile"]
+    spent_trace = trace_self_ms(browser.stop_tracing())
+    after = {m["name"]: m["value"] for m in cdp.send("Performance.getMetrics")["metrics"]}
+    bucket = {n["id"]: _script_bucket(n["callFrame"].get("url", ""), n["callFrame"]["functionName"])
+              for n in profile["nodes"]}
+    spent: Counter[str] = Counter()
+    for node, delta_us in zip(profile["samples"], profile["timeDeltas"]):
+        spent[bucket[node]] += delta_us / 1e3
+    for metric, label in (("RecalcStyleDuration", "total: style"), ("LayoutDuration", "total: layout"),
+                          ("ScriptDuration", "total: script"), ("TaskDuration", "total: tasks")):
+        spent[label] = 1e3 * (after.get(metric, 0.0) - before.get(metric, 0.0))
+    spent.update(spent_trace)
+    return wall, dict(spent)
+
+
+def browser_interactions(page, repeats: int, profile: bool = False) -> list[dict]:
     """Time the AppTest table's interactions in a loaded page: input -> the rerun's end (ms), median of `repeats`.
 
     Each repeat changes something (a click on what is already chosen reruns nothing): the sliders
-    step left and right, the select boxes take the next options, the map's points alternate."""
+    step left and right, the select boxes take the next options, the map's points alternate.
+    With `profile`, each interaction is then made `repeats` more times under the renderer's profiler
+    (slower: not timed for the target), and the rows carry where its time went (ms per interaction)."""
     import re
 
     page.wait_for_function(  # the page's first run is over (its widgets were skeletons until then)
@@ -238,9 +307,23 @@ def browser_interactions(page, repeats: int) -> list[dict]:
         ("k", lambda i: slide("k", i)),
         ("another singer", lambda i: pick("singer", 1)),
         ("map points: songs, singers, songs", lambda i: radio("map_what", "singers" if i % 2 else "songs")),
-        ("map weighting", lambda i: pick("map_weighting", 1)),
+        ("map weighting", lambda i: radio("map_weighting", ["timbre", "melody", "fused"][i % 3])),
         ("query by catalog song", lambda i: pick("pick_song", 3)),
     ]
+    def once(name: str, final_input: Callable[[], object]) -> float:
+        since = page.evaluate("performance.now()")
+        final_input()
+        end = page.evaluate(RUN_ENDED, since)
+        if end is None:
+            raise SystemExit(f"{name}: no rerun ended within 30 s")
+        return end - since
+
+    cdp = None
+    if profile:
+        cdp = page.context.new_cdp_session(page)
+        cdp.send("Performance.enable")
+        cdp.send("Profiler.enable")
+        cdp.send("Profiler.setSamplingInterval", {"interval": 200})  # microseconds
     rows = []
     for name, act in steps:
         if name == "query by catalog song":
@@ -249,15 +332,20 @@ def browser_interactions(page, repeats: int) -> list[dict]:
         for i in range(repeats):
             page.wait_for_timeout(200)  # settle: nothing running
             final_input = act(i)  # e.g. the select box opened, its option found
-            since = page.evaluate("performance.now()")
-            final_input()
-            end = page.evaluate(RUN_ENDED, since)
-            if end is None:
-                raise SystemExit(f"{name}: no rerun ended within 30 s")
-            times.append(end - since)
+            times.append(once(name, final_input))
         ms = statistics.median(times)
         ok = "yes" if ms <= BROWSER_INTERACTION_TARGET_MS else "NO"
-        rows.append({"step": f"interaction: {name} (median of {repeats})", "ms": ms, "ok": ok})
+        row = {"step": f"interaction: {name} (median of {repeats})", "ms": ms, "ok": ok}
+        if cdp is not None:
+            from collections import Counter
+
+            spent: Counter[str] = Counter()
+            for i in range(repeats):
+                page.wait_for_timeout(200)
+                final_input = act(repeats + i)
+                spent.update(profiled(page, cdp, lambda n=name, f=final_input: once(n, f))[1])
+            row["profile"] = {k: v / repeats for k, v in spent.items()}
+        rows.append(row)
     from targets import check
 
     slowest = max(rows, key=lambda r: r["ms"])
@@ -269,6 +357,7 @@ def browser_interactions(page, repeats: int) -> list[dict]:
 def browser_loads(
     workspace: Path, visits: int, warm_first: bool, explorer_args: list[str], cli: bool = False,
     interactions: int = 0,
+    profile: bool = False,
 ) -> None:
     """Start the explorer's server on `workspace` (warmed with `warm_first`; with `cli`, through
     `recsys app`), then time `visits` page loads in chromium."""
@@ -351,7 +440,7 @@ def browser_loads(
                         }
                     )
                     if visit == 0 and interactions:
-                        rows += browser_interactions(page, interactions)
+                        rows += browser_interactions(page, interactions, profile)
                     page.close()
             finally:
                 browser.close()
@@ -376,6 +465,28 @@ def browser_loads(
         ("browser_cpu", "browser CPU s"),
     ]
     print(format_table(rows, columns, 1))
+    profiles = [(r["step"].removeprefix("interaction: "), r["profile"]) for r in rows if "profile" in r]
+    if profiles:
+        print("\nWhere each interaction's time went in the browser (ms, mean of the profiled repeats): the renderer's"
+              "\nCPU samples by frontend component (Streamlit's JS chunks) and its style/layout/script totals\n")
+        print(profile_table(profiles))
+        print("\nThe same interactions' Chrome trace: self time (ms) per event on the renderer's main thread\n")
+        print(profile_table(profiles, trace=True))
+
+
+def profile_table(profiles: list[tuple[str, dict[str, float]]], top: int = 8, trace: bool = False) -> str:
+    """One row per interaction, one column per bucket that is among the `top` largest of any interaction
+    (`trace`: the trace's events instead of the profiler's buckets)."""
+    totals = [k for k in ("total: tasks", "total: script", "total: style", "total: layout")
+              if any(k in p for _, p in profiles)] if not trace else []
+    ranked: dict[str, float] = {}
+    for _, p in profiles:
+        for k, v in p.items():
+            if not k.startswith("total:") and k != "(idle)" and k.startswith("trace: ") == trace:
+                ranked[k] = max(ranked.get(k, 0.0), v)
+    buckets = sorted(ranked, key=ranked.get, reverse=True)[:top]
+    rows = [{"step": name, **{c: p.get(c, 0.0) for c in totals + buckets}} for name, p in profiles]
+    return format_table(rows, [("step", "interaction"), *((c, c) for c in totals + buckets)], 0)
 
 
 if __name__ == "__main__":

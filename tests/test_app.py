@@ -411,7 +411,7 @@ def test_page_renders_every_section(at, app_ws, rec):
     ]
     assert at.multiselect(key="filter_gender").label == "Gender"
     assert at.radio(key="map_what").options == ["singers", "songs"]
-    assert at.selectbox(key="map_weighting").options == ["fused", "timbre", "melody"]
+    assert at.radio(key="map_weighting").options == ["fused", "timbre", "melody"]
     assert "cluster" in at.selectbox(key="map_color").options
     assert at.selectbox(key="map_color").value == "gender"  # the first attribute of a singer, not of a song
     assert [t.label for t in at.tabs] == ["Singer", "Query by song", "Catalog"]

@@ -6,6 +6,7 @@ this catches a script broken by a change elsewhere before a user runs it.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -116,3 +117,24 @@ def test_speaker_back_end_learns_to_ignore_what_its_positive_views_vary():
     untrained = found(sb.SpeakerBackEnd().eval())
     trained = found(sb.train_backend(songs, seed=0, steps=150))
     assert untrained < 0.4 and trained > 0.7, (untrained, trained)  # 0.125 and 0.833 when written
+
+
+def test_explorer_profile_attributes_self_time_on_the_renderer_main_thread_and_by_frontend_chunk():
+    """bench_explorer --profile: a task's time less its children's, main thread only; JS by component chunk."""
+    sys.path.insert(0, str(BENCH))
+    from bench_explorer import _script_bucket, trace_self_ms
+
+    main, other = {"pid": 1, "tid": 7}, {"pid": 1, "tid": 8}
+    events = [
+        {"ph": "M", "name": "thread_name", "args": {"name": "CrRendererMain"}, **main},
+        {"ph": "M", "name": "thread_name", "args": {"name": "Compositor"}, **other},
+        {"ph": "X", "name": "RunTask", "ts": 0, "dur": 10_000, **main},
+        {"ph": "X", "name": "FunctionCall", "ts": 1_000, "dur": 6_000, **main},
+        {"ph": "X", "name": "Layout", "ts": 2_000, "dur": 2_000, **main},  # inside FunctionCall
+        {"ph": "X", "name": "Paint", "ts": 8_000, "dur": 1_000, **main},
+        {"ph": "X", "name": "RunTask", "ts": 0, "dur": 50_000, **other},  # another thread: left out
+    ]
+    got = trace_self_ms(json.dumps({"traceEvents": events}).encode())
+    assert got == {"trace: RunTask": 3.0, "trace: FunctionCall": 4.0, "trace: Layout": 2.0, "trace: Paint": 1.0}
+    assert _script_bucket("http://h/static/js/PlotlyChart.D9Z0_fxz.js", "a") == "PlotlyChart"
+    assert _script_bucket("", "(program)") == "(program)" and _script_bucket("", "get x") == "(native)"
