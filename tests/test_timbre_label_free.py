@@ -140,12 +140,26 @@ def test_nearest_neighbour_matrix_is_symmetric_and_holds_each_songs_nearest():
     assert not bool(nearest_neighbour_matrix(x, 0).any())
 
 
+def test_nearest_neighbours_in_blocks_match_the_full_similarity(monkeypatch):
+    from recsys.training import contrastive
+
+    x = torch.nn.functional.normalize(torch.randn(37, 8, generator=torch.Generator().manual_seed(1)), dim=1)
+    whole = contrastive.nearest_neighbours(x, 3)
+    monkeypatch.setattr(contrastive, "NEIGHBOUR_BLOCK", 5)  # 8 blocks, the last of 2 rows
+    blocked = contrastive.nearest_neighbours(x, 3)
+    assert blocked.shape == (37, 3) and torch.equal(blocked, whole)
+    assert not bool((blocked == torch.arange(37)[:, None]).any())  # never itself
+    sim = x @ x.T
+    sim.fill_diagonal_(-2)
+    assert torch.equal(blocked, sim.topk(3, dim=1).indices)
+    assert contrastive.nearest_neighbours(x[:1], 3).shape == (1, 0)
+
+
 def test_related_songs_are_left_out_of_the_negatives_only():
     mels = [torch.randn(48, 200, generator=torch.Generator().manual_seed(i)) for i in range(4)]
     refs = [(0, 0), (0, 50), (1, 0), (1, 50), (2, 0), (2, 50), (3, 0), (3, 50)]
     policy = resolve_policy(TimbreConfig(policy="ps_pos_ts_pos", extra_positives=()))
-    related = torch.zeros(4, 4, dtype=torch.bool)
-    related[0, 2] = related[2, 0] = True
+    related = torch.tensor([[2], [-1], [-1], [-1]])  # song 0 lists song 2: the pair is related either way
     _, _labels, indices = build_batch(mels, refs, policy, 64, FEAT, SR, torch.Generator().manual_seed(0),
                                      related=related)
     a1, _p, a2, n = indices

@@ -77,8 +77,9 @@ def build_batch(
     label per (negative augmentation, song). In self-supervised mode with singer
     labels, originals of different songs by the same singer are neither positives
     nor negatives (the returned indices_tuple leaves those pairs out); `related`
-    ((n_songs, n_songs) bool, e.g. each song's nearest neighbours, its pseudo-singer)
-    does the same without labels, and overrides what `singers` would say.
+    ((n_songs, k) long: each song's related songs, -1 for none, e.g. its nearest
+    neighbours, its pseudo-singer; a pair is related if either lists the other) does the
+    same without labels, and overrides what `singers` would say.
     """
     if supervised and singers is None:
         raise ValueError("supervised batches need singer labels (singers=None given)")
@@ -150,8 +151,9 @@ def build_batch(
         original = torch.tensor([spec[5] for spec in specs], dtype=torch.bool, device=labels.device)
         a1, p, a2, neg_idx = lmu.get_all_pairs_indices(labels)
         of_a, of_n = song_of[a2], song_of[neg_idx]
-        if related is not None:
-            linked = related.to(labels.device)[of_a, of_n]
+        if related is not None:  # only the batch's pairs are looked up: no (n_songs, n_songs) matrix
+            table = related.to(labels.device)
+            linked = (table[of_a] == of_n[:, None]).any(1) | (table[of_n] == of_a[:, None]).any(1)
         else:  # only the batch's pairs are compared: no (n_songs, n_songs) matrix per step
             codes = singer_codes(singers).to(labels.device)
             linked = (codes[of_a] == codes[of_n]) & (of_a != of_n)
@@ -173,22 +175,38 @@ def same_singer_matrix(singers: Sequence[str | None]) -> torch.Tensor:
     return (codes[:, None] == codes[None, :]) & ~torch.eye(len(codes), dtype=torch.bool)
 
 
-def nearest_neighbour_matrix(vectors: torch.Tensor, k: int) -> torch.Tensor:
-    """(n, n) bool, symmetric: j is among i's k nearest songs by cosine, or i among j's.
+NEIGHBOUR_BLOCK = 4096  # rows of the similarity computed at once: memory block x n floats, not n x n
+
+
+def nearest_neighbours(vectors: torch.Tensor, k: int) -> torch.Tensor:
+    """(n, dim) unit rows -> (n, min(k, n - 1)) long: each song's k nearest other songs by cosine.
 
     Label-free pseudo-singers: the catalog's other songs nearest a song are the likeliest
     to be its singer's, so the trainer stops pushing them away (DeepCluster-style rounds:
-    recomputed from the model being trained every epoch).
+    recomputed from the model being trained every epoch). Computed NEIGHBOUR_BLOCK rows at
+    a time, so a 100k-song catalog needs 1.6 GB at most, not the 40 GB of its full matrix.
     """
     n = vectors.shape[0]
-    out = torch.zeros(n, n, dtype=torch.bool)
     k = min(k, n - 1)
     if k <= 0:
-        return out
-    sim = vectors @ vectors.T
-    sim.fill_diagonal_(-float("inf"))
-    top = sim.topk(k, dim=1).indices
-    out[torch.arange(n)[:, None], top] = True
+        return torch.empty(n, 0, dtype=torch.long)
+    out = []
+    for lo in range(0, n, NEIGHBOUR_BLOCK):
+        sim = vectors[lo : lo + NEIGHBOUR_BLOCK] @ vectors.T
+        rows = torch.arange(sim.shape[0])
+        sim[rows, rows + lo] = -float("inf")
+        out.append(sim.topk(k, dim=1).indices)
+    return torch.cat(out)
+
+
+def nearest_neighbour_matrix(vectors: torch.Tensor, k: int) -> torch.Tensor:
+    """(n, n) bool, symmetric: j is among i's k nearest songs, or i among j's (nearest_neighbours as a
+    matrix, for studies of small catalogs; the trainer keeps the (n, k) table)."""
+    n = vectors.shape[0]
+    out = torch.zeros(n, n, dtype=torch.bool)
+    top = nearest_neighbours(vectors, k)
+    if top.shape[1]:
+        out[torch.arange(n)[:, None], top] = True
     return out | out.T
 
 
@@ -379,7 +397,7 @@ def train_timbre(
         losses = []
         related = None
         if not labelled and cfg.pseudo_neighbours > 0 and epoch > 0:
-            related = nearest_neighbour_matrix(embed_songs(model, [s.mel for s in train]), cfg.pseudo_neighbours)
+            related = nearest_neighbours(embed_songs(model, [s.mel for s in train]), cfg.pseudo_neighbours)
         for _ in tqdm(
             range(cfg.steps_per_epoch), desc=f"timbre epoch {epoch}", disable=not progress, leave=False
         ):
