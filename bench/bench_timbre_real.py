@@ -127,6 +127,18 @@ def untrained_embedder(rec: Recommender) -> Embed:
     return embed
 
 
+def plain_embedder(rec: Recommender) -> Embed:
+    """The trained model's plain vector (timbre.pitch_pool off), for every file: what pooling adds, same model."""
+    s = rec.settings
+    encoder = timbre_encoder(rec.models.timbre.model)
+
+    def embed(paths: list[str]) -> np.ndarray:
+        feats = [song_features(p, s.audio, s.features) for p in paths]
+        return encoder.embed_songs(feats).cpu().numpy()
+
+    return embed
+
+
 def baseline_embedder(name: str, fit_paths: list[str], sample_rate: int) -> Embed:
     model = make_baseline(name, sample_rate=sample_rate, device="cpu")
 
@@ -211,6 +223,8 @@ def main() -> None:
             print(f"skipping {name}: {e}", file=sys.stderr)
     systems["untrained encoder"] = untrained_embedder(rec)
     systems["trained encoder (default, label-free)"] = product_embedder(rec)
+    if rec.models.timbre.pitch_pool:
+        systems["same model, plain vector (pitch_pool off)"] = plain_embedder(rec)
 
     results = {}
     for split, group in groups.items():

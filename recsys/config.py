@@ -132,11 +132,11 @@ class TimbreConfig(_Section):
     keep: Literal["auto", "best", "last"] = Field(
         "auto", description="The epoch published: 'best' by validation (with early stopping), or 'last' of the "
         "whole schedule (no early stopping); 'auto': best when songs have singer labels, else last.")
-    # Pooled over +-2 st, rotating: pitched copies of seen singers' songs found .760 -> .875 at 1.15x the plain
-    # vector's cost (bench/study_timbre.py --pitch-pool; docs/evaluation.md).
+    # Off: pooled over +-2 st it found more pitched copies in the encoder study (.760 -> .875) but not on the
+    # product path (3 trainings: .844 -> .823 seen, mAP -.02 everywhere; docs/evaluation.md, run 8).
     pitch_pool: tuple[float, ...] = Field(
-        (-2.0, -1.0, 0.0, 1.0, 2.0), description="Semitone shifts (formants moving) the song vector is pooled over, "
-        "so a pitched re-upload meets its original. Recorded with the model: takes effect at the next "
+        (), description="Semitone shifts (formants moving) the song vector is pooled over, so a pitched re-upload "
+        "meets its original (e.g. [-2, -1, 0, 1, 2]). Recorded with the model: takes effect at the next "
         "`recsys train`. [] = off (the plain vector).")
     pitch_pool_chunks: Literal["every", "rotate"] = Field(
         "rotate", description="How pitch_pool reads a song: 'rotate': chunk j at the j-th shift of the pool "
