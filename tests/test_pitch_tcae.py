@@ -252,3 +252,32 @@ def test_another_seed_changes_the_vectors_and_a_resumed_run_equals_an_uninterrup
     assert [h["epoch"] for h in resumed.history] == [0, 1]
     for x, y in zip(runs[0].model.state_dict().values(), resumed.model.state_dict().values()):
         torch.testing.assert_close(x, y)
+
+
+def test_the_channels_last_stack_computes_what_the_plain_layout_does():
+    """The model keeps weights and activations channels-last for speed; the latents and the gradients are
+    those of the same layers run on plain (contiguous) tensors, up to float rounding."""
+    import torch.nn.functional as F
+
+    m = model(residual_scale=0.1).train()
+    assert m.inp.weight.is_contiguous(memory_format=torch.channels_last)
+    x = torch.randn(3, P, 40, generator=torch.Generator().manual_seed(1))
+
+    def plain_stack(x: torch.Tensor) -> torch.Tensor:
+        h = F.conv2d(x[:, None], m.inp.weight.contiguous(), m.inp.bias, padding=(m.cfg.pitch_kernel // 2, 0))
+        skips = torch.zeros(())
+        for layer in m.layers:
+            padded = F.pad(h, (layer.pad, 0))
+            f, g = F.conv2d(padded, layer.conv.weight.contiguous(), layer.conv.bias,
+                            padding=(m.cfg.pitch_kernel // 2, 0), dilation=layer.conv.dilation).chunk(2, dim=1)
+            z = torch.tanh(f) * torch.sigmoid(g)
+            h, skips = h + z, skips + z
+        return F.relu(skips)
+
+    got, _ = m._stack(x, m.init_state())
+    want = plain_stack(x)
+    assert got.shape == want.shape and torch.allclose(got, want, atol=1e-5)
+    grads = torch.autograd.grad(got.square().sum(), list(m.layers[0].parameters()))
+    expected = torch.autograd.grad(want.square().sum(), list(m.layers[0].parameters()))
+    for g, e in zip(grads, expected):
+        assert torch.allclose(g, e, rtol=1e-4, atol=1e-5)
