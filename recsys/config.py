@@ -140,7 +140,8 @@ class TimbreConfig(_Section):
         "`recsys train`. [] = off (the plain vector).")
     pitch_pool_chunks: Literal["every", "rotate"] = Field(
         "rotate", description="How pitch_pool reads a song: 'rotate': chunk j at the j-th shift of the pool "
-        "(smallest first), as cheap as the plain vector; 'every' chunk at every shift (one embedding per shift).")
+        "(smallest first; a song with fewer chunks than shifts reads its chunks again until every shift is used), "
+        "as cheap as the plain vector; 'every' chunk at every shift (one embedding per shift).")
     embedding_dim: int = Field(128, gt=0)
     projection_dim: int = Field(64, gt=0)
     channels: int = Field(32, gt=0)

@@ -145,12 +145,16 @@ class TimbreSongEncoder(_ModelEncoder):
         return F.normalize(sum(self._embed(songs, (shift,)) for shift in self.pitch_pool), dim=-1)
 
     def _embed(self, songs: Sequence[SongFeatures], shifts: tuple[float, ...]) -> torch.Tensor:
-        """The songs' unit vectors, chunk j of each song's log-mel shifted by shifts[j % len(shifts)]
-        semitones (0: as it is)."""
+        """The songs' unit vectors: the mean over max(n, len(shifts)) reads of a song's n chunks, read m
+        being chunk m % n shifted by shifts[m % len(shifts)] semitones (0: as it is). So every shift is
+        read at least once, and a song of n >= len(shifts) chunks costs n embeddings."""
         from recsys.augment import mel_pitch_shift
 
-        # Which frames each chunk reads: TimbreEncoder.chunk_song applied to frame positions.
+        # Which frames each read takes: TimbreEncoder.chunk_song applied to frame positions, the chunks of a
+        # song shorter than the pool read again (a 15 s song has 3-5 chunks: rotating five shifts over them
+        # left out the last ones, and the pooled vector leaned to one side).
         frames = [self.model.chunk_song(torch.arange(s.n_frames)[None])[:, 0] for s in songs]  # (n_i, F_i)
+        frames = [f[torch.arange(max(len(f), len(shifts))) % len(f)] for f in frames]  # (reads_i, F_i)
         by_frames: dict[int, list[int]] = defaultdict(list)  # songs shorter than a chunk keep their length
         for i, f in enumerate(frames):
             by_frames[f.shape[-1]].append(i)
@@ -169,8 +173,7 @@ class TimbreSongEncoder(_ModelEncoder):
 
 def _rotation(shifts: tuple[float, ...]) -> tuple[float, ...]:
     """The order chunks take the pool's shifts in (timbre.pitch_pool_chunks = 'rotate'): the smallest
-    shifts first, so a song of one or two chunks is read nearest its own key, and a song of n chunks
-    uses every shift about n / len(shifts) times."""
+    shifts first; a song of n chunks uses every shift about n / len(shifts) times, and at least once."""
     return tuple(sorted(shifts, key=lambda s: (abs(s), s)))
 
 

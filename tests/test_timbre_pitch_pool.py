@@ -95,6 +95,20 @@ def test_rotate_reads_each_chunk_once_at_its_own_shift_smallest_first():
     assert float(got @ plain) < 0.9999
 
 
+def test_rotate_reads_a_short_songs_chunks_again_until_every_shift_is_used():
+    m = model()
+    s = song(seconds=7.0)
+    chunks = m.chunk_song(s.mel)
+    assert chunks.shape[0] == 2
+    order = (0.0, -1.0, 1.0, -2.0, 2.0)
+    by_hand = torch.cat([m.embed(mel_pitch_shift(chunks[k % 2][None], x, FEAT, SR)) for k, x in enumerate(order)])
+    got = timbre_encoder(m, meta_rotate(SHIFTS)).embed_songs([s])[0]
+    assert float(got @ F.normalize(by_hand.mean(0), dim=-1)) > 0.9999
+    # Batched with a long song, the short one's vector is the same.
+    both = timbre_encoder(m, meta_rotate(SHIFTS)).embed_songs([song(seconds=16.0), s])
+    assert float(both[1] @ got) > 0.9999
+
+
 def test_rotate_brings_a_pitched_copy_nearer_its_original():
     m = model()
     original, up, down = song(16.0), song(16.0, semitones=2.0), song(16.0, semitones=-2.0)
