@@ -115,28 +115,22 @@ def product_embedder(rec: Recommender) -> Embed:
     return embed
 
 
+def file_embedder(rec: Recommender, model: TimbreEncoder) -> Embed:
+    """`model`'s plain vector (timbre.pitch_pool off) of every file, from its features."""
+    s = rec.settings
+    encoder = timbre_encoder(model.eval())
+
+    def embed(paths: list[str]) -> np.ndarray:
+        feats = [song_features(p, s.audio, s.features) for p in paths]
+        return encoder.embed_songs(feats).cpu().numpy()
+
+    return embed
+
+
 def untrained_embedder(rec: Recommender) -> Embed:
     s = rec.settings
     torch.manual_seed(s.timbre.seed)
-    encoder = timbre_encoder(TimbreEncoder(model_config_for(s.timbre, s.features)).eval())
-
-    def embed(paths: list[str]) -> np.ndarray:
-        feats = [song_features(p, s.audio, s.features) for p in paths]
-        return encoder.embed_songs(feats).cpu().numpy()
-
-    return embed
-
-
-def plain_embedder(rec: Recommender) -> Embed:
-    """The trained model's plain vector (timbre.pitch_pool off), for every file: what pooling adds, same model."""
-    s = rec.settings
-    encoder = timbre_encoder(rec.models.timbre.model)
-
-    def embed(paths: list[str]) -> np.ndarray:
-        feats = [song_features(p, s.audio, s.features) for p in paths]
-        return encoder.embed_songs(feats).cpu().numpy()
-
-    return embed
+    return file_embedder(rec, TimbreEncoder(model_config_for(s.timbre, s.features)))
 
 
 def baseline_embedder(name: str, fit_paths: list[str], sample_rate: int) -> Embed:
@@ -224,7 +218,7 @@ def main() -> None:
     systems["untrained encoder"] = untrained_embedder(rec)
     systems["trained encoder (default, label-free)"] = product_embedder(rec)
     if rec.models.timbre.pitch_pool:
-        systems["same model, plain vector (pitch_pool off)"] = plain_embedder(rec)
+        systems["same model, plain vector (pitch_pool off)"] = file_embedder(rec, rec.models.timbre.model)  # what pooling adds
 
     results = {}
     for split, group in groups.items():

@@ -140,19 +140,19 @@ def test_nearest_neighbour_matrix_is_symmetric_and_holds_each_songs_nearest():
     assert not bool(nearest_neighbour_matrix(x, 0).any())
 
 
-def test_nearest_neighbours_in_blocks_match_the_full_similarity(monkeypatch):
-    from recsys.training import contrastive
+def test_nearest_songs_in_blocks_match_the_full_similarity(monkeypatch):
+    from recsys.training import common
 
     x = torch.nn.functional.normalize(torch.randn(37, 8, generator=torch.Generator().manual_seed(1)), dim=1)
-    whole = contrastive.nearest_neighbours(x, 3)
-    monkeypatch.setattr(contrastive, "NEIGHBOUR_BLOCK", 5)  # 8 blocks, the last of 2 rows
-    blocked = contrastive.nearest_neighbours(x, 3)
+    whole = common.nearest_songs(x, 3)
+    monkeypatch.setattr(common, "SIMILARITY_BLOCK", 5)  # 8 blocks, the last of 2 rows
+    blocked = common.nearest_songs(x, 3)
     assert blocked.shape == (37, 3) and torch.equal(blocked, whole)
     assert not bool((blocked == torch.arange(37)[:, None]).any())  # never itself
     sim = x @ x.T
     sim.fill_diagonal_(-2)
     assert torch.equal(blocked, sim.topk(3, dim=1).indices)
-    assert contrastive.nearest_neighbours(x[:1], 3).shape == (1, 0)
+    assert common.nearest_songs(x[:1], 3).shape == (1, 0)
 
 
 def test_related_songs_are_left_out_of_the_negatives_only():

@@ -1,4 +1,4 @@
-"""Pieces every training loop shares: seeds, device choice, mixed precision, early stopping, the epoch loop."""
+"""Pieces every training loop shares: seeds, device choice, mixed precision, early stopping, the epoch loop, nearest songs."""
 
 from __future__ import annotations
 
@@ -15,6 +15,25 @@ import torch
 from torch import nn
 
 from recsys.training.checkpoint import load_resume, save_resume
+
+SIMILARITY_BLOCK = 1024  # rows of the song-by-song similarity computed at once
+
+
+def nearest_songs(vectors: torch.Tensor, k: int) -> torch.Tensor:
+    """(n, d) unit song vectors -> (n, min(k, n - 1)) indices of each song's nearest other songs, nearest first.
+
+    SIMILARITY_BLOCK rows of the similarity at a time: memory block x n floats, never n x n (both trainers
+    find their pseudo-singers and pseudo-covers with it, on catalogs of any size)."""
+    n = vectors.shape[0]
+    k = min(k, n - 1)
+    if k <= 0:
+        return torch.zeros(n, 0, dtype=torch.long)
+    out = []
+    for lo in range(0, n, SIMILARITY_BLOCK):
+        sims = vectors[lo : lo + SIMILARITY_BLOCK] @ vectors.T
+        sims[torch.arange(sims.shape[0]), torch.arange(lo, lo + sims.shape[0])] = -float("inf")  # not itself
+        out.append(sims.topk(k, dim=1).indices)
+    return torch.cat(out)
 
 
 def seed_everything(seed: int) -> torch.Generator:

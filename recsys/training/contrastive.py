@@ -43,7 +43,14 @@ from recsys.training.checkpoint import (
     load_version,
     save_version,
 )
-from recsys.training.common import EarlyStopping, MixedPrecision, pick_device, run_epochs, seed_everything
+from recsys.training.common import (
+    EarlyStopping,
+    MixedPrecision,
+    nearest_songs,
+    pick_device,
+    run_epochs,
+    seed_everything,
+)
 from recsys.training.data import TrainingSong, canonical_order
 from recsys.training.sampler import BalancedChunkSampler, ChunkRef
 
@@ -175,36 +182,13 @@ def same_singer_matrix(singers: Sequence[str | None]) -> torch.Tensor:
     return (codes[:, None] == codes[None, :]) & ~torch.eye(len(codes), dtype=torch.bool)
 
 
-NEIGHBOUR_BLOCK = 4096  # rows of the similarity computed at once: memory block x n floats, not n x n
-
-
-def nearest_neighbours(vectors: torch.Tensor, k: int) -> torch.Tensor:
-    """(n, dim) unit rows -> (n, min(k, n - 1)) long: each song's k nearest other songs by cosine.
-
-    Label-free pseudo-singers: the catalog's other songs nearest a song are the likeliest
-    to be its singer's, so the trainer stops pushing them away (DeepCluster-style rounds:
-    recomputed from the model being trained every epoch). Computed NEIGHBOUR_BLOCK rows at
-    a time, so a 100k-song catalog needs 1.6 GB at most, not the 40 GB of its full matrix.
-    """
-    n = vectors.shape[0]
-    k = min(k, n - 1)
-    if k <= 0:
-        return torch.empty(n, 0, dtype=torch.long)
-    out = []
-    for lo in range(0, n, NEIGHBOUR_BLOCK):
-        sim = vectors[lo : lo + NEIGHBOUR_BLOCK] @ vectors.T
-        rows = torch.arange(sim.shape[0])
-        sim[rows, rows + lo] = -float("inf")
-        out.append(sim.topk(k, dim=1).indices)
-    return torch.cat(out)
-
-
 def nearest_neighbour_matrix(vectors: torch.Tensor, k: int) -> torch.Tensor:
-    """(n, n) bool, symmetric: j is among i's k nearest songs, or i among j's (nearest_neighbours as a
-    matrix, for studies of small catalogs; the trainer keeps the (n, k) table)."""
+    """(n, n) bool, symmetric: j is among i's k nearest songs, or i among j's (common.nearest_songs as a
+    matrix, for studies of small catalogs; the trainer keeps the (n, k) table: its pseudo-singers, each
+    song's nearest songs by the model being trained, recomputed every epoch, DeepCluster-style)."""
     n = vectors.shape[0]
     out = torch.zeros(n, n, dtype=torch.bool)
-    top = nearest_neighbours(vectors, k)
+    top = nearest_songs(vectors, k)
     if top.shape[1]:
         out[torch.arange(n)[:, None], top] = True
     return out | out.T
@@ -397,7 +381,7 @@ def train_timbre(
         losses = []
         related = None
         if not labelled and cfg.pseudo_neighbours > 0 and epoch > 0:
-            related = nearest_neighbours(embed_songs(model, [s.mel for s in train]), cfg.pseudo_neighbours)
+            related = nearest_songs(embed_songs(model, [s.mel for s in train]), cfg.pseudo_neighbours)
         for _ in tqdm(
             range(cfg.steps_per_epoch), desc=f"timbre epoch {epoch}", disable=not progress, leave=False
         ):

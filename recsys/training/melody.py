@@ -21,7 +21,6 @@ says whether the objective still improves, and keeps the best epoch's weights.
 from __future__ import annotations
 
 import contextlib
-import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -36,7 +35,14 @@ from recsys.models.melody import melody_model_config
 from recsys.models.pitch_tcae import PitchTCAE, PitchTCAEConfig
 from recsys.pitch import candidate_midi
 from recsys.training.checkpoint import catalog_fingerprint, clear_resume, save_version
-from recsys.training.common import EarlyStopping, MixedPrecision, pick_device, run_epochs, seed_everything
+from recsys.training.common import (
+    EarlyStopping,
+    MixedPrecision,
+    nearest_songs,
+    pick_device,
+    run_epochs,
+    seed_everything,
+)
 from recsys.training.data import TrainingSong
 
 if TYPE_CHECKING:
@@ -44,26 +50,11 @@ if TYPE_CHECKING:
 
 KIND = "melody"
 VALID_ANCHORS = 16  # anchors of the fixed views the monitor scores each epoch
-SIMILARITY_BLOCK = 1024  # rows of the song-by-song similarity computed at once (bounds memory on big catalogs)
 
 Song = tuple[torch.Tensor, torch.Tensor]  # (N_PITCH, T) waveform pitch salience, (T,) voicing weight
 
 
 # --- pseudo-covers ----------------------------------------------------------------------
-
-
-def nearest_songs(vectors: torch.Tensor, k: int) -> torch.Tensor:
-    """(n, d) unit song vectors -> (n, min(k, n - 1)) indices of each song's nearest other songs, nearest first."""
-    n = vectors.shape[0]
-    k = min(k, n - 1)
-    if k <= 0:
-        return torch.zeros(n, 0, dtype=torch.long)
-    out = []
-    for lo in range(0, n, SIMILARITY_BLOCK):
-        sims = vectors[lo : lo + SIMILARITY_BLOCK] @ vectors.T
-        sims[torch.arange(sims.shape[0]), torch.arange(lo, lo + sims.shape[0])] = -math.inf  # not itself
-        out.append(sims.topk(k, dim=1).indices)
-    return torch.cat(out)
 
 
 def pseudo_covers(vectors: torch.Tensor, mutual: int, exclude: int) -> tuple[list[list[int]], set[tuple[int, int]]]:
