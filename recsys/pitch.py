@@ -424,7 +424,7 @@ def _harmonic_sum(
     spec = torch.stft(
         wave, n_fft, hop_length, window=_hann(n_fft, wave.device), center=center, return_complex=True
     )
-    mag = (spec.real.square() + spec.imag.square()).sqrt_().sqrt_()  # sqrt |X|; 2x faster than abs().sqrt()
+    mag = torch.addcmul(spec.real.square(), spec.imag, spec.imag).sqrt_().sqrt_()  # sqrt |X|; 2x abs().sqrt()
     comb = harmonic_comb(n_fft, sample_rate, bins_per_semitone, n_harmonics, decay).to(mag.device)
     return comb @ mag  # dense: a BLAS matmul beats torch's sparse kernels here
 
