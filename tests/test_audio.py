@@ -37,6 +37,7 @@ from recsys.audio import (
     voiced_chunks,
     voiced_mask,
 )
+from recsys.audio.frames import keep_frames
 from recsys.config import AUDIO_EXTENSIONS, AudioConfig
 
 SR = 16000
@@ -599,3 +600,17 @@ def test_audio_imports_nothing_from_separation():
             if isinstance(node, ast.ImportFrom):
                 names = [node.module or ""]
             assert not any(n.startswith("recsys.separation") for n in names), (path.name, names)
+
+
+@pytest.mark.parametrize("n", [0, 1, 159, 160, 161, 1600, 16037])
+def test_keep_frames_keeps_exactly_the_samples_of_the_kept_frames(n):
+    """Frames are picked as rows; the result is the per-sample selection, the partial last frame included."""
+    g = torch.Generator().manual_seed(n)
+    wave = torch.randn(n, generator=g)
+    for frame in (160, 320):
+        for mask in (torch.rand(-(-n // frame), generator=g) > 0.4, torch.ones(-(-n // frame), dtype=torch.bool)):
+            want = wave[mask.repeat_interleave(frame)[:n]]
+            assert torch.equal(keep_frames(wave, mask, frame), want)
+    last = torch.zeros(-(-16037 // 160), dtype=torch.bool)
+    last[-1] = True
+    assert torch.equal(keep_frames(torch.arange(16037.0), last, 160), torch.arange(16000.0, 16037.0))

@@ -56,6 +56,24 @@ def test_tone_energy_lands_in_the_right_mel_band():
         assert band == int(fb[bin_].argmax()), freq
 
 
+@pytest.mark.parametrize("center", [True, False])
+def test_log_mel_is_torchaudios_mel_spectrogram(center):
+    """The transform squares the spectrum itself (faster than torch's complex abs); its result is
+    torchaudio's MelSpectrogram(power=2) up to float rounding."""
+    from recsys.features import _mel_transform
+
+    cfg = FeatureConfig(n_fft=1024, win_length=800, hop_length=160, n_mels=64, f_min=50.0, f_max=7000.0)
+    reference = torchaudio.transforms.MelSpectrogram(
+        sample_rate=SR, n_fft=cfg.n_fft, win_length=cfg.win_length, hop_length=cfg.hop_length, f_min=cfg.f_min,
+        f_max=cfg.f_max, n_mels=cfg.n_mels, power=2.0, center=center, pad_mode="reflect", norm="slaney",
+        mel_scale="slaney")
+    wave = _tone(440.0, 3.0) + 0.05 * torch.randn(3 * SR, generator=torch.Generator().manual_seed(0))
+    want = reference(wave)
+    got = _mel_transform(cfg, SR, center)(wave)
+    assert got.shape == want.shape
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-9)
+
+
 def test_parameters_are_configurable():
     cfg = FeatureConfig(n_fft=1024, win_length=800, hop_length=160, n_mels=80)
     mel = log_mel(_tone(440.0, 2.0), cfg, SR)
