@@ -182,6 +182,9 @@ class EquivariantMelodyConfig(_Section):
     frame_stride: int = Field(2, gt=0, description="The model runs every this many log-mel frames (16 ms each; "
                               "the waveform pitch is computed every 2). 4 halves training and embedding time, equal on "
                               "the demo catalog but below 2 on covers catalogs (docs/melody.md).")
+    smooth_frames: int = Field(11, gt=0, description="The song vector's moving mean of the pitch classes, in log-mel "
+                               "frames (recsys.pitch.SMOOTH_FRAMES): 11 = 176 ms, about one vibrato cycle, so that a "
+                               "swing of up to a semitone reads as its note; 3 (48 ms) before 2026-12-02.")
     pitch_shift: AugmentPolicy = Field(AugmentPolicy(role="positive", low=0.0, high=2.0),
                                        description="Semitones (whole, either way): positive or off.")
     time_stretch: AugmentPolicy = Field(AugmentPolicy(role="positive", low=1.0, high=1.15),

@@ -264,6 +264,7 @@ class IntervalLagConfig:
     unison: bool = False  # 'voiced-interval-lag': keep the same-pitch-class interval
     lag_bands: bool = True  # 'voiced-interval-lag': each lag pools the frame lags of its band
     pitch_source: str = "waveform"  # 'voiced-interval-lag': 'waveform' (SongFeatures.pitch) or 'mel'
+    smooth_frames: int = pitch.SMOOTH_FRAMES  # 'voiced-interval-lag': the chroma's moving mean, in frames
     # The log-mel the harmonic sums are built for.
     features: FeatureConfig = field(default_factory=FeatureConfig)
     sample_rate: int = 16000
@@ -360,7 +361,7 @@ class IntervalLagMelody:
             salience, weight = melody_timeline(song, self.device)
         else:
             salience, weight = pitch.fine_semitone_salience(mel, self.fine_harmonics), pitch.voicing_weight(mel)
-        chroma = pitch.voiced_chroma(salience)
+        chroma = pitch.voiced_chroma(salience, self.cfg.smooth_frames)
         return pitch.voiced_interval_lag_profile(chroma, weight, lags, self.cfg.unison, self.cfg.lag_bands)
 
 

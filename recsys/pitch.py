@@ -217,7 +217,12 @@ def _mean_lag_correlation(p: torch.Tensor, lag: int, block: int | None = None) -
 # voiced-interval-lag front end and descriptor (docs/melody.md). Fixed by reasoning about sung
 # audio, then checked on the demo catalog; not fitted to it.
 FINE_BINS = 3  # candidates per semitone: 33-cent steps, so intonation and tuning offsets meet a bin
-SMOOTH_FRAMES = 3  # moving mean of the log chroma over ~50 ms (16 ms hop): less frame noise; notes last longer
+# Moving mean of the log chroma over 11 frames (176 ms at the 16 ms hop): about one cycle of a singer's vibrato
+# (4.5-7 Hz), whose swing of 50-100 cents crosses into both neighbouring semitones, so that each frame reads the
+# note at the centre of its swing. Notes last longer. (3 frames, 48 ms, until 2026-12-02: deep-vibrato singers'
+# frames fell a semitone off for a quarter of the time; docs/melody.md.)
+SMOOTH_FRAMES = 11
+LEGACY_SMOOTH_FRAMES = 3  # what models saved before then read with (their catalogs' vectors were made so)
 SHARPNESS = 10.0  # chroma distribution = salience ** 10, normalised: close to the single strongest class
 VOICING_DB = 10.0  # frames this far below the song's loud frames count half (rests, breaths, reverb tails)
 VOICING_SLOPE_DB = 2.0  # the weight goes from 0.27 to 0.73 over 2 x this many dB
@@ -276,10 +281,11 @@ def fine_semitone_salience(log_mel: torch.Tensor, fine_matrix: torch.Tensor, flo
     return map_frames(block, log_mel)
 
 
-def voiced_chroma(semitone_log_salience: torch.Tensor) -> torch.Tensor:
-    """(N_PITCH, T) log salience -> (12, T) per-frame pitch-class distribution, near one-hot, smoothed over ~50 ms."""
+def voiced_chroma(semitone_log_salience: torch.Tensor, smooth_frames: int = SMOOTH_FRAMES) -> torch.Tensor:
+    """(N_PITCH, T) log salience -> (12, T) per-frame pitch-class distribution, near one-hot, smoothed over
+    `smooth_frames` frames (default: a vibrato cycle)."""
     return chroma_distribution(
-        _smooth_time(map_frames(fold_chroma_max, semitone_log_salience), SMOOTH_FRAMES), SHARPNESS
+        _smooth_time(map_frames(fold_chroma_max, semitone_log_salience), smooth_frames), SHARPNESS
     )
 
 

@@ -213,14 +213,32 @@ def _covers_scores(encoder, songs: list[TrainingSong]) -> tuple[float, float]:
 
 
 @pytest.mark.slow
-def test_the_trained_tcae_beats_the_untrained_one_on_a_covers_catalog(catalog, trained):
+def test_the_trained_tcae_is_at_least_the_untrained_one_on_a_covers_catalog(catalog, trained):
+    """With the default vibrato-cycle smoothing the untrained model (the descriptor) already finds this small
+    catalog's covers (P@1 0.938); training keeps that and lowers its loss on the fixed views. Where training
+    gains on the benchmarks (the produced covers catalog's tempo queries): docs/melody.md."""
     songs = catalog["songs"]
     untrained = melody_encoder(build_melody_model(melody_model_config(MelodyConfig(), FEAT, SR)))
     p_before, above_before = _covers_scores(untrained, songs)
     p_after, above_after = _covers_scores(melody_encoder(trained.model), songs)
-    assert p_after >= p_before and above_after < above_before, (p_before, above_before, p_after, above_after)
+    assert p_after >= p_before and above_after <= above_before, (p_before, above_before, p_after, above_after)
     assert p_after >= 0.9
     assert trained.history[-1]["valid_loss"] < trained.history[0]["valid_loss"]  # the fixed views, each epoch
+
+
+@pytest.mark.slow
+def test_training_repairs_what_the_pitch_track_gets_wrong(catalog, tmp_path):
+    """The learning itself: with the chroma smoothed over 48 ms only (smooth_frames 3, as before 2026-12-02),
+    deep-vibrato singers' frames fall a semitone off and the untrained vector misses covers; the trained
+    model's refinement of the salience finds them (P@1 0.938 -> 1.000 in development runs)."""
+    songs = catalog["songs"]
+    cfg = MelodyConfig(**{**TRAIN, "seed": 0, "equivariant": {**TRAIN["equivariant"], "smooth_frames": 3}})
+    untrained = melody_encoder(build_melody_model(melody_model_config(cfg, FEAT, SR)))
+    result = train_melody(songs, cfg, FEAT, SR, tmp_path, device="cpu")
+    assert result.model.cfg.smooth_frames == 3
+    p_before, above_before = _covers_scores(untrained, songs)
+    p_after, above_after = _covers_scores(melody_encoder(result.model), songs)
+    assert p_after > p_before and above_after < above_before, (p_before, above_before, p_after, above_after)
 
 
 @pytest.mark.slow
@@ -281,3 +299,17 @@ def test_the_channels_last_stack_computes_what_the_plain_layout_does():
     expected = torch.autograd.grad(want.square().sum(), list(m.layers[0].parameters()))
     for g, e in zip(grads, expected):
         assert torch.allclose(g, e, rtol=1e-4, atol=1e-5)
+
+
+def test_a_model_saved_before_the_smoothing_field_reads_as_it_was_trained(sung):
+    """Checkpoints without `smooth_frames` (saved before it was a field) keep the 3-frame chroma smoothing their
+    catalogs' vectors were made with; new models save the vibrato-cycle default, and it reaches the vector."""
+    saved = PitchTCAEConfig().to_dict()
+    assert saved["smooth_frames"] == pitch.SMOOTH_FRAMES
+    old = {k: v for k, v in saved.items() if k != "smooth_frames"}
+    assert PitchTCAEConfig.from_dict(old).smooth_frames == pitch.LEGACY_SMOOTH_FRAMES
+    assert PitchTCAEConfig.from_dict(saved) == PitchTCAEConfig()
+    songs = [features(w) for w in sung]
+    new_vec = PitchTCAEMelody(PitchTCAE(PitchTCAEConfig()).eval()).embed_songs(songs)
+    old_vec = PitchTCAEMelody(PitchTCAE(PitchTCAEConfig.from_dict(old)).eval()).embed_songs(songs)
+    assert (new_vec - old_vec).abs().max() > 1e-3

@@ -26,7 +26,7 @@ def melody_model_config(melody: MelodyConfig, features: FeatureConfig, sample_ra
     return PitchTCAEConfig(
         sample_rate=sample_rate, hop_length=features.hop_length,
         channels=eq.channels, n_layers=eq.n_layers, pitch_kernel=eq.pitch_kernel, time_kernel=eq.time_kernel,
-        frame_stride=eq.frame_stride,
+        frame_stride=eq.frame_stride, smooth_frames=eq.smooth_frames,
         max_lag_frames=max(1, round(MAX_LAG_SECONDS * sample_rate / features.hop_length)),
     )
 

@@ -60,11 +60,12 @@ class PitchTCAEConfig:
     max_lag_frames: int = 500
     unison: bool = False
     lag_bands: bool = True
+    smooth_frames: int = pitch.SMOOTH_FRAMES  # the chroma's moving mean (log-mel frames): a vibrato cycle
 
     def __post_init__(self) -> None:
         if self.arch != ARCH:
             raise ValueError(f"PitchTCAEConfig.arch must be {ARCH!r}, got {self.arch!r}")
-        for name in ("channels", "n_layers", "frame_stride", "n_lags", "max_lag_frames"):
+        for name in ("channels", "n_layers", "frame_stride", "n_lags", "max_lag_frames", "smooth_frames"):
             if getattr(self, name) < 1:
                 raise ValueError(f"PitchTCAEConfig.{name} must be >= 1, got {getattr(self, name)}")
         if self.pitch_kernel < 1 or self.pitch_kernel % 2 == 0:
@@ -78,6 +79,8 @@ class PitchTCAEConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> PitchTCAEConfig:
         names = {f.name for f in fields(cls)}
+        # Saved before the chroma smoothing was a field: those models (and their catalogs' vectors) read 3 frames.
+        data = {"smooth_frames": pitch.LEGACY_SMOOTH_FRAMES, **data}
         missing = names - set(data)
         if missing:
             raise ValueError(f"pitch TCAE config is missing {sorted(missing)}; got keys {sorted(data)}")
@@ -207,7 +210,8 @@ class PitchTCAE(nn.Module):
     def song_vector(self, refined: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         """(P, T) refined salience, (T,) voicing weight -> (dim,) unit melody vector (differentiable)."""
         c = self.cfg
-        return pitch.voiced_interval_lag_profile(pitch.voiced_chroma(refined), weight, c.lags, c.unison, c.lag_bands)
+        chroma = pitch.voiced_chroma(refined, c.smooth_frames)
+        return pitch.voiced_interval_lag_profile(chroma, weight, c.lags, c.unison, c.lag_bands)
 
     # --- inference --------------------------------------------------------------------
     @torch.no_grad()
