@@ -313,3 +313,12 @@ def test_a_model_saved_before_the_smoothing_field_reads_as_it_was_trained(sung):
     new_vec = PitchTCAEMelody(PitchTCAE(PitchTCAEConfig()).eval()).embed_songs(songs)
     old_vec = PitchTCAEMelody(PitchTCAE(PitchTCAEConfig.from_dict(old)).eval()).embed_songs(songs)
     assert (new_vec - old_vec).abs().max() > 1e-3
+
+
+def test_the_setting_and_the_module_default_name_one_window():
+    """melody.equivariant.smooth_frames (config.py cannot import torch) and recsys.pitch.SMOOTH_FRAMES agree, so a
+    model made from the settings and the descriptor with its defaults smooth alike."""
+    from recsys.config import EquivariantMelodyConfig
+
+    assert EquivariantMelodyConfig().smooth_frames == pitch.SMOOTH_FRAMES == PitchTCAEConfig().smooth_frames
+    assert melody_model_config(MelodyConfig(), FEAT, SR).smooth_frames == pitch.SMOOTH_FRAMES
