@@ -50,6 +50,7 @@ from recsys.errors import ModelMismatchError
 from recsys.evaluation import retrieval_metrics
 from recsys.features import song_features
 from recsys.models.timbre import TimbreEncoder
+from recsys.probes import probe_transfer
 from recsys.training.contrastive import model_config_for
 
 Embed = Callable[[list[str]], np.ndarray]
@@ -144,6 +145,27 @@ def baseline_embedder(name: str, fit_paths: list[str], sample_rate: int) -> Embe
     return lambda paths: model.embed_many([read(p) for p in paths])
 
 
+def memoised(embed: Embed) -> Embed:
+    """`embed` computed once per path (the gallery is read by the retrieval scores and by the probe)."""
+    done: dict[str, np.ndarray] = {}
+
+    def cached(paths: list[str]) -> np.ndarray:
+        todo = [p for p in dict.fromkeys(paths) if p not in done]
+        if todo:
+            done.update(zip(todo, embed(todo)))
+        return np.stack([done[p] for p in paths]) if paths else np.zeros((0, 0), np.float32)
+
+    return cached
+
+
+def gender_probe(embed: Embed, seen: list[dict], unseen: list[dict]) -> dict[str, float]:
+    """A gender probe fitted on the seen singers' produced songs, scored on the unseen singers' (held
+    out by singer): the voice attribute a space that learned the voice carries (issue 15, item 7)."""
+    train, test = ([r for r in rows if not r["copy_of"]] for rows in (seen, unseen))
+    return probe_transfer(embed([r["path"] for r in train]), [r["gender"] for r in train],
+                          embed([r["path"] for r in test]), [r["gender"] for r in test])
+
+
 def score(embed: Embed, rows: list[dict], clean: dict[str, str]) -> dict[str, float]:
     """The three query conditions over one group of singers' songs."""
     gallery = [r for r in rows if not r["copy_of"]]
@@ -167,14 +189,20 @@ def score(embed: Embed, rows: list[dict], clean: dict[str, str]) -> dict[str, fl
 
 
 def table(results: dict[tuple[str, str], dict[str, float]]) -> str:
-    cols = ("p_at_1", "map", "vote", "clean_p_at_1", "copy_p_at_1")
-    heads = ("P@1", "mAP", "top-5 vote", "clean-query P@1", "key/tempo P@1")
+    cols = ("p_at_1", "map", "vote", "clean_p_at_1", "copy_p_at_1", "pitch_copy_p_at_1", "tempo_copy_p_at_1",
+            "gender_accuracy")
+    heads = ("P@1", "mAP", "top-5 vote", "clean-query P@1", "key/tempo P@1", "of which +-2 st", "of which +-10 %",
+             "gender probe (unseen singers)")
     lines = ["| singers | system | " + " | ".join(heads) + " |", "|---|---|" + "---:|" * len(heads)]
     for (split, system), m in results.items():
         ref = results.get((split, "Resemblyzer"))
         cells = []
         for c in cols:
-            ratio = f" ({m[c] / ref[c]:.2f}x)" if ref is not None and system != "Resemblyzer" and ref[c] > 0 else ""
+            if c not in m:
+                cells.append("-")
+                continue
+            ratio = (f" ({m[c] / ref[c]:.2f}x)" if ref is not None and system != "Resemblyzer" and ref.get(c, 0) > 0
+                     else "")
             cells.append(f"{m[c]:.3f}{ratio}")
         lines.append(f"| {split} ({m['n']} songs, {m['n_copies']} copies) | {system} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -220,10 +248,13 @@ def main() -> None:
     if rec.models.timbre.pitch_pool:
         systems["same model, plain vector (pitch_pool off)"] = file_embedder(rec, rec.models.timbre.model)  # what pooling adds
 
+    systems = {name: memoised(embed) for name, embed in systems.items()}
     results = {}
     for split, group in groups.items():
         for system, embed in systems.items():
             results[(split, system)] = score(embed, group, clean)
+    for system, embed in systems.items():
+        results[("unseen", system)]["gender_accuracy"] = gender_probe(embed, groups["seen"], groups["unseen"])["accuracy"]
     print(f"catalog {tag}: {len(rows)} files ({t_corpus:.0f} s), training {t_train:.0f} s, "
           f"total {time.time() - t0 + t_corpus:.0f} s; model {rec.model_version}; "
           f"{platform.node()} {torch.get_num_threads()} threads")

@@ -138,3 +138,32 @@ def test_explorer_profile_attributes_self_time_on_the_renderer_main_thread_and_b
     assert got == {"trace: RunTask": 3.0, "trace: FunctionCall": 4.0, "trace: Layout": 2.0, "trace: Paint": 1.0}
     assert _script_bucket("http://h/static/js/PlotlyChart.D9Z0_fxz.js", "a") == "PlotlyChart"
     assert _script_bucket("", "(program)") == "(program)" and _script_bucket("", "get x") == "(native)"
+
+
+def test_timbre_real_bench_embeds_each_file_once_and_probes_gender_on_held_out_singers():
+    """The product-path bench reads the gallery twice (retrieval, then the probe): one embedding per file,
+    and the probe is fitted on one set of singers and scored on another."""
+    sys.path.insert(0, str(BENCH))
+    import bench_timbre_real as bench
+
+    calls: list[list[str]] = []
+
+    def embed(paths):
+        calls.append(list(paths))
+        return torch.tensor([[1.0 if "female" in p else -1.0, float(len(p))] for p in paths]).numpy()
+
+    cached = bench.memoised(embed)
+    first = cached(["a/female1", "b/male1", "a/female1"])
+    again = cached(["b/male1", "c/male2"])
+    assert calls == [["a/female1", "b/male1"], ["c/male2"]]
+    assert (first[0] == first[2]).all() and (again[0] == first[1]).all()
+
+    def rows(singer_ids):
+        return [{"path": f"{g}{i}/{k}", "gender": g, "copy_of": ""} for i in singer_ids for g in ("female", "male")
+                for k in range(2)] + [{"path": "copy", "gender": "male", "copy_of": "x"}]
+
+    probe = bench.gender_probe(cached, rows([1, 2]), rows([3]))
+    assert probe["accuracy"] == 1.0 and probe["majority_accuracy"] == 0.5
+    line = bench.table({("seen", "x"): {"p_at_1": 0.5, "map": 0.5, "vote": 0.5, "clean_p_at_1": 0.5,
+                                        "copy_p_at_1": 0.5, "n": 4, "n_copies": 1}}).splitlines()[-1]
+    assert line.endswith("| 0.500 | - | - | - |")
