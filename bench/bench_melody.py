@@ -61,6 +61,8 @@ FEAT = FeatureConfig()
 VARIANTS = {
     "equivariant": {"model": "equivariant"},  # the product's default melody model
     "equivariant-produced": {"model": "equivariant", "equivariant": {"production": 0.5}},  # half its views produced
+    "equivariant-no-vibrato": {"model": "equivariant", "equivariant": {"vibrato": 0.0}},  # the default before 2026-12-03
+    "equivariant-vibrato-all": {"model": "equivariant", "equivariant": {"vibrato": 1.0}},  # every view with vibrato
     "mel": {"model": "frame", "input": "mel"},
     "pitch": {"model": "frame", "input": "pitch"},
     "mel+pitch": {"model": "frame", "input": "mel+pitch"},
@@ -71,18 +73,20 @@ Song = dict  # mel, wave, singer, melody, sched [(onset s, offset s, midi)], sou
 
 
 def demo_catalog(out: Path, n_singers: int, songs: int, seconds: float, common: int = 0,
-                 produced: bool = False) -> dict:
+                 produced: bool = False, voice_models: tuple[str, ...] = ("rosenberg_cascade",)) -> dict:
     """Generate the demo catalog and the +-2 semitone query sets: {"cat": [Song], "q": {"+2": [Song], "-2": ...}}.
 
     `common` melodies sung by every singer (a covers catalog); `produced`: every song through its own
     production chain (room, EQ, band limit, noise), and the +-2 queries pitch-shifted copies of the
-    produced songs (formants move) instead of new clean takes.
+    produced songs (formants move) instead of new clean takes. `voice_models`: the synthesisers the
+    singers are dealt from (recsys.voicemodel.VOICE_MODELS).
     """
     manifest = corpus.generate_corpus(out, n_singers, songs, seconds, seed=0, sample_rate=SR, workers=2,
-                                      common_melodies=common, produced=produced)
+                                      common_melodies=common, produced=produced,
+                                      voice_models=voice_models)
     with open(manifest, encoding="utf-8") as f:
         rows = list(csv.DictReader(f))
-    voices = {v.name: v for v in corpus.make_singers(n_singers, 0)}
+    voices = {v.name: v for v in corpus.make_singers(n_singers, 0, voice_models)}
     n_mel = 1 + max(int(r["melody_id"].split("_")[1]) for r in rows)
     melodies = {m.melody_id: m for m in corpus.make_melodies(n_mel, 0)}
     sung_by: dict[str, set] = {}
@@ -277,6 +281,8 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=1, help="train the equivariant TCAE with seeds 0 .. N-1")
     ap.add_argument("--common", type=int, default=0, help="melodies every singer sings (a covers catalog)")
     ap.add_argument("--produced", action="store_true", help="per-song production; +-2 queries are shifted copies")
+    ap.add_argument("--voice-models", default="rosenberg_cascade",
+                    help="comma-separated synthesisers the singers are dealt from (recsys.voicemodel.VOICE_MODELS)")
     ap.add_argument("--cache", type=Path, default=None, help="directory to keep / reuse the synthesised catalog in")
     ap.add_argument("--markdown", type=Path, default=None, help="also write the table to this file")
     args = ap.parse_args()
@@ -289,7 +295,7 @@ def main() -> None:
             data = torch.load(cached, weights_only=False)
         else:
             data = demo_catalog(Path(tmp) / "corpus", args.singers, args.songs, args.seconds, args.common,
-                                args.produced)
+                                args.produced, tuple(args.voice_models.split(",")))
             if cached is not None:
                 cached.parent.mkdir(parents=True, exist_ok=True)
                 torch.save(data, cached)
