@@ -397,6 +397,39 @@ def produce_salience(
     return torch.log(power + mean_power * torch.exp(-snr) * noise + 1e-5)
 
 
+SALIENCE_VIBRATO_CENTS = (30.0, 100.0)  # peak deviation: sustained pop notes to opera and gospel
+SALIENCE_VIBRATO_HZ = (4.5, 7.0)
+
+
+def vibrato_salience(salience: torch.Tensor, gen: torch.Generator, frame_seconds: float) -> torch.Tensor:
+    """(B, P, T) log pitch salience, one semitone a row -> each view sung with a vibrato of its own: the
+    rows moved by depth x sin(2 pi rate t + phase) semitones, between rows by linear interpolation of
+    the power.
+
+    Why: a singer's vibrato swings the pitch by up to a semitone either side, and a semitone salience
+    reads the swing as neighbouring notes; a melody is the same sung with or without it, so a view
+    with a vibrato of its own is a positive of its song, and the encoder learns to read the note at
+    the swing's centre.
+    """
+    n, p, t = salience.shape
+
+    def col(v: torch.Tensor) -> torch.Tensor:
+        return v.to(device=salience.device, dtype=salience.dtype)[:, None]
+
+    depth = col(_uniform(n, *SALIENCE_VIBRATO_CENTS, gen) / 100.0)
+    rate = col(_uniform(n, *SALIENCE_VIBRATO_HZ, gen))
+    phase = col(_uniform(n, 0.0, 2 * math.pi, gen))
+    seconds = torch.arange(t, device=salience.device, dtype=salience.dtype)[None] * frame_seconds
+    offset = depth * torch.sin(2 * math.pi * rate * seconds + phase)  # (B, T) semitones up
+    whole = torch.floor(offset)
+    frac = (offset - whole)[:, None]
+    rows = torch.arange(p, device=salience.device)[None, :, None] - whole.long()[:, None]  # (B, P, T) source row
+    power = salience.exp()
+    below = power.gather(1, rows.clamp(0, p - 1))
+    further = power.gather(1, (rows - 1).clamp(0, p - 1))
+    return torch.log((1 - frac) * below + frac * further)
+
+
 # --- pair policies ----------------------------------------------------------------------
 
 PITCH_POSITIVE = AugmentPolicy(role="positive", low=0.0, high=2.0)  # semitones

@@ -193,6 +193,9 @@ class EquivariantMelodyConfig(_Section):
     production: float = Field(0.0, ge=0, le=1, description="Share of training views put through a production chain "
                               "of their own on the salience (recsys.augment.produce_salience: EQ tilt, a high-pass's "
                               "low-pitch loss, a room's tail, a noise floor).")
+    vibrato: float = Field(0.5, ge=0, le=1, description="Share of training views sung with a vibrato of their own "
+                           "(recsys.augment.vibrato_salience: 30-100 cents, 4.5-7 Hz), positives of their song: the "
+                           "model learns to read a swinging note at its centre (docs/melody.md; 0 before 2026-12-03).")
     songs_per_step: int = Field(16, gt=1, description="Songs per step, half of them pseudo-covers of the other half.")
     steps_per_epoch: int = Field(10, gt=0)
     temperature: float = Field(0.1, gt=0)

@@ -292,3 +292,48 @@ def test_melody_views_get_production_only_when_asked():
     assert all(not torch.allclose(p, q) for p, q in zip(plain, produced))
     with pytest.raises(ValueError):
         MelodyConfig(equivariant={"production": 1.5})
+
+
+def test_vibrato_swings_a_held_note_by_its_depth_at_its_rate_and_keeps_its_power():
+    from recsys import pitch
+    from recsys.augment import SALIENCE_VIBRATO_CENTS, SALIENCE_VIBRATO_HZ, vibrato_salience
+
+    frame_s, frames, row = 0.016, 125, 17  # a note held 2 s on row 17 over a floor 60 dB down
+    sal = torch.full((pitch.N_PITCH, frames), math.log(1e-6))
+    sal[row] = 0.0
+    views = sal.expand(32, -1, -1).clone()
+    out = vibrato_salience(views, torch.Generator().manual_seed(0), frame_s)
+    assert torch.equal(out, vibrato_salience(views, torch.Generator().manual_seed(0), frame_s))
+    power = out.exp()
+    rows = torch.arange(pitch.N_PITCH, dtype=out.dtype)[None, :, None]
+    swing = (power * rows).sum(1) / power.sum(1) - row  # (views, frames) semitones from the note
+    low, high = SALIENCE_VIBRATO_CENTS[0] / 100, SALIENCE_VIBRATO_CENTS[1] / 100
+    peak = swing.abs().amax(-1)  # 2 s hold several cycles: each view reaches its peak
+    assert bool((peak > 0.95 * low).all()) and bool((peak < 1.01 * high).all())
+    assert bool((swing.amax(-1) > 0).all()) and bool((swing.amin(-1) < 0).all())  # up and down
+    assert float(peak.max() - peak.min()) > 0.3  # each view its own depth
+    crossings = ((swing[:, 1:] > 0) != (swing[:, :-1] > 0)).sum(-1).float()  # two a cycle
+    seconds = frames * frame_s
+    assert bool((crossings >= 2 * SALIENCE_VIBRATO_HZ[0] * seconds - 2).all())
+    assert bool((crossings <= 2 * SALIENCE_VIBRATO_HZ[1] * seconds + 2).all())
+    assert torch.allclose(power.sum(1), sal.exp().sum(0).expand(32, -1), rtol=1e-4)  # moved, not made
+    assert int((power.argmax(1) - row).abs().max()) <= 1  # within a semitone of the note
+
+
+def test_melody_views_get_vibrato_only_when_asked():
+    from recsys.config import MelodyConfig
+    from recsys.training.melody import draw_views
+
+    gen = torch.Generator().manual_seed(0)
+    songs = [(tone_then_rest_salience(220.0), torch.rand(126, generator=gen))]
+    off = MelodyConfig(equivariant={"pitch_shift": {"role": "off"}, "time_stretch": {"role": "off"},
+                                    "vibrato": 0.0}).equivariant
+    assert MelodyConfig().equivariant.vibrato == 0.5  # the default: half the views
+    plain, w_plain = draw_views(songs, [0] * 4, 100, off, torch.Generator().manual_seed(5))
+    again, _ = draw_views(songs, [0] * 4, 100, off.model_copy(update={"vibrato": 0.0}), torch.Generator().manual_seed(5))
+    sung, w_sung = draw_views(songs, [0] * 4, 100, off.model_copy(update={"vibrato": 1.0}),
+                              torch.Generator().manual_seed(5))
+    assert torch.equal(plain, again) and torch.equal(w_plain, w_sung)
+    assert all(not torch.allclose(p, q) for p, q in zip(plain, sung))
+    with pytest.raises(ValueError):
+        MelodyConfig(equivariant={"vibrato": -0.1})

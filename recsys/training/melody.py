@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from tqdm.auto import tqdm
 
-from recsys.augment import crop_stretch, draw_rates, draw_semitones, produce_salience
+from recsys.augment import crop_stretch, draw_rates, draw_semitones, produce_salience, vibrato_salience
 from recsys.config import EquivariantMelodyConfig, FeatureConfig, MelodyConfig
 from recsys.encoders import melody_timeline
 from recsys.models.melody import melody_model_config
@@ -91,8 +91,8 @@ def draw_views(
     frame_seconds: float = 0.016,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One view per pick: a random crop of `frames` frames, time-stretched and pitch-shifted per the policies,
-    and a share `eq.production` of them through a production chain of their own (`frame_seconds`: the
-    frame hop, the room's time scale) -> (B, P, frames) salience and (B, frames) voicing weights."""
+    a share `eq.vibrato` of them sung with a vibrato of their own, and a share `eq.production` through a
+    production chain of their own (`frame_seconds`: the frame hop, the time scale of both) -> (B, P, frames) salience and (B, frames) voicing weights."""
     n = len(picks)
     rates = draw_rates(eq.time_stretch, n, gen) if eq.time_stretch.role == "positive" else torch.ones(n)
     shifts = draw_semitones(eq.pitch_shift, n, gen) if eq.pitch_shift.role == "positive" else torch.zeros(n)
@@ -106,6 +106,10 @@ def draw_views(
         sal_out.append(shift_pitch(view[:-1], round(float(shifts[i]))))
         w_out.append(view[-1])
     sal_views = torch.stack(sal_out)
+    if eq.vibrato > 0:
+        sung = (torch.rand(n, generator=gen) < eq.vibrato).nonzero()[:, 0]
+        if len(sung):
+            sal_views[sung] = vibrato_salience(sal_views[sung], gen, frame_seconds)
     if eq.production > 0:
         produced = (torch.rand(n, generator=gen) < eq.production).nonzero()[:, 0]
         if len(produced):
