@@ -2,6 +2,7 @@
 
     python bench/bench_timbre_real.py [--small] [--singers 30] [--songs 8] [--seconds 30]
         [--seed 0] [--workers N] [--out DIR] [--baselines mfcc_stats,resemblyzer] [--retrain]
+        [--front-ends log-mel,speaker]
 
 The catalog (recsys.corpus.generate_corpus) has every song through its own production
 chain (EQ, band limit, room, noise at 20-40 dB SNR, level), two synthesisers, covers, and
@@ -21,8 +22,10 @@ produced songs and the queries are
 
 A hit is a song of the query's singer (recsys.evaluation.retrieval_metrics). The same
 audio is scored by MFCC statistics, Resemblyzer (the `speaker` extra, when installed) and
-the untrained encoder (the default architecture at its initial weights). Ratios are to
-Resemblyzer. Prints a markdown table.
+the untrained encoder (the default architecture at its initial weights); with
+`--front-ends log-mel,speaker` the product is also trained, in a workspace of its own, with
+`timbre.front_end: speaker` (Resemblyzer's partials under a back end trained on the catalog), so
+the two front ends are scored side by side. Ratios are to Resemblyzer. Prints a markdown table.
 """
 
 from __future__ import annotations
@@ -72,14 +75,15 @@ def catalogs(out: Path, args: argparse.Namespace) -> tuple[list[dict], dict[str,
     return rows(produced), {r["song_id"]: r["path"] for r in rows(clean)}
 
 
-def train_product(ws: Path, rows: list[dict], retrain: bool) -> Recommender:
-    """Ingest by path only (no labels) and train with every default; a workspace already trained
-    on the same files is reused unless `retrain`."""
+def train_product(ws: Path, rows: list[dict], retrain: bool, front_end: str = "log-mel") -> Recommender:
+    """Ingest by path only (no labels) and train with every default but `front_end`; a workspace already
+    trained on the same files is reused unless `retrain`."""
+    overrides = {} if front_end == "log-mel" else {"timbre": {"front_end": front_end}}
     listing = "path\n" + "".join(f"{r['path']}\n" for r in rows)
     manifest = ws / "paths.csv"
     trained = (ws / "models" / "CURRENT").is_file() and manifest.is_file()
     if not retrain and trained and manifest.read_text(encoding="utf-8") == listing:
-        rec = Recommender.open(workspace=ws)
+        rec = Recommender.open(workspace=ws, **overrides)
         try:
             _ = rec.models  # trained for today's audio settings?
             return rec
@@ -89,7 +93,7 @@ def train_product(ws: Path, rows: list[dict], retrain: bool) -> Recommender:
         shutil.rmtree(ws)
     ws.mkdir(parents=True)
     manifest.write_text(listing, encoding="utf-8")
-    rec = Recommender.open(workspace=ws)
+    rec = Recommender.open(workspace=ws, **overrides)
     rec.ingest(manifest, workers=1)
     rec.train()
     return rec
@@ -219,6 +223,8 @@ def main() -> None:
     p.add_argument("--out", type=Path, default=Path("bench_out/timbre_real"))
     p.add_argument("--baselines", default="mfcc_stats,resemblyzer")
     p.add_argument("--retrain", action="store_true", help="train again even if the workspace is trained")
+    p.add_argument("--front-ends", default="log-mel", help="timbre.front_end values to train and score, "
+                   "e.g. log-mel,speaker (the first is the default row)")
     args = p.parse_args()
     if args.small:
         args.singers, args.songs, args.seconds = 12, 4, 12.0
@@ -231,9 +237,15 @@ def main() -> None:
     unseen = set(singers[2::3])
     groups = {"seen": [r for r in rows if r["singer"] not in unseen], "unseen": [r for r in rows if r["singer"] in unseen]}
 
+    front_ends = [f for f in args.front_ends.split(",") if f]
     t0 = time.time()
-    rec = train_product(out / "workspace", groups["seen"], args.retrain)
+    rec = train_product(out / "workspace", groups["seen"], args.retrain, front_ends[0])
     t_train = time.time() - t0
+    others = {}
+    for front_end in front_ends[1:]:
+        began = time.time()
+        others[front_end] = train_product(out / f"workspace-{front_end}", groups["seen"], args.retrain, front_end)
+        print(f"front end {front_end}: trained in {time.time() - began:.0f} s", file=sys.stderr)
 
     fit = [r["path"] for r in groups["seen"] if not r["copy_of"]]
     systems: dict[str, Embed] = {}
@@ -244,8 +256,11 @@ def main() -> None:
         except ImportError as e:
             print(f"skipping {name}: {e}", file=sys.stderr)
     systems["untrained encoder"] = untrained_embedder(rec)
-    systems["trained encoder (default, label-free)"] = product_embedder(rec)
-    if rec.models.timbre.pitch_pool:
+    systems[f"trained encoder (default, label-free{'' if front_ends[0] == 'log-mel' else ', ' + front_ends[0]})"] = \
+        product_embedder(rec)
+    for front_end, other in others.items():
+        systems[f"trained encoder, timbre.front_end {front_end} (label-free)"] = product_embedder(other)
+    if getattr(rec.models.timbre, "pitch_pool", ()):
         systems["same model, plain vector (pitch_pool off)"] = file_embedder(rec, rec.models.timbre.model)  # what pooling adds
 
     systems = {name: memoised(embed) for name, embed in systems.items()}

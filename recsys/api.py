@@ -146,15 +146,38 @@ class Recommender:
             raise EmptyCatalogError(f"the catalog ({_where(self.settings)}) has no songs",
                                     "run `recsys ingest SOURCE` first")
         tag = audio_tag(self.settings.audio, self.separation)  # a model version depends on the clean-up too
+        needs = training_needs(self.settings.melody)
+        speaker = self.settings.timbre.front_end == "speaker"
+        if speaker:
+            from recsys.speaker import check_available
+
+            check_available()
         out = []
         for i, song in enumerate(rows):
-            feats = song_features(song["path"], self.settings.audio, self.settings.features,
-                                  self.workspace.separator, needs=training_needs(self.settings.melody))
-            out.append(TrainingSong(song["id"], feats, song["singer"], song["content_hash"] + tag,
-                                    song["metadata"]))
+            if speaker:  # the pair policies act on the waveform: one voiced song in memory at a time
+                out.append(self._speaker_training_song(song, needs, tag))
+            else:
+                feats = song_features(song["path"], self.settings.audio, self.settings.features,
+                                      self.workspace.separator, needs=needs)
+                out.append(TrainingSong(song["id"], feats, song["singer"], song["content_hash"] + tag,
+                                        song["metadata"]))
             if progress:
                 progress(i + 1, len(rows))
         return out
+
+    def _speaker_training_song(self, song: dict[str, Any], needs: frozenset[str], tag: str) -> TrainingSong:
+        """A training song for timbre.front_end speaker: its features and its waveform views' partials."""
+        from recsys.augment import resolve_policy
+        from recsys.features import voiced_wave_features
+        from recsys.training.common import pick_device
+        from recsys.training.speaker import training_views
+
+        cfg = self.settings
+        wave, feats = voiced_wave_features(song["path"], needs, cfg.audio, cfg.features, self.workspace.separator)
+        views = training_views(wave, cfg.audio.sample_rate, resolve_policy(cfg.timbre), cfg.timbre.seed,
+                               song["content_hash"], pick_device(cfg.device))
+        return TrainingSong(song["id"], feats, song["singer"], song["content_hash"] + tag, song["metadata"],
+                            speaker_views=views)
 
     def train(self, which: Literal["both", "timbre", "melody"] = "both", songs: list[TrainingSong] | None = None,
               progress: bool = False, log: Callable[[dict], None] | None = None, embed: bool = True) -> dict[str, Any]:
@@ -170,7 +193,12 @@ class Recommender:
                                     "ingest more songs with `recsys ingest SOURCE`")
         cfg, results = self.settings, {}
         audio = audio_fingerprint(cfg.audio, self.separation)
-        if which in ("both", "timbre"):
+        if which in ("both", "timbre") and cfg.timbre.front_end == "speaker":
+            from recsys.training.speaker import train_speaker_timbre
+
+            results["timbre"] = train_speaker_timbre(songs, cfg.timbre, cfg.features, cfg.audio.sample_rate,
+                                                     cfg.workspace, device=cfg.device, log=log, audio=audio)
+        elif which in ("both", "timbre"):
             results["timbre"] = train_timbre(songs, cfg.timbre, cfg.features, cfg.audio.sample_rate, cfg.workspace,
                                              device=cfg.device, progress=progress, log=log, audio=audio)
         if which in ("both", "melody"):

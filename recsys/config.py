@@ -112,6 +112,12 @@ class AugmentPolicy(_Section):
 class TimbreConfig(_Section):
     """Contrastive timbre/style encoder (recsys.models.timbre, recsys.training.contrastive)."""
 
+    # log-mel: on the produced development catalogs it leads every retrieval column (docs/evaluation.md, issue 15).
+    front_end: Literal["log-mel", "speaker"] = Field(
+        "log-mel", description="What the contrastive encoder reads: 'log-mel' (the project's own convolutional "
+        "encoder) or 'speaker' (Resemblyzer's pretrained GE2E d-vectors of 1.6 s partials, weights in its wheel, "
+        "the `speaker` extra; a back end trained over them with the same pair policies, applied to the waveform). "
+        "Takes effect at the next `recsys train`.")
     policy: str = Field("ps_neg_ts_pos", description="Named pair policy; see recsys.augment.PAIR_POLICIES.")
     pitch_shift: AugmentPolicy | None = Field(None, description="Overrides the named policy's pitch shift.")
     time_stretch: AugmentPolicy | None = Field(None, description="Overrides the named policy's time stretch.")

@@ -8,6 +8,8 @@ contract, so a learned model and a learning-free descriptor are interchangeable:
 
 - :class:`TimbreSongEncoder`  the contrastive timbre model (recsys.models.timbre), all
   songs' chunks batched through it;
+- :class:`SpeakerTimbreEncoder`  the contrastive back end over the pretrained speaker front
+  end's partials (recsys.models.speaker_timbre; `timbre.front_end: speaker`);
 - :class:`PitchTCAEMelody`  the pitch-equivariant TCAE (recsys.models.pitch_tcae): the
   interval-lag profile of the pitch its trained latents refine, the default melody vector;
 - :class:`TCAEMelodyEncoder`  the per-frame TCAE's pooled latents (recsys.models.tcae);
@@ -34,6 +36,7 @@ from recsys.config import FeatureConfig, MelodyConfig
 from recsys.features import SongFeatures
 from recsys.models.melody import MelodyModel
 from recsys.models.pitch_tcae import PitchTCAE
+from recsys.models.speaker_timbre import SpeakerBackEnd, pad_partials
 from recsys.models.tcae import PITCH_SOURCES, PROFILE_POOLS, TCAE, TCAEConfig
 from recsys.models.timbre import TimbreEncoder
 
@@ -44,6 +47,7 @@ MAX_TIMBRE_CHUNKS_PER_PASS = 512  # chunks per timbre forward pass on a GPU (bou
 CPU_TIMBRE_CHUNKS_PER_PASS = 128  # on the CPU: as fast per chunk, and a quarter of the activations in memory
 MEL = frozenset({"mel"})
 MEL_AND_PITCH = frozenset({"mel", "pitch"})
+SPEAKER = frozenset({"speaker"})
 
 
 class SongEncoder(Protocol):
@@ -169,6 +173,24 @@ class TimbreSongEncoder(_ModelEncoder):
                 for (i, lo, hi), zi in zip(part, out.split([hi - lo for _, lo, hi in part])):
                     z[i][lo:hi] = zi
         return torch.stack([F.normalize(zi.mean(0), dim=-1) for zi in z])  # (B, dim)
+
+
+class SpeakerTimbreEncoder(_ModelEncoder):
+    """Timbre vectors from the speaker front end: each song's partials through the trained back end, one
+    song a pass (a song's attention spans all its partials; padding other songs' would change nothing)."""
+
+    needs = SPEAKER
+
+    def __init__(self, model: SpeakerBackEnd) -> None:
+        super().__init__(model.eval())
+
+    @torch.no_grad()
+    def embed_songs(self, songs: Sequence[SongFeatures]) -> torch.Tensor:
+        _check_songs(songs, self.needs)
+        if not songs:
+            return torch.zeros(0, self.dim, device=self.device)
+        self.model.eval()
+        return torch.cat([self.model(*pad_partials([s.speaker.float()], self.device)) for s in songs])
 
 
 def _rotation(shifts: tuple[float, ...]) -> tuple[float, ...]:
@@ -365,9 +387,12 @@ class IntervalLagMelody:
         return pitch.voiced_interval_lag_profile(chroma, weight, lags, self.cfg.unison, self.cfg.lag_bands)
 
 
-def timbre_encoder(model: TimbreEncoder, meta: dict | None = None) -> TimbreSongEncoder:
+def timbre_encoder(model: TimbreEncoder | SpeakerBackEnd, meta: dict | None = None
+                   ) -> TimbreSongEncoder | SpeakerTimbreEncoder:
     """A loaded timbre model behind the encoder contract; `meta`, its version's recorded config, says
     whether its vector is pooled over pitch (training.pitch_pool) and the mel bands to shift."""
+    if isinstance(model, SpeakerBackEnd):
+        return SpeakerTimbreEncoder(model)
     training = (meta or {}).get("training", {})
     shifts = tuple(training.get("pitch_pool", ()))
     if not shifts:

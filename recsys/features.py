@@ -1,4 +1,4 @@
-"""Per-song features on shared frames: the log-mel, and the waveform pitch where an encoder reads it.
+"""Per-song features on shared frames: the log-mel, and the waveform pitch or speaker partials where an encoder reads them.
 
 Log-mel defaults (recsys.config.FeatureConfig): 16 kHz, window and FFT 512, hop
 256, 48 mel bands, so one frame is 16 ms and 30 s of audio is 1876 frames.
@@ -29,13 +29,15 @@ if TYPE_CHECKING:
     from recsys.separation import Separator
 
 
-FEATURES = ("mel", "pitch")  # what a SongFeatures can carry; an encoder's `needs` names some of them
+FEATURES = ("mel", "pitch", "speaker")  # what a SongFeatures can carry; an encoder's `needs` names some of them
 _HOW = {
     "mel": "recsys.features.log_mel of the voiced audio",
     "pitch": "recsys.pitch.wave_pitch(voiced_wave, sample_rate, hop_length), e.g. "
     "recsys.features.song_features(..., needs=frozenset({'mel', 'pitch'}))",
+    "speaker": "recsys.speaker.speaker_partials(voiced_wave, sample_rate), e.g. "
+    "recsys.features.song_features(..., needs=frozenset({'mel', 'speaker'}))",
 }
-_WHAT = {"mel": "the log-mel", "pitch": "the waveform pitch"}
+_WHAT = {"mel": "the log-mel", "pitch": "the waveform pitch", "speaker": "the speaker front end's partials"}
 
 
 def check_needs(needs: Iterable[str]) -> frozenset[str]:
@@ -54,6 +56,8 @@ class SongFeatures:
     mel: (n_mels, T) float32 natural-log mel power of the voiced audio.
     pitch: (N_PITCH, T) waveform pitch salience (recsys.pitch.wave_pitch) of the same
     audio, or None when no encoder asked for it. Arrays are turned into tensors.
+    speaker: (K, 256) float32 d-vectors of the voiced audio's 1.6 s partials (recsys.speaker), not on
+    the frames; None unless an encoder reads them (timbre.front_end: speaker).
     times: (T,) int64, each frame's position on the song's own timeline where the clean-up
     cut silence (recsys.audio.VoicedStream.timeline), strictly increasing; None when the
     frames are the timeline. The melody vector puts its frames back there: a melody's rests
@@ -63,6 +67,7 @@ class SongFeatures:
     mel: torch.Tensor
     pitch: torch.Tensor | None = None
     times: torch.Tensor | None = None
+    speaker: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
         mel = torch.as_tensor(self.mel)
@@ -83,6 +88,11 @@ class SongFeatures:
                 raise ValueError(f"expected ({mel.shape[-1]},) strictly increasing frame times, "
                                  f"got shape {tuple(times.shape)}")
             object.__setattr__(self, "times", times)
+        if self.speaker is not None:
+            speaker = torch.as_tensor(self.speaker)
+            if speaker.dim() != 2 or speaker.shape[0] < 1:
+                raise ValueError(f"expected speaker partials (K >= 1, dim), got shape {tuple(speaker.shape)}")
+            object.__setattr__(self, "speaker", speaker)
 
     @property
     def n_frames(self) -> int:
@@ -91,7 +101,7 @@ class SongFeatures:
     @property
     def available(self) -> frozenset[str]:
         """The names of the features this value carries."""
-        return frozenset({"mel"} | ({"pitch"} if self.pitch is not None else set()))
+        return frozenset({"mel"} | {name for name in ("pitch", "speaker") if getattr(self, name) is not None})
 
     def require(self, needs: Iterable[str]) -> None:
         """Raise ValueError naming each feature of `needs` this value lacks, and how to compute it."""
@@ -105,8 +115,10 @@ class SongFeatures:
 
     def to(self, device: torch.device | str) -> SongFeatures:
         """The same features on `device`."""
-        return SongFeatures(self.mel.to(device), None if self.pitch is None else self.pitch.to(device),
-                            None if self.times is None else self.times.to(device))
+        def moved(x: torch.Tensor | None) -> torch.Tensor | None:
+            return None if x is None else x.to(device)
+
+        return SongFeatures(self.mel.to(device), moved(self.pitch), moved(self.times), moved(self.speaker))
 
     def on_timeline(self, frames: torch.Tensor, fill: float) -> torch.Tensor:
         """(..., T) values on these frames -> (..., times[-1] + 1) on the song's own timeline, `fill` where
@@ -187,7 +199,8 @@ def wave_features(
 ) -> SongFeatures:
     """(N,) voiced waveform at audio_cfg.sample_rate -> SongFeatures: the log-mel, plus what `needs` names.
 
-    The waveform pitch (needs 'pitch') lands on the log-mel's frames (same hop, centred).
+    The waveform pitch (needs 'pitch') lands on the log-mel's frames (same hop, centred); the speaker
+    partials (needs 'speaker') are the whole wave's.
     """
     needs = check_needs(needs)
     wave = torch.as_tensor(wave)
@@ -195,7 +208,12 @@ def wave_features(
         raise ValueError(f"expected one song's (N,) waveform, got shape {tuple(wave.shape)}")
     mel = log_mel(wave, feature_cfg, audio_cfg.sample_rate)
     pitch = wave_pitch(wave, audio_cfg.sample_rate, feature_cfg.hop_length) if "pitch" in needs else None
-    return SongFeatures(mel, pitch)
+    speaker = None
+    if "speaker" in needs:
+        from recsys.speaker import speaker_partials
+
+        speaker = speaker_partials(wave, audio_cfg.sample_rate, wave.device)
+    return SongFeatures(mel, pitch, speaker=speaker)
 
 
 def voiced_wave_features(
@@ -209,7 +227,7 @@ def voiced_wave_features(
     times = stream.timeline(feature_cfg.hop_length)
     wave = torch.cat(list(stream.blocks))
     feats = wave_features(wave, needs, audio_cfg, feature_cfg)
-    return wave, SongFeatures(feats.mel, feats.pitch, times)
+    return wave, SongFeatures(feats.mel, feats.pitch, times, feats.speaker)
 
 
 def derived_times(base: SongFeatures, derived: SongFeatures, tempo: float = 1.0) -> torch.Tensor | None:
@@ -265,7 +283,7 @@ def stream_features(
     times = stream.timeline(hop)
     if n <= max(block, WAVE_N_FFT, feature_cfg.n_fft):
         short = wave_features(torch.cat(list(stream.blocks)), needs, audio_cfg, feature_cfg)
-        return SongFeatures(short.mel, short.pitch, times)
+        return SongFeatures(short.mel, short.pitch, times, short.speaker)
     blocks = iter(stream.blocks)
     head = next(blocks)
     device = head.device
@@ -292,10 +310,17 @@ def stream_features(
                 pitch[:, lo:hi] = held[:, : hi - lo]
 
         parts.append((pitch_frames, put_pitch))
+    speaker = None
+    if "speaker" in needs:  # each block's partials its own (recsys.speaker.StreamPartials)
+        from recsys.speaker import StreamPartials
+
+        speaker = StreamPartials(sr, block, device)
     for wave in itertools.chain([head], blocks):
         for piece in wave.split(block):
             for frames, put in parts:
                 put(frames.push(piece))
+            if speaker is not None:
+                speaker.push(piece)
     for frames, put in parts:
         put(frames.finish())
-    return SongFeatures(mel, pitch, times)
+    return SongFeatures(mel, pitch, times, None if speaker is None else speaker.finish())

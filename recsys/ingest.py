@@ -61,6 +61,7 @@ class PreparedSong:
     mel: np.ndarray | None = None  # (n_mels, T) float32 log-mel of the voiced audio
     pitch: np.ndarray | None = None  # (N_PITCH, T) float32 waveform pitch, when an encoder reads it
     times: np.ndarray | None = None  # (T,) int64 frame positions on the file's timeline (SongFeatures.times)
+    speaker: np.ndarray | None = None  # (K, 256) float32 speaker partials, when the timbre front end reads them
 
     def features(self) -> SongFeatures:
         import torch
@@ -69,8 +70,10 @@ class PreparedSong:
 
         if self.mel is None:
             raise ValueError(f"{self.song.entry.path} was prepared without features and cannot be embedded")
-        return SongFeatures(torch.from_numpy(self.mel), None if self.pitch is None else torch.from_numpy(self.pitch),
-                            None if self.times is None else torch.from_numpy(self.times))
+        def tensor(x: np.ndarray | None) -> torch.Tensor | None:
+            return None if x is None else torch.from_numpy(x)
+
+        return SongFeatures(torch.from_numpy(self.mel), tensor(self.pitch), tensor(self.times), tensor(self.speaker))
 
 
 @dataclass(frozen=True)
@@ -159,7 +162,7 @@ def prepare_file(
                 "too_long",
                 f"{entry.path}: {info.duration:.0f} s is longer than audio.max_file_seconds={cfg.max_file_seconds}",
             )
-        mel = pitch = times = None
+        mel = pitch = times = speaker = None
         if features is None or not needs:
             chunks = iter_voiced_chunks(entry.path, cfg, separator=separator)
             n_voiced = sum(batch.shape[0] for batch in chunks)  # flat memory
@@ -179,6 +182,7 @@ def prepare_file(
             mel = feats.mel.numpy()
             pitch = None if feats.pitch is None else feats.pitch.numpy()
             times = None if feats.times is None else feats.times.numpy()
+            speaker = None if feats.speaker is None else feats.speaker.numpy()
         digest = entry.content_hash or content_hash(entry.path)
     except AudioError as e:
         return FileFailure(str(entry.path), e.cause, str(e))
@@ -193,7 +197,7 @@ def prepare_file(
         format=info.format,
         n_voiced_chunks=n_voiced,
     )
-    return PreparedSong(song, mel, pitch, times)
+    return PreparedSong(song, mel, pitch, times, speaker)
 
 
 def embed_prepared(embedder: Embedder, prepared: Sequence[PreparedSong]) -> list[EmbeddedSong]:

@@ -121,7 +121,9 @@ def test_song_features_decode_once_and_compute_only_what_is_needed(sung, monkeyp
     assert voiced.numel() < sung.numel()  # the rest was removed before the features
     assert torch.equal(both.mel, log_mel(voiced, cfg, SR)) and torch.equal(both.mel, song_mel(sung, audio, cfg))
     assert both.pitch is not None and torch.equal(both.pitch, wave_pitch(voiced, SR, cfg.hop_length))
-    assert both.pitch.shape == (N_PITCH, both.n_frames) and both.available == {"mel", "pitch"}
+    assert both.pitch.shape == (N_PITCH, both.n_frames) and both.available == set(FEATURES)
+    # the speaker front end's partials of the same voiced audio, 1.3 a second
+    assert both.speaker.shape[1] == 256 and 3 <= both.speaker.shape[0] <= 1.3 * voiced.numel() / SR + 1
     mel_only = song_features(sung, audio, cfg)
     assert mel_only.pitch is None and torch.equal(mel_only.mel, both.mel) and mel_only.available == {"mel"}
     from_wave = wave_features(voiced, {"mel", "pitch"}, audio, cfg)

@@ -147,6 +147,8 @@ def test_prepare_file_computes_the_features_asked_for(corpus, tmp_path):
     np.testing.assert_array_equal(with_pitch.mel, reference.mel.numpy())
     np.testing.assert_array_equal(with_pitch.pitch, reference.pitch.numpy())
     assert with_pitch.pitch.shape == (44, reference.mel.shape[-1])
+    np.testing.assert_allclose(with_pitch.speaker, reference.speaker.numpy(), atol=1e-5)  # crosses processes too
+    assert torch.equal(with_pitch.features().speaker, torch.from_numpy(with_pitch.speaker))
 
 
 # ---------------------------------------------------------------------------- the job, in process

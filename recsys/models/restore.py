@@ -13,14 +13,19 @@ from typing import Any, TypeVar
 from torch import nn
 
 from recsys.models.melody import MelodyModel, build_melody_model, config_from_dict
+from recsys.models.speaker_timbre import FRONT_END as SPEAKER_FRONT_END
+from recsys.models.speaker_timbre import SpeakerBackEnd, SpeakerBackEndConfig
 from recsys.models.timbre import TimbreEncoder, TimbreModelConfig
 from recsys.training.checkpoint import CheckpointMismatchError, ModelVersion
 
 M = TypeVar("M", bound=nn.Module)
 
 
-def restore_timbre(meta: ModelVersion, state: dict[str, Any]) -> TimbreEncoder:
-    """A timbre checkpoint -> its TimbreEncoder on the CPU in eval mode."""
+def restore_timbre(meta: ModelVersion, state: dict[str, Any]) -> TimbreEncoder | SpeakerBackEnd:
+    """A timbre checkpoint -> its model on the CPU in eval mode: the log-mel TimbreEncoder, or the back end
+    over the speaker front end when the version records `front_end: speaker`."""
+    if meta.model_config.get("front_end") == SPEAKER_FRONT_END:
+        return _restored(SpeakerBackEnd(SpeakerBackEndConfig.from_dict(meta.model_config)), state, meta)
     names = {f.name for f in fields(TimbreModelConfig)}  # meta also keeps the features and sample rate
     cfg = TimbreModelConfig.from_dict({k: v for k, v in meta.model_config.items() if k in names})
     return _restored(TimbreEncoder(cfg), state, meta)

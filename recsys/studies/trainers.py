@@ -94,6 +94,13 @@ class TimbreTrainer:
               log: EpochLog | None = None) -> Trained:
         from recsys.training.contrastive import train_timbre
 
+        if settings.timbre.front_end != "log-mel":
+            from recsys.errors import InvalidOptionError
+
+            raise InvalidOptionError(
+                f"timbre.front_end {settings.timbre.front_end!r}: the studies train the log-mel encoder only",
+                "compare the front ends with `python bench/bench_timbre_real.py --front-ends log-mel,speaker`, "
+                "or set timbre.front_end: log-mel for the study")
         return _trained(train_timbre(
             songs, settings.timbre, settings.features, settings.audio.sample_rate, workspace,
             device=settings.device, resume=resume, log=log,

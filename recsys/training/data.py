@@ -24,6 +24,8 @@ class TrainingSong:
     singer: str | None = None  # None: unlabelled
     content_hash: str = ""  # identifies the audio the features came from (with its audio-settings tag)
     metadata: dict[str, Any] = field(default_factory=dict)
+    # timbre.front_end speaker: {view: (role, (K, 256) partials)} of waveform views (recsys.training.speaker)
+    speaker_views: dict[str, tuple[str, torch.Tensor]] | None = None
 
     @property
     def mel(self) -> torch.Tensor:

@@ -1,0 +1,163 @@
+"""Contrastive training of the back end over the pretrained speaker front end (`timbre.front_end: speaker`).
+
+The pair policies act on the waveform here (the front end reads audio, not the log-mel): each
+training song gives views, each a waveform read by the front end into partials
+(:func:`training_views`):
+
+- ``self`` and ``produced`` (the song through a production chain of its own, recsys.production):
+  positives of the song, so the recording chain cannot be what matches them;
+- ``pitch_shift`` / ``time_stretch``, one drawn amount each, in the role the pair policy gives them:
+  a positive of the song, or (role negative) a voice of its own, its views positives of each other.
+
+A step takes `songs_per_batch` songs, two crops of runs of consecutive partials from their positive
+views, and two crops of each negative view, through NT-Xent (labels: the songs; SupCon over singers
+with timbre.supervised) from pytorch-metric-learning. The whole schedule runs and its last step is
+published: label-free validation cannot tell a better voice model from a noisier one
+(recsys.training.contrastive._keeps_best).
+"""
+
+from __future__ import annotations
+
+import time
+import zlib
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from recsys.augment import PairPolicy, draw_rates, draw_semitones, resolve_policy
+from recsys.config import FeatureConfig, TimbreConfig
+from recsys.models.speaker_timbre import FRONT_END, SpeakerBackEnd, SpeakerBackEndConfig, pad_partials
+from recsys.training.checkpoint import catalog_fingerprint, save_version
+from recsys.training.common import pick_device, seed_everything
+from recsys.training.contrastive import KIND, TrainResult
+from recsys.training.data import TrainingSong, canonical_order
+
+CROP_PARTIALS = (4, 10)  # a view's crop: this many consecutive partials (3-8 s of voice)
+POSITIVE_VIEWS = ("self", "produced")  # always positives of their song
+
+
+def _song_generator(seed: int, content_hash: str) -> tuple[np.random.Generator, torch.Generator]:
+    """Per-song random draws, fixed by the seed and the audio: the catalog's order changes nothing."""
+    key = zlib.crc32(content_hash.encode()) ^ (seed * 2654435761 % 2**32)
+    return np.random.default_rng(key), torch.Generator().manual_seed(key)
+
+
+def training_views(
+    wave: torch.Tensor, sample_rate: int, policy: PairPolicy, seed: int, content_hash: str,
+    device: torch.device | str = "cpu",
+) -> dict[str, tuple[str, torch.Tensor]]:
+    """One song's (N,) voiced waveform -> {view: (role, (K, 256) partials)} for the views the policy names."""
+    from recsys.production import draw_chain, pitch_copy, produce, tempo_copy
+    from recsys.speaker import speaker_partials
+
+    rng, gen = _song_generator(seed, content_hash)
+    x = wave.detach().cpu().numpy().astype(np.float32)
+    waves: dict[str, tuple[str, np.ndarray]] = {
+        "self": ("positive", x),
+        "produced": ("positive", produce(x, sample_rate, draw_chain(rng, sample_rate))),
+    }
+    if policy.pitch_shift.role != "off":
+        semitones = float(draw_semitones(policy.pitch_shift, 1, gen)[0])
+        waves["pitch_shift"] = (policy.pitch_shift.role, pitch_copy(x, sample_rate, semitones))
+    if policy.time_stretch.role != "off":
+        rate = float(draw_rates(policy.time_stretch, 1, gen)[0])
+        waves["time_stretch"] = (policy.time_stretch.role, tempo_copy(x, rate))
+    return {name: (role, speaker_partials(torch.from_numpy(np.ascontiguousarray(w)), sample_rate, device))
+            for name, (role, w) in waves.items()}
+
+
+def _crop(partials: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    n = partials.shape[0]
+    size = min(n, int(torch.randint(CROP_PARTIALS[0], CROP_PARTIALS[1] + 1, (1,), generator=gen)))
+    start = int(torch.randint(0, n - size + 1, (1,), generator=gen))
+    return partials[start : start + size]
+
+
+def _views_of(song: TrainingSong) -> dict[str, tuple[str, torch.Tensor]]:
+    views = song.speaker_views
+    if not views:
+        raise ValueError(f"song {song.song_id}: no speaker-front-end views; build the training songs with "
+                         "timbre.front_end: speaker (Recommender.training_songs does)")
+    return views
+
+
+def build_step(songs: Sequence[TrainingSong], picks: Sequence[int], labels_of: Sequence[int],
+               gen: torch.Generator) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """Crops and labels of one step: two crops of the picked songs' positive views (label: the song's, or
+    its singer's), and two of each negative view under a label of its own."""
+    crops, labels = [], []
+    fresh = max(labels_of) + 1
+    for i in picks:
+        views = _views_of(songs[i])
+        positives = [p for role, p in views.values() if role == "positive"]
+        for _ in range(2):
+            crops.append(_crop(positives[int(torch.randint(len(positives), (1,), generator=gen))], gen))
+            labels.append(labels_of[i])
+        for role, partials in views.values():
+            if role == "negative":
+                crops += [_crop(partials, gen), _crop(partials, gen)]
+                labels += [fresh, fresh]
+                fresh += 1
+    return crops, torch.tensor(labels)
+
+
+def _labels(songs: Sequence[TrainingSong], supervised: bool) -> list[int]:
+    if not supervised:
+        return list(range(len(songs)))
+    names = {s: k for k, s in enumerate(sorted({s.singer for s in songs if s.singer is not None}))}
+    return [names[s.singer] if s.singer is not None else len(names) + i for i, s in enumerate(songs)]
+
+
+def train_speaker_timbre(
+    songs: list[TrainingSong],
+    cfg: TimbreConfig,
+    feat_cfg: FeatureConfig,
+    sample_rate: int,
+    workspace: Path,
+    device: str = "auto",
+    log: Callable[[dict], None] | None = None,
+    audio: dict[str, Any] | None = None,
+) -> TrainResult:
+    """Train the back end on the songs' speaker views (TrainingSong.speaker_views) and publish it as a timbre version."""
+    from pytorch_metric_learning.losses import NTXentLoss, SupConLoss
+
+    if len(songs) < 2:
+        raise ValueError(f"contrastive training needs at least 2 songs, got {len(songs)}")
+    if cfg.supervised and not any(s.singer is not None for s in songs):
+        raise ValueError("timbre.supervised=True needs singer labels, but no song has one")
+    resolve_policy(cfg)  # validated; the views already carry its roles
+    songs = canonical_order(songs)
+    for s in songs:
+        _views_of(s)
+    dev = pick_device(device)
+    gen = seed_everything(cfg.seed)
+    model_cfg = SpeakerBackEndConfig(embedding_dim=cfg.embedding_dim)
+    meta_config = {**model_cfg.to_dict(), "front_end": FRONT_END, "training": cfg.model_dump(mode="json"),
+                   "features": feat_cfg.model_dump(mode="json"), "sample_rate": sample_rate}
+    fingerprint = catalog_fingerprint([(str(s.song_id), s.content_hash) for s in songs])
+    model = SpeakerBackEnd(model_cfg).to(dev)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate)
+    loss_fn = SupConLoss(temperature=cfg.temperature) if cfg.supervised else NTXentLoss(temperature=cfg.temperature)
+    labels_of = _labels(songs, cfg.supervised)
+    history: list[dict[str, float]] = []
+    for epoch in range(cfg.epochs):
+        began, losses = time.perf_counter(), []
+        for _ in range(cfg.steps_per_epoch):
+            picks = torch.randperm(len(songs), generator=gen)[: cfg.songs_per_batch].tolist()
+            crops, labels = build_step(songs, picks, labels_of, gen)
+            loss = loss_fn(model(*pad_partials(crops, dev)), labels.to(dev))
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            losses.append(loss.item())
+        history.append({"epoch": epoch, "loss": sum(losses) / len(losses), "seconds": time.perf_counter() - began})
+        if log is not None:
+            log(history[-1])
+    model = model.eval().cpu()
+    version = save_version(workspace, KIND, model.state_dict(), meta_config, fingerprint,
+                           metrics={"final_loss": history[-1]["loss"], "best_epoch": len(history) - 1,
+                                    "epochs_run": len(history)}, audio=audio)
+    return TrainResult(model, version, history[-1]["loss"], history, len(history) - 1, False)

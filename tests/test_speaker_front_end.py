@@ -1,0 +1,133 @@
+"""The pretrained speaker front end as a product option (`timbre.front_end: speaker`, issue 15 item 5).
+
+Resemblyzer's GE2E partials of the voiced audio (streamed block by block), the pair policies on
+the waveform, a contrastive back end trained on the catalog, and the whole product path on it:
+ingest, train, embed, search.
+"""
+
+from __future__ import annotations
+
+import builtins
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from recsys.augment import resolve_policy
+from recsys.config import AudioConfig, AugmentPolicy, FeatureConfig, TimbreConfig, load_settings
+from recsys.corpus import make_melodies, make_singers, sing
+from recsys.errors import MissingDependencyError
+from recsys.features import song_features
+
+pytest.importorskip("resemblyzer")
+
+SR = 16000
+SPEAKER = {"front_end": "speaker", "epochs": 3, "steps_per_epoch": 10, "songs_per_batch": 8}
+
+
+def _song(singer: int, melody: int, seconds: float) -> np.ndarray:
+    voice = make_singers(6, seed=0)[singer]
+    return sing(voice, make_melodies(4, seed=0)[melody], seconds, SR, seed=melody)
+
+
+def test_streamed_partials_read_every_block_and_agree_with_the_whole_song():
+    wave = torch.from_numpy(_song(0, 0, 24.0))
+    whole = song_features(wave, AudioConfig(), FeatureConfig(), needs={"mel", "speaker"})
+    blocks = song_features(wave, AudioConfig(block_seconds=6.0), FeatureConfig(), needs={"mel", "speaker"})
+    assert whole.speaker.shape[1] == blocks.speaker.shape[1] == 256
+    # 1.3 partials a second over the voiced audio, whole or in 6 s blocks (each block its own partials)
+    assert abs(blocks.speaker.shape[0] - whole.speaker.shape[0]) <= 4
+    assert whole.speaker.shape[0] >= 0.8 * 1.3 * whole.n_frames * 256 / SR
+    mean = [torch.nn.functional.normalize(f.speaker.mean(0), dim=0) for f in (whole, blocks)]
+    assert float(mean[0] @ mean[1]) > 0.98
+    assert torch.equal(blocks.mel, blocks.mel)  # the log-mel is computed beside it as before
+    assert "speaker" not in song_features(wave, AudioConfig(), FeatureConfig()).available
+
+
+def test_the_pair_policy_gives_the_views_their_roles():
+    from recsys.training.speaker import training_views
+
+    wave = torch.from_numpy(_song(1, 0, 6.0))
+    views = training_views(wave, SR, resolve_policy(TimbreConfig()), 0, "abc")  # ps_neg_ts_pos
+    assert {name: role for name, (role, _) in views.items()} == {
+        "self": "positive", "produced": "positive", "pitch_shift": "negative", "time_stretch": "positive"}
+    off_cfg = TimbreConfig(pitch_shift=AugmentPolicy(role="off"), time_stretch=AugmentPolicy(role="off"))
+    off = training_views(wave, SR, resolve_policy(off_cfg), 0, "abc")
+    assert set(off) == {"self", "produced"}
+    # a view is another waveform: its partials differ from the song's own
+    assert not torch.allclose(views["produced"][1], views["self"][1], atol=1e-3)
+    again = training_views(wave, SR, resolve_policy(TimbreConfig()), 0, "abc")
+    assert all(torch.equal(views[k][1], again[k][1]) for k in views)  # fixed by seed and audio
+
+
+@pytest.fixture(scope="module")
+def speaker_workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """6 singers x 3 songs x 8 s, ingested by path, trained with the speaker front end."""
+    from recsys.api import Recommender
+    from recsys.corpus import generate_corpus
+
+    ws = tmp_path_factory.mktemp("speaker-ws")
+    manifest = generate_corpus(ws / "corpus", n_singers=6, songs_per_singer=3, song_seconds=8.0, seed=0, workers=1)
+    rec = Recommender(load_settings(manifest_file=None, workspace=ws, device="cpu", timbre=SPEAKER,
+                                    melody={"epochs": 1}))
+    rec.ingest(manifest, workers=1)
+    rec.train()
+    return ws
+
+
+def _open(ws: Path, **timbre):
+    from recsys.api import Recommender
+
+    return Recommender(load_settings(manifest_file=None, workspace=ws, device="cpu", timbre={**SPEAKER, **timbre},
+                                     melody={"epochs": 1}))
+
+
+@pytest.mark.slow
+def test_the_product_path_runs_on_the_speaker_front_end(speaker_workspace, tmp_path):
+    rec = _open(speaker_workspace)
+    assert rec.models.timbre_meta.model_config["front_end"] == "speaker"
+    assert rec.models.needs >= {"speaker", "mel"}
+    ids, vectors = rec.catalog_vectors()
+    assert len(ids) == 18 and vectors.timbre.shape == (18, 128)
+    truth = {s["id"]: s["singer"] for s in rec.songs()}
+    found = sum(rec.search_song(i, k=5).singers[0].singer == truth[i] for i in ids)
+    assert found >= 12, f"the singer's own voice on top for {found} of 18 songs"  # chance: about 3
+    # a file outside the catalog is embedded through the same front end: a quieter copy meets its original
+    song = rec.songs()[0]
+    wave, rate = sf.read(song["path"], dtype="float32")
+    sf.write(tmp_path / "copy.wav", 0.5 * wave, rate)
+    hits = rec.search(tmp_path / "copy.wav", k=3)
+    assert hits.songs[0].song_id == song["id"] and hits.songs[0].timbre > 0.99
+
+
+@pytest.mark.slow
+def test_the_vectors_come_from_the_trained_back_end(speaker_workspace, tmp_path):
+    ws = tmp_path / "ws"
+    shutil.copytree(speaker_workspace, ws)
+    rec = _open(ws, seed=1)
+    before = rec.catalog_vectors()[1].timbre
+    rec.train("timbre")
+    after = rec.catalog_vectors()[1].timbre
+    assert after.shape == before.shape
+    assert float(np.abs(after - before).max()) > 1e-3  # another seed, another back end, other vectors
+
+
+def test_a_missing_resemblyzer_is_one_clear_error(monkeypatch):
+    from recsys import speaker
+
+    real = builtins.__import__
+
+    def no_resemblyzer(name, *args, **kwargs):
+        if name.startswith("resemblyzer"):
+            raise ImportError("No module named 'resemblyzer'")
+        return real(name, *args, **kwargs)
+
+    speaker._encoder.cache_clear()
+    monkeypatch.setattr(builtins, "__import__", no_resemblyzer)
+    with pytest.raises(MissingDependencyError, match=r"singer-recsys\[speaker\]"):
+        speaker.check_available()
+    monkeypatch.undo()
+    speaker._encoder.cache_clear()
