@@ -118,6 +118,9 @@ class TimbreConfig(_Section):
         "encoder) or 'speaker' (Resemblyzer's pretrained GE2E d-vectors of 1.6 s partials, weights in its wheel, "
         "the `speaker` extra; a back end trained over them with the same pair policies, applied to the waveform). "
         "Takes effect at the next `recsys train`.")
+    speaker_steps: int = Field(300, gt=0, description="front_end speaker: training steps of its back end (the "
+                               "log-mel encoder's schedule is epochs x steps_per_epoch).")
+    speaker_songs_per_step: int = Field(32, gt=1, description="front_end speaker: songs per training step.")
     policy: str = Field("ps_neg_ts_pos", description="Named pair policy; see recsys.augment.PAIR_POLICIES.")
     pitch_shift: AugmentPolicy | None = Field(None, description="Overrides the named policy's pitch shift.")
     time_stretch: AugmentPolicy | None = Field(None, description="Overrides the named policy's time stretch.")

@@ -25,7 +25,7 @@ from recsys.features import song_features
 pytest.importorskip("resemblyzer")
 
 SR = 16000
-SPEAKER = {"front_end": "speaker", "epochs": 3, "steps_per_epoch": 10, "songs_per_batch": 8}
+SPEAKER = {"front_end": "speaker", "speaker_steps": 60, "speaker_songs_per_step": 12}
 
 
 def _song(singer: int, melody: int, seconds: float) -> np.ndarray:

@@ -47,6 +47,11 @@ class SpeakerBackEnd(nn.Module):
         self.mlp = nn.Sequential(nn.Linear(cfg.dim_in, cfg.hidden), nn.GELU(), nn.Linear(cfg.hidden, cfg.dim_in))
         self.attention = nn.Linear(cfg.dim_in, 1)
         self.project = nn.Linear(cfg.dim_in, cfg.embedding_dim)
+        # Start from the front end's own answer: the residual adds nothing and the attention is uniform, so the
+        # untrained song vector is a random projection of the mean d-vector (Resemblyzer's utterance vector).
+        nn.init.zeros_(self.mlp[-1].weight)
+        nn.init.zeros_(self.mlp[-1].bias)
+        nn.init.zeros_(self.attention.weight)
 
     @property
     def dim(self) -> int:

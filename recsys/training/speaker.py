@@ -9,10 +9,9 @@ training song gives views, each a waveform read by the front end into partials
 - ``pitch_shift`` / ``time_stretch``, one drawn amount each, in the role the pair policy gives them:
   a positive of the song, or (role negative) a voice of its own, its views positives of each other.
 
-A step takes `songs_per_batch` songs, two crops of runs of consecutive partials from their positive
+A step takes `speaker_songs_per_step` songs, two crops of runs of consecutive partials from their positive
 views, and two crops of each negative view, through NT-Xent (labels: the songs; SupCon over singers
-with timbre.supervised) from pytorch-metric-learning. The whole schedule runs and its last step is
-published: label-free validation cannot tell a better voice model from a noisier one
+with timbre.supervised) from pytorch-metric-learning, for `speaker_steps` steps; the last is published: label-free validation cannot tell a better voice model from a noisier one
 (recsys.training.contrastive._keeps_best).
 """
 
@@ -36,7 +35,7 @@ from recsys.training.contrastive import KIND, TrainResult
 from recsys.training.data import TrainingSong, canonical_order
 
 CROP_PARTIALS = (4, 10)  # a view's crop: this many consecutive partials (3-8 s of voice)
-POSITIVE_VIEWS = ("self", "produced")  # always positives of their song
+LOGGED_EPOCHS = 10  # the schedule (timbre.speaker_steps) is reported in this many parts
 
 
 def _song_generator(seed: int, content_hash: str) -> tuple[np.random.Generator, torch.Generator]:
@@ -143,10 +142,11 @@ def train_speaker_timbre(
     loss_fn = SupConLoss(temperature=cfg.temperature) if cfg.supervised else NTXentLoss(temperature=cfg.temperature)
     labels_of = _labels(songs, cfg.supervised)
     history: list[dict[str, float]] = []
-    for epoch in range(cfg.epochs):
+    steps = [len(part) for part in torch.arange(cfg.speaker_steps).chunk(LOGGED_EPOCHS)]
+    for epoch, n_steps in enumerate(steps):
         began, losses = time.perf_counter(), []
-        for _ in range(cfg.steps_per_epoch):
-            picks = torch.randperm(len(songs), generator=gen)[: cfg.songs_per_batch].tolist()
+        for _ in range(n_steps):
+            picks = torch.randperm(len(songs), generator=gen)[: cfg.speaker_songs_per_step].tolist()
             crops, labels = build_step(songs, picks, labels_of, gen)
             loss = loss_fn(model(*pad_partials(crops, dev)), labels.to(dev))
             optimizer.zero_grad(set_to_none=True)
