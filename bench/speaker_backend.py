@@ -13,59 +13,46 @@ policies at the waveform, as the timbre encoder's defaults draw them (`ps_neg_ts
 - each view is a random run of consecutive partials (a crop), so two views of one song
   seldom share a partial.
 
-A study, not yet a product option: bench/study_timbre.py scores it beside the log-mel
+The study version, on the product's front end and back end model (recsys.speaker, recsys.models.speaker_timbre;
+since 2026-12-03 the back end starts as the mean d-vector, so run 6 of docs/evaluation.md, with random
+weights, is not reproduced exactly); the product option is `timbre.front_end: speaker` (recsys/training/speaker.py).
+bench/study_timbre.py scores it beside the log-mel
 encoder, Resemblyzer's own mean d-vector and MFCC statistics (`--speaker-backend`).
 """
 
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import numpy as np
 import soundfile as sf
 import torch
-import torch.nn.functional as F
-from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from recsys.models.speaker_timbre import SpeakerBackEnd, SpeakerBackEndConfig, pad_partials
+from recsys.speaker import speaker_partials
+from recsys.training.speaker import crop_partials
 
 PITCH_NEGATIVE = (3.0, 6.0)  # semitones, either way: another voice
 STRETCH_POSITIVE = 1.15  # rate in 1/1.15 .. 1.15: the same voice
-CROP_PARTIALS = (4, 10)  # a view: this many consecutive partials (1.6 s each, 1.3 a second)
 STEPS = 300
 SONGS_PER_STEP = 32
 TEMPERATURE = 0.1
 LEARNING_RATE = 1e-3
 
 
-class SpeakerBackEnd(nn.Module):
-    """(B, n, 256) partial d-vectors and their (B, n) mask -> (B, dim) unit song vectors."""
-
-    def __init__(self, dim_in: int = 256, hidden: int = 512, dim: int = 128) -> None:
-        super().__init__()
-        self.norm = nn.LayerNorm(dim_in)
-        self.mlp = nn.Sequential(nn.Linear(dim_in, hidden), nn.GELU(), nn.Linear(hidden, dim_in))
-        self.attention = nn.Linear(dim_in, 1)
-        self.project = nn.Linear(dim_in, dim)
-
-    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        h = x + self.mlp(self.norm(x))
-        weight = self.attention(h).squeeze(-1).masked_fill(~mask, -math.inf).softmax(-1)
-        return F.normalize(self.project((weight[..., None] * h).sum(1)), dim=-1)
-
-
 class Partials:
-    """Resemblyzer's partial d-vectors of a waveform, preprocessed as recsys.baselines.SpeakerEncoder does."""
+    """Resemblyzer's partial d-vectors of a waveform: the product's front end (recsys.speaker)."""
 
     def __init__(self, sample_rate: int = 16000) -> None:
-        from recsys.baselines import SpeakerEncoder
-
-        self.speaker = SpeakerEncoder(sample_rate=sample_rate, device="cpu")
         self.sample_rate = sample_rate
 
     def __call__(self, wave: np.ndarray) -> torch.Tensor:
-        wav = self.speaker._normalize_volume(np.asarray(wave, dtype=np.float32), self.speaker.TARGET_DBFS)
-        _, partials, _ = self.speaker.encoder.embed_utterance(wav, return_partials=True)
-        return torch.from_numpy(np.asarray(partials, dtype=np.float32))
+        return speaker_partials(torch.from_numpy(np.asarray(wave, dtype=np.float32)), self.sample_rate)
 
 
 def views_of(wave: np.ndarray, sample_rate: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
@@ -82,22 +69,6 @@ def views_of(wave: np.ndarray, sample_rate: int, rng: np.random.Generator) -> di
     }
 
 
-def _crop(partials: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-    n = partials.shape[0]
-    size = min(n, int(torch.randint(CROP_PARTIALS[0], CROP_PARTIALS[1] + 1, (1,), generator=gen)))
-    start = int(torch.randint(0, n - size + 1, (1,), generator=gen))
-    return partials[start : start + size]
-
-
-def _batch(views: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    n = max(v.shape[0] for v in views)
-    x = torch.zeros(len(views), n, views[0].shape[1])
-    mask = torch.zeros(len(views), n, dtype=torch.bool)
-    for i, v in enumerate(views):
-        x[i, : v.shape[0]], mask[i, : v.shape[0]] = v, True
-    return x, mask
-
-
 def train_backend(songs: Sequence[dict[str, torch.Tensor]], seed: int, steps: int = STEPS,
                   log: Callable[[str], None] | None = None) -> SpeakerBackEnd:
     """songs: per training song, the partials of its views (views_of's keys) -> the trained back end."""
@@ -105,7 +76,7 @@ def train_backend(songs: Sequence[dict[str, torch.Tensor]], seed: int, steps: in
 
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
-    model = SpeakerBackEnd()
+    model = SpeakerBackEnd(SpeakerBackEndConfig())
     optimizer = torch.optim.AdamW(model.parameters(), lr=LEARNING_RATE)
     loss_fn = NTXentLoss(temperature=TEMPERATURE)
     positives = ("self", "produced", "tempo")
@@ -116,12 +87,12 @@ def train_backend(songs: Sequence[dict[str, torch.Tensor]], seed: int, steps: in
         for i in picks:
             for _ in range(2):
                 name = positives[int(torch.randint(len(positives), (1,), generator=gen))]
-                views.append(_crop(songs[i][name], gen))
+                views.append(crop_partials(songs[i][name], gen))
                 labels.append(i)
         for i in picks[: len(picks) // 2]:  # the pitch negatives: identities of their own, two views each
-            views += [_crop(songs[i]["pitch"], gen), _crop(songs[i]["pitch"], gen)]
+            views += [crop_partials(songs[i]["pitch"], gen), crop_partials(songs[i]["pitch"], gen)]
             labels += [n + i, n + i]
-        x, mask = _batch(views)
+        x, mask = pad_partials(views)
         loss = loss_fn(model(x, mask), torch.tensor(labels))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -136,7 +107,7 @@ def backend_embedder(model: SpeakerBackEnd, partials: Callable[[str], torch.Tens
 
     def embed(paths: Sequence[str]) -> np.ndarray:
         with torch.no_grad():
-            return torch.cat([model(*_batch([partials(p)])) for p in paths]).double().numpy()
+            return torch.cat([model(*pad_partials([partials(p)])) for p in paths]).double().numpy()
 
     return embed
 

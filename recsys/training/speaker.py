@@ -68,7 +68,8 @@ def training_views(
             for name, (role, w) in waves.items()}
 
 
-def _crop(partials: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+def crop_partials(partials: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """A random run of CROP_PARTIALS consecutive partials (all of them when fewer)."""
     n = partials.shape[0]
     size = min(n, int(torch.randint(CROP_PARTIALS[0], CROP_PARTIALS[1] + 1, (1,), generator=gen)))
     start = int(torch.randint(0, n - size + 1, (1,), generator=gen))
@@ -93,11 +94,11 @@ def build_step(songs: Sequence[TrainingSong], picks: Sequence[int], labels_of: S
         views = _views_of(songs[i])
         positives = [p for role, p in views.values() if role == "positive"]
         for _ in range(2):
-            crops.append(_crop(positives[int(torch.randint(len(positives), (1,), generator=gen))], gen))
+            crops.append(crop_partials(positives[int(torch.randint(len(positives), (1,), generator=gen))], gen))
             labels.append(labels_of[i])
         for role, partials in views.values():
             if role == "negative":
-                crops += [_crop(partials, gen), _crop(partials, gen)]
+                crops += [crop_partials(partials, gen), crop_partials(partials, gen)]
                 labels += [fresh, fresh]
                 fresh += 1
     return crops, torch.tensor(labels)
