@@ -173,7 +173,6 @@ def ray_throughput(files: list[Path], workdir: Path, batch_size: int) -> list[tu
 def throughput(files: list[Path], workdir: Path, workers: int, batch_size: int) -> list[tuple[str, float, float]]:
     """(stage, audio seconds, wall seconds) for each stage on the long songs."""
     from recsys.api import Recommender
-    from recsys.features import FEATURES
     from recsys.ingest import prepare_file
     from recsys.manifest import ManifestEntry
 
@@ -190,7 +189,7 @@ def throughput(files: list[Path], workdir: Path, workers: int, batch_size: int) 
         rows.append(("decode only (the floor)", audio_s, wall))
         entries = [ManifestEntry(path=f) for f in files]
         n = len(files)
-        mel_only, mel_and_pitch = [frozenset({"mel"})] * n, [frozenset(FEATURES)] * n
+        mel_only, mel_and_pitch = [frozenset({"mel"})] * n, [embedder.needs] * n  # what the models read
         wall, prepared = _timed(lambda: list(pool.map(
             prepare_file, entries, [settings.audio] * n, [settings.features] * n, [None] * n, mel_only)))
         rows.append(("decode + voiced audio + log-mel", audio_s, wall))
