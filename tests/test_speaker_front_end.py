@@ -131,3 +131,12 @@ def test_a_missing_resemblyzer_is_one_clear_error(monkeypatch):
         speaker.check_available()
     monkeypatch.undo()
     speaker._encoder.cache_clear()
+
+
+def test_the_studies_refuse_the_speaker_front_end_with_the_bench_to_use(tmp_path):
+    from recsys.errors import InvalidOptionError
+    from recsys.studies.trainers import TimbreTrainer
+
+    settings = load_settings(manifest_file=None, workspace=tmp_path, device="cpu", timbre={"front_end": "speaker"})
+    with pytest.raises(InvalidOptionError, match=r"timbre.front_end 'speaker'.*--front-ends log-mel,speaker"):
+        TimbreTrainer().train([], settings, tmp_path)
