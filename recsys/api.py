@@ -147,7 +147,7 @@ class Recommender:
                                     "run `recsys ingest SOURCE` first")
         tag = audio_tag(self.settings.audio, self.separation)  # a model version depends on the clean-up too
         needs = training_needs(self.settings.melody)
-        speaker = self.settings.timbre.front_end == "speaker"
+        speaker = self.settings.timbre.front_end in ("speaker", "log-mel+speaker")
         if speaker:
             from recsys.speaker import check_available
 
@@ -193,11 +193,17 @@ class Recommender:
                                     "ingest more songs with `recsys ingest SOURCE`")
         cfg, results = self.settings, {}
         audio = audio_fingerprint(cfg.audio, self.separation)
-        if which in ("both", "timbre") and cfg.timbre.front_end == "speaker":
-            from recsys.training.speaker import train_speaker_timbre
+        front_end = cfg.timbre.front_end
+        if which in ("both", "timbre") and front_end != "log-mel":
+            from recsys.training.speaker import publish_combined, train_speaker_timbre
 
-            results["timbre"] = train_speaker_timbre(songs, cfg.timbre, cfg.features, cfg.audio.sample_rate,
-                                                     cfg.workspace, device=cfg.device, log=log, audio=audio)
+            speaker = train_speaker_timbre(songs, cfg.timbre, cfg.features, cfg.audio.sample_rate, cfg.workspace,
+                                           device=cfg.device, log=log, audio=audio)
+            if front_end == "log-mel+speaker":
+                log_mel = train_timbre(songs, cfg.timbre, cfg.features, cfg.audio.sample_rate, cfg.workspace,
+                                       device=cfg.device, progress=progress, log=log, audio=audio)
+                speaker = publish_combined(log_mel, speaker, cfg.timbre, cfg.workspace, audio=audio)
+            results["timbre"] = speaker
         elif which in ("both", "timbre"):
             results["timbre"] = train_timbre(songs, cfg.timbre, cfg.features, cfg.audio.sample_rate, cfg.workspace,
                                              device=cfg.device, progress=progress, log=log, audio=audio)

@@ -113,11 +113,14 @@ class TimbreConfig(_Section):
     """Contrastive timbre/style encoder (recsys.models.timbre, recsys.training.contrastive)."""
 
     # log-mel: on the produced development catalogs it leads every retrieval column (docs/evaluation.md, issue 15).
-    front_end: Literal["log-mel", "speaker"] = Field(
+    front_end: Literal["log-mel", "speaker", "log-mel+speaker"] = Field(
         "log-mel", description="What the contrastive encoder reads: 'log-mel' (the project's own convolutional "
-        "encoder) or 'speaker' (Resemblyzer's pretrained GE2E d-vectors of 1.6 s partials, weights in its wheel, "
-        "the `speaker` extra; a back end trained over them with the same pair policies, applied to the waveform). "
+        "encoder), 'speaker' (Resemblyzer's pretrained GE2E d-vectors of 1.6 s partials, weights in its wheel, "
+        "the `speaker` extra; a back end trained over them with the same pair policies, applied to the waveform), "
+        "or 'log-mel+speaker' (both trained, the song vector their weighted concatenation: speaker_share). "
         "Takes effect at the next `recsys train`.")
+    speaker_share: float = Field(0.35, gt=0, lt=1, description="front_end log-mel+speaker: the speaker part's "
+                                 "share of the timbre cosine (0.35 read off one development catalog).")
     speaker_steps: int = Field(300, gt=0, description="front_end speaker: training steps of its back end (the "
                                "log-mel encoder's schedule is epochs x steps_per_epoch).")
     speaker_songs_per_step: int = Field(32, gt=1, description="front_end speaker: songs per training step.")

@@ -10,6 +10,8 @@ contract, so a learned model and a learning-free descriptor are interchangeable:
   songs' chunks batched through it;
 - :class:`SpeakerTimbreEncoder`  the contrastive back end over the pretrained speaker front
   end's partials (recsys.models.speaker_timbre; `timbre.front_end: speaker`);
+- :class:`CombinedTimbreEncoder`  both, their vectors weighted and concatenated
+  (`timbre.front_end: log-mel+speaker`);
 - :class:`PitchTCAEMelody`  the pitch-equivariant TCAE (recsys.models.pitch_tcae): the
   interval-lag profile of the pitch its trained latents refine, the default melody vector;
 - :class:`TCAEMelodyEncoder`  the per-frame TCAE's pooled latents (recsys.models.tcae);
@@ -36,7 +38,7 @@ from recsys.config import FeatureConfig, MelodyConfig
 from recsys.features import SongFeatures
 from recsys.models.melody import MelodyModel
 from recsys.models.pitch_tcae import PitchTCAE
-from recsys.models.speaker_timbre import SpeakerBackEnd, pad_partials
+from recsys.models.speaker_timbre import CombinedTimbre, SpeakerBackEnd, pad_partials
 from recsys.models.tcae import PITCH_SOURCES, PROFILE_POOLS, TCAE, TCAEConfig
 from recsys.models.timbre import TimbreEncoder
 
@@ -191,6 +193,34 @@ class SpeakerTimbreEncoder(_ModelEncoder):
             return torch.zeros(0, self.dim, device=self.device)
         self.model.eval()
         return torch.cat([self.model(*pad_partials([s.speaker.float()], self.device)) for s in songs])
+
+
+class CombinedTimbreEncoder:
+    """[sqrt(1 - share) x the log-mel vector, sqrt(share) x the speaker vector]: a unit row whose cosine is the
+    two cosines weighted by their shares."""
+
+    def __init__(self, model: CombinedTimbre) -> None:
+        self.model = model
+        self.parts = (timbre_encoder(model.log_mel, model.log_mel_meta), SpeakerTimbreEncoder(model.speaker))
+        self.weights = ((1.0 - model.share) ** 0.5, model.share ** 0.5)
+        self.needs = frozenset().union(*(part.needs for part in self.parts))
+
+    @property
+    def dim(self) -> int:
+        return sum(part.dim for part in self.parts)
+
+    @property
+    def device(self) -> torch.device:
+        return self.parts[1].device
+
+    def to(self, device: torch.device | str) -> CombinedTimbreEncoder:
+        for part in self.parts:
+            part.to(device)
+        return self
+
+    def embed_songs(self, songs: Sequence[SongFeatures]) -> torch.Tensor:
+        _check_songs(songs, self.needs)
+        return torch.cat([w * part.embed_songs(songs) for w, part in zip(self.weights, self.parts)], dim=-1)
 
 
 def _rotation(shifts: tuple[float, ...]) -> tuple[float, ...]:
@@ -387,12 +417,14 @@ class IntervalLagMelody:
         return pitch.voiced_interval_lag_profile(chroma, weight, lags, self.cfg.unison, self.cfg.lag_bands)
 
 
-def timbre_encoder(model: TimbreEncoder | SpeakerBackEnd, meta: dict | None = None
-                   ) -> TimbreSongEncoder | SpeakerTimbreEncoder:
+def timbre_encoder(model: TimbreEncoder | SpeakerBackEnd | CombinedTimbre, meta: dict | None = None
+                   ) -> TimbreSongEncoder | SpeakerTimbreEncoder | CombinedTimbreEncoder:
     """A loaded timbre model behind the encoder contract; `meta`, its version's recorded config, says
     whether its vector is pooled over pitch (training.pitch_pool) and the mel bands to shift."""
     if isinstance(model, SpeakerBackEnd):
         return SpeakerTimbreEncoder(model)
+    if isinstance(model, CombinedTimbre):
+        return CombinedTimbreEncoder(model)
     training = (meta or {}).get("training", {})
     shifts = tuple(training.get("pitch_pool", ()))
     if not shifts:

@@ -140,3 +140,28 @@ def test_the_studies_refuse_the_speaker_front_end_with_the_bench_to_use(tmp_path
     settings = load_settings(manifest_file=None, workspace=tmp_path, device="cpu", timbre={"front_end": "speaker"})
     with pytest.raises(InvalidOptionError, match=r"timbre.front_end 'speaker'.*--front-ends log-mel,speaker"):
         TimbreTrainer().train([], settings, tmp_path)
+
+
+@pytest.mark.slow
+def test_both_front_ends_give_one_vector_weighted_by_the_share(speaker_workspace, tmp_path):
+    from recsys.training.contrastive import load_timbre
+
+    ws = tmp_path / "ws"
+    shutil.copytree(speaker_workspace, ws)
+    rec = _open(ws, front_end="log-mel+speaker", speaker_share=0.25, epochs=2, steps_per_epoch=5)
+    result = rec.train("timbre")["timbre"]
+    config = result.version.model_config
+    assert config["front_end"] == "log-mel+speaker" and config["speaker_share"] == 0.25
+    ids, vectors = rec.catalog_vectors()
+    assert vectors.timbre.shape == (18, 256) and rec.models.needs >= {"mel", "speaker"}
+    np.testing.assert_allclose(np.linalg.norm(vectors.timbre, axis=1), 1.0, atol=1e-5)
+    # each half is its own published model's unit vector, scaled by the square root of its share
+    log_mel, speaker = (load_timbre(ws, v)[0] for v in config["parts"])
+    feats = [rec.embedder.features(s["path"]) for s in rec.songs()[:3]]
+    from recsys.encoders import timbre_encoder
+
+    halves = [timbre_encoder(m, config["log_mel"]).embed_songs(feats).numpy() for m in (log_mel, speaker)]
+    np.testing.assert_allclose(vectors.timbre[:3, :128], np.sqrt(0.75) * halves[0], atol=1e-5)
+    np.testing.assert_allclose(vectors.timbre[:3, 128:], np.sqrt(0.25) * halves[1], atol=1e-5)
+    truth = {s["id"]: s["singer"] for s in rec.songs()}
+    assert sum(rec.search_song(i, k=5).singers[0].singer == truth[i] for i in ids) >= 12

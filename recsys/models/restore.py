@@ -13,22 +13,30 @@ from typing import Any, TypeVar
 from torch import nn
 
 from recsys.models.melody import MelodyModel, build_melody_model, config_from_dict
+from recsys.models.speaker_timbre import COMBINED, CombinedTimbre, SpeakerBackEnd, SpeakerBackEndConfig
 from recsys.models.speaker_timbre import FRONT_END as SPEAKER_FRONT_END
-from recsys.models.speaker_timbre import SpeakerBackEnd, SpeakerBackEndConfig
 from recsys.models.timbre import TimbreEncoder, TimbreModelConfig
 from recsys.training.checkpoint import CheckpointMismatchError, ModelVersion
 
 M = TypeVar("M", bound=nn.Module)
 
 
-def restore_timbre(meta: ModelVersion, state: dict[str, Any]) -> TimbreEncoder | SpeakerBackEnd:
-    """A timbre checkpoint -> its model on the CPU in eval mode: the log-mel TimbreEncoder, or the back end
-    over the speaker front end when the version records `front_end: speaker`."""
-    if meta.model_config.get("front_end") == SPEAKER_FRONT_END:
-        return _restored(SpeakerBackEnd(SpeakerBackEndConfig.from_dict(meta.model_config)), state, meta)
+def restore_timbre(meta: ModelVersion, state: dict[str, Any]) -> TimbreEncoder | SpeakerBackEnd | CombinedTimbre:
+    """A timbre checkpoint -> its model on the CPU in eval mode: the log-mel TimbreEncoder, the back end over
+    the speaker front end (`front_end: speaker`), or both (`front_end: log-mel+speaker`)."""
+    config = meta.model_config
+    if config.get("front_end") == SPEAKER_FRONT_END:
+        return _restored(SpeakerBackEnd(SpeakerBackEndConfig.from_dict(config)), state, meta)
+    if config.get("front_end") == COMBINED:
+        model = CombinedTimbre(_log_mel_model(config["log_mel"]), SpeakerBackEnd(SpeakerBackEndConfig.from_dict(
+            config["speaker"])), config["speaker_share"], config["log_mel"])
+        return _restored(model, state, meta)
+    return _restored(_log_mel_model(config), state, meta)
+
+
+def _log_mel_model(config: dict[str, Any]) -> TimbreEncoder:
     names = {f.name for f in fields(TimbreModelConfig)}  # meta also keeps the features and sample rate
-    cfg = TimbreModelConfig.from_dict({k: v for k, v in meta.model_config.items() if k in names})
-    return _restored(TimbreEncoder(cfg), state, meta)
+    return TimbreEncoder(TimbreModelConfig.from_dict({k: v for k, v in config.items() if k in names}))
 
 
 def restore_melody(meta: ModelVersion, state: dict[str, Any]) -> MelodyModel:
@@ -45,6 +53,6 @@ def _restored(model: M, state: dict[str, Any], meta: ModelVersion) -> M:
         model.load_state_dict(state)
     except RuntimeError as e:
         raise CheckpointMismatchError(
-            f"weights at {meta.path} do not fit {type(model).__name__}({model.cfg})"
+            f"weights at {meta.path} do not fit {type(model).__name__}({getattr(model, 'cfg', meta.model_config)})"
         ) from e
     return model.eval()

@@ -75,3 +75,25 @@ def pad_partials(songs: list[torch.Tensor], device: torch.device | str = "cpu") 
     for i, p in enumerate(songs):
         x[i, : p.shape[0]], mask[i, : p.shape[0]] = p, True
     return x, mask
+
+
+COMBINED = "log-mel+speaker"  # front_end of a version holding both timbre models
+
+
+class CombinedTimbre(nn.Module):
+    """The log-mel timbre encoder and the speaker back end, trained apart, published as one timbre version.
+
+    The song vector is [sqrt(1 - share) x log-mel vector, sqrt(share) x speaker vector]: unit norm, and its
+    cosine is (1 - share) x the log-mel cosine + share x the speaker cosine (recsys.encoders).
+    """
+
+    def __init__(self, log_mel: nn.Module, speaker: SpeakerBackEnd, share: float, log_mel_meta: dict[str, Any]) -> None:
+        super().__init__()
+        if not 0.0 < share < 1.0:
+            raise ValueError(f"speaker_share must lie strictly between 0 and 1, got {share}")
+        self.log_mel, self.speaker, self.share = log_mel, speaker, float(share)
+        self.log_mel_meta = log_mel_meta  # what the log-mel part's version recorded (its pitch pool, features)
+
+    @property
+    def dim(self) -> int:
+        return self.log_mel.dim + self.speaker.dim

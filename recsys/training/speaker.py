@@ -162,3 +162,25 @@ def train_speaker_timbre(
                            metrics={"final_loss": history[-1]["loss"], "best_epoch": len(history) - 1,
                                     "epochs_run": len(history)}, audio=audio)
     return TrainResult(model, version, history[-1]["loss"], history, len(history) - 1, False)
+
+
+def publish_combined(log_mel: TrainResult, speaker: TrainResult, cfg: TimbreConfig, workspace: Path,
+                     audio: dict[str, Any] | None = None) -> TrainResult:
+    """`timbre.front_end: log-mel+speaker`: the two trained models (each already its own version) published
+    together as one timbre version, weighted by cfg.speaker_share (recsys.models.speaker_timbre.CombinedTimbre)."""
+    from recsys.models.speaker_timbre import COMBINED, CombinedTimbre
+
+    if log_mel.version.fingerprint != speaker.version.fingerprint:
+        raise ValueError("the two timbre models were trained on different songs "
+                         f"({log_mel.version.fingerprint} and {speaker.version.fingerprint})")
+    from recsys.training.contrastive import load_timbre
+
+    parts = {"log_mel": log_mel.version.model_config, "speaker": speaker.version.model_config}
+    models = [load_timbre(workspace, r.version.version)[0] for r in (log_mel, speaker)]  # as published
+    model = CombinedTimbre(models[0], models[1], cfg.speaker_share, parts["log_mel"]).eval()
+    meta_config = {"front_end": COMBINED, **parts, "speaker_share": cfg.speaker_share,
+                   "parts": [log_mel.version.version, speaker.version.version]}
+    version = save_version(workspace, KIND, model.state_dict(), meta_config, log_mel.version.fingerprint,
+                           metrics={"log_mel": log_mel.version.metrics, "speaker": speaker.version.metrics},
+                           audio=audio)
+    return TrainResult(model, version, log_mel.final_loss, log_mel.history, log_mel.best_epoch, log_mel.stopped_early)
