@@ -35,6 +35,7 @@ import resource
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -190,6 +191,7 @@ def bench_embed_3min(settings: Settings, clip: Path, repeats: int = 5) -> list[d
             (lambda: tcae.refine(song[0].pitch)) if isinstance(tcae, PitchTCAE) else (lambda: tcae.encode_frames(mel))),
         "melody + its waveform pitch": lambda: melody.embed_songs(features()),
         "feature: log-mel (for comparison)": lambda: log_mel(wave, settings.features, SR),
+        **speaker_work(settings, wave, mel, timbre_model, recorded),
     }
     rows = []
     for name, embed in work.items():
@@ -207,6 +209,30 @@ def bench_embed_3min(settings: Settings, clip: Path, repeats: int = 5) -> list[d
         rows.append(row)
     torch.set_num_threads(threads)
     return rows
+
+
+def speaker_work(settings: Settings, wave: torch.Tensor, mel: torch.Tensor, timbre_model: TimbreEncoder,
+                 recorded: dict) -> dict[str, Callable[[], object]]:
+    """The speaker front end's rows (timbre.front_end speaker / log-mel+speaker), when resemblyzer is here."""
+    try:
+        from recsys.speaker import check_available, speaker_partials
+
+        check_available()
+    except Exception as e:  # noqa: BLE001 - the optional extra: its rows are simply left out
+        print(f"speaker front end rows left out: {e}")
+        return {}
+    from recsys.encoders import CombinedTimbreEncoder
+    from recsys.models.speaker_timbre import CombinedTimbre, SpeakerBackEnd, SpeakerBackEndConfig
+
+    cap = settings.features.speaker_partials
+    back_end = SpeakerBackEnd(SpeakerBackEndConfig(embedding_dim=settings.timbre.embedding_dim)).eval()
+    combined = CombinedTimbreEncoder(CombinedTimbre(timbre_model, back_end, settings.timbre.speaker_share, recorded))
+    return {
+        f"speaker partials, features.speaker_partials {cap}": lambda: speaker_partials(wave, SR, cap),
+        "speaker partials, every non-overlapping one (0)": lambda: speaker_partials(wave, SR, 0),
+        "timbre, front_end log-mel+speaker (its partials included)": lambda: combined.embed_songs(
+            [SongFeatures(mel, None, speaker=speaker_partials(wave, SR, cap))]),
+    }
 
 
 def bench_training(settings: Settings, n_songs: int, steps: int, workspace: Path) -> list[dict]:

@@ -175,7 +175,7 @@ class Recommender:
         cfg = self.settings
         wave, feats = voiced_wave_features(song["path"], needs, cfg.audio, cfg.features, self.workspace.separator)
         views = training_views(wave, cfg.audio.sample_rate, resolve_policy(cfg.timbre), cfg.timbre.seed,
-                               song["content_hash"], pick_device(cfg.device))
+                               song["content_hash"], cfg.features.speaker_partials, pick_device(cfg.device))
         return TrainingSong(song["id"], feats, song["singer"], song["content_hash"] + tag, song["metadata"],
                             speaker_views=views)
 

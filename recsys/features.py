@@ -200,7 +200,7 @@ def wave_features(
     """(N,) voiced waveform at audio_cfg.sample_rate -> SongFeatures: the log-mel, plus what `needs` names.
 
     The waveform pitch (needs 'pitch') lands on the log-mel's frames (same hop, centred); the speaker
-    partials (needs 'speaker') are the whole wave's.
+    partials (needs 'speaker') are spread over the whole wave (features.speaker_partials).
     """
     needs = check_needs(needs)
     wave = torch.as_tensor(wave)
@@ -212,7 +212,7 @@ def wave_features(
     if "speaker" in needs:
         from recsys.speaker import speaker_partials
 
-        speaker = speaker_partials(wave, audio_cfg.sample_rate, wave.device)
+        speaker = speaker_partials(wave, audio_cfg.sample_rate, feature_cfg.speaker_partials, wave.device)
     return SongFeatures(mel, pitch, speaker=speaker)
 
 
@@ -311,10 +311,10 @@ def stream_features(
 
         parts.append((pitch_frames, put_pitch))
     speaker = None
-    if "speaker" in needs:  # each block's partials its own (recsys.speaker.StreamPartials)
+    if "speaker" in needs:  # only the chosen partials' samples are kept (recsys.speaker.StreamPartials)
         from recsys.speaker import StreamPartials
 
-        speaker = StreamPartials(sr, block, device)
+        speaker = StreamPartials(sr, n, feature_cfg.speaker_partials, device)
     for wave in itertools.chain([head], blocks):
         for piece in wave.split(block):
             for frames, put in parts:

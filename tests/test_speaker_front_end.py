@@ -33,17 +33,56 @@ def _song(singer: int, melody: int, seconds: float) -> np.ndarray:
     return sing(voice, make_melodies(4, seed=0)[melody], seconds, SR, seed=melody)
 
 
-def test_streamed_partials_read_every_block_and_agree_with_the_whole_song():
-    wave = torch.from_numpy(_song(0, 0, 24.0))
-    whole = song_features(wave, AudioConfig(), FeatureConfig(), needs={"mel", "speaker"})
-    blocks = song_features(wave, AudioConfig(block_seconds=6.0), FeatureConfig(), needs={"mel", "speaker"})
-    assert whole.speaker.shape[1] == blocks.speaker.shape[1] == 256
-    # 1.3 partials a second over the voiced audio, whole or in 6 s blocks (each block its own partials)
-    assert abs(blocks.speaker.shape[0] - whole.speaker.shape[0]) <= 4
-    assert whole.speaker.shape[0] >= 0.8 * 1.3 * whole.n_frames * 256 / SR
-    mean = [torch.nn.functional.normalize(f.speaker.mean(0), dim=0) for f in (whole, blocks)]
-    assert float(mean[0] @ mean[1]) > 0.98
-    assert torch.equal(blocks.mel, blocks.mel)  # the log-mel is computed beside it as before
+def test_partials_are_whole_non_overlapping_and_spread_over_the_song():
+    from recsys.speaker import partial_starts
+
+    starts = partial_starts(100_000, 1000, 8)
+    assert len(starts) == 8 and starts[0] >= 0 and starts[-1] + 1000 <= 100_000
+    gaps = np.diff(starts)
+    assert gaps.min() >= 1000 and gaps.max() - gaps.min() <= 1  # even, no overlap
+    assert starts[0] > 5000 and 100_000 - (starts[-1] + 1000) > 5000  # the sample spans the song, ends included
+    assert partial_starts(5500, 1000, 0) == [50, 1150, 2250, 3350, 4450]  # 0: every partial that fits, centred
+    assert partial_starts(5500, 1000, 8) == partial_starts(5500, 1000, 0)
+    assert partial_starts(600, 1000, 8) == [0]  # shorter than a partial: one, of all of it
+
+
+def test_a_partial_is_read_as_resemblyzer_reads_it():
+    """The batched mel and levelling equal Resemblyzer's own preprocessing of each partial (librosa's mel)."""
+    from resemblyzer.audio import normalize_volume, wav_to_mel_spectrogram
+
+    from recsys.speaker import _encoder, speaker_partials
+
+    wave = _song(2, 1, 9.0)
+    window = 25600
+    ours = speaker_partials(torch.from_numpy(wave), SR, 3)  # 9 s: 3 of the 5 partials that fit
+    starts = [round(i * wave.size / 3 + (wave.size / 3 - window) / 2) for i in range(3)]
+    mels = [wav_to_mel_spectrogram(normalize_volume(wave[a : a + window], -30.0))[:160] for a in starts]
+    with torch.no_grad():
+        theirs = _encoder("cpu")(torch.from_numpy(np.stack(mels)))
+    np.testing.assert_allclose(ours.numpy(), theirs.numpy(), atol=1e-5)
+    # at another rate, the same audio gives the same voice
+    import torchaudio
+
+    at_22k = torchaudio.functional.resample(torch.from_numpy(wave), SR, 22050)
+    other = speaker_partials(at_22k, 22050, 3)
+    assert float(torch.nn.functional.cosine_similarity(other, ours).min()) > 0.95
+
+
+def test_streamed_partials_are_the_whole_songs_and_the_cap_holds():
+    wave = torch.from_numpy(_song(0, 0, 40.0))
+    every = FeatureConfig(speaker_partials=0)
+    whole = song_features(wave, AudioConfig(), every, needs={"mel", "speaker"})
+    blocks = song_features(wave, AudioConfig(block_seconds=6.0), every, needs={"mel", "speaker"})
+    assert whole.speaker.shape[1] == 256
+    voiced_seconds = whole.n_frames * 256 / SR
+    assert whole.speaker.shape[0] == int(voiced_seconds / 1.6 + 0.01)  # every non-overlapping partial
+    # streamed in 6 s blocks, a partial that straddles two blocks is the same partial
+    np.testing.assert_allclose(blocks.speaker.numpy(), whole.speaker.numpy(), atol=1e-5)
+    capped = song_features(wave, AudioConfig(block_seconds=6.0), FeatureConfig(), needs={"mel", "speaker"})
+    assert capped.speaker.shape[0] == FeatureConfig().speaker_partials == 8 < whole.speaker.shape[0]
+    mean = [torch.nn.functional.normalize(f.speaker.mean(0), dim=0) for f in (whole, capped)]
+    assert float(mean[0] @ mean[1]) > 0.98  # 8 partials of the song say what all of them say
+    torch.testing.assert_close(capped.mel, whole.mel)  # the log-mel is computed beside it as before
     assert "speaker" not in song_features(wave, AudioConfig(), FeatureConfig()).available
 
 
@@ -61,6 +100,15 @@ def test_the_pair_policy_gives_the_views_their_roles():
     assert not torch.allclose(views["produced"][1], views["self"][1], atol=1e-3)
     again = training_views(wave, SR, resolve_policy(TimbreConfig()), 0, "abc")
     assert all(torch.equal(views[k][1], again[k][1]) for k in views)  # fixed by seed and audio
+    # with the cap, a long song's views are made from its served partials: `self` is exactly those
+    long = torch.from_numpy(_song(1, 1, 30.0))
+    capped = training_views(long, SR, resolve_policy(TimbreConfig()), 0, "abc", max_partials=4)
+    served = song_features(long, AudioConfig(), FeatureConfig(speaker_partials=4), needs={"mel", "speaker"})
+    # (the song's features are of its voiced audio; here the wave is taken as it is)
+    from recsys.speaker import speaker_partials
+
+    np.testing.assert_allclose(capped["self"][1].numpy(), speaker_partials(long, SR, 4).numpy(), atol=1e-5)
+    assert served.speaker.shape[0] == 4 and all(p.shape[0] <= 4 for _, p in capped.values())
 
 
 @pytest.fixture(scope="module")

@@ -31,7 +31,7 @@ from recsys.config import FeatureConfig, TimbreConfig
 from recsys.models.speaker_timbre import FRONT_END, SpeakerBackEnd, SpeakerBackEndConfig, pad_partials
 from recsys.training.checkpoint import catalog_fingerprint, save_version
 from recsys.training.common import pick_device, seed_everything
-from recsys.training.contrastive import KIND, TrainResult
+from recsys.training.contrastive import KIND, TrainResult, singer_codes
 from recsys.training.data import TrainingSong, canonical_order
 
 CROP_PARTIALS = (4, 10)  # a view's crop: this many consecutive partials (3-8 s of voice)
@@ -46,14 +46,21 @@ def _song_generator(seed: int, content_hash: str) -> tuple[np.random.Generator, 
 
 def training_views(
     wave: torch.Tensor, sample_rate: int, policy: PairPolicy, seed: int, content_hash: str,
-    device: torch.device | str = "cpu",
+    max_partials: int = 0, device: torch.device | str = "cpu",
 ) -> dict[str, tuple[str, torch.Tensor]]:
-    """One song's (N,) voiced waveform -> {view: (role, (K, 256) partials)} for the views the policy names."""
+    """One song's (N,) voiced waveform -> {view: (role, (K, 256) partials)} for the views the policy names.
+
+    With `max_partials` (features.speaker_partials) the views are made from the partials the song is served
+    with, joined end to end, so a long song costs what a short one does; the `self` view's partials are
+    then exactly the served ones."""
     from recsys.production import draw_chain, pitch_copy, produce, tempo_copy
-    from recsys.speaker import speaker_partials
+    from recsys.speaker import PARTIAL_SECONDS, partial_starts, speaker_partials
 
     rng, gen = _song_generator(seed, content_hash)
     x = wave.detach().cpu().numpy().astype(np.float32)
+    window = round(PARTIAL_SECONDS * sample_rate)
+    if max_partials > 0 and x.size >= window:
+        x = np.concatenate([x[start : start + window] for start in partial_starts(x.size, window, max_partials)])
     waves: dict[str, tuple[str, np.ndarray]] = {
         "self": ("positive", x),
         "produced": ("positive", produce(x, sample_rate, draw_chain(rng, sample_rate))),
@@ -64,7 +71,8 @@ def training_views(
     if policy.time_stretch.role != "off":
         rate = float(draw_rates(policy.time_stretch, 1, gen)[0])
         waves["time_stretch"] = (policy.time_stretch.role, tempo_copy(x, rate))
-    return {name: (role, speaker_partials(torch.from_numpy(np.ascontiguousarray(w)), sample_rate, device))
+    return {name: (role, speaker_partials(torch.from_numpy(np.ascontiguousarray(w)), sample_rate, max_partials,
+                                          device))
             for name, (role, w) in waves.items()}
 
 
@@ -107,8 +115,7 @@ def build_step(songs: Sequence[TrainingSong], picks: Sequence[int], labels_of: S
 def _labels(songs: Sequence[TrainingSong], supervised: bool) -> list[int]:
     if not supervised:
         return list(range(len(songs)))
-    names = {s: k for k, s in enumerate(sorted({s.singer for s in songs if s.singer is not None}))}
-    return [names[s.singer] if s.singer is not None else len(names) + i for i, s in enumerate(songs)]
+    return singer_codes([s.singer for s in songs]).tolist()
 
 
 def train_speaker_timbre(
