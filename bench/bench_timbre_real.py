@@ -2,7 +2,7 @@
 
     python bench/bench_timbre_real.py [--small] [--singers 30] [--songs 8] [--seconds 30]
         [--seed 0] [--workers N] [--out DIR] [--baselines mfcc_stats,resemblyzer] [--retrain]
-        [--front-ends log-mel,speaker]
+        [--front-ends log-mel,speaker] [--shares 0,0.2,0.5,1]
 
 The catalog (recsys.corpus.generate_corpus) has every song through its own production
 chain (EQ, band limit, room, noise at 20-40 dB SNR, level), two synthesisers, covers, and
@@ -25,7 +25,9 @@ audio is scored by MFCC statistics, Resemblyzer (the `speaker` extra, when insta
 the untrained encoder (the default architecture at its initial weights); with
 `--front-ends log-mel,speaker` the product is also trained, in a workspace of its own, with
 `timbre.front_end: speaker` (Resemblyzer's partials under a back end trained on the catalog), so
-the two front ends are scored side by side. Ratios are to Resemblyzer. Prints a markdown table.
+the two front ends are scored side by side; with log-mel+speaker, `--shares` adds rows of its two trained
+parts re-weighted to other speaker shares (0: the log-mel part alone, 1: the speaker part alone), so
+the share is read off without training again. Ratios are to Resemblyzer. Prints a markdown table.
 """
 
 from __future__ import annotations
@@ -162,6 +164,20 @@ def memoised(embed: Embed) -> Embed:
     return cached
 
 
+def reweighted(embed: Embed, rec: Recommender, share: float) -> Embed:
+    """A log-mel+speaker vector with another speaker share: each part is a unit vector scaled by the square
+    root of its share (recsys.encoders.CombinedTimbreEncoder), so rescaling the parts re-weights the cosine.
+    Share 0 is the log-mel part alone, 1 the speaker part alone, with no training."""
+    log_mel_dim, trained = rec.models.timbre.parts[0].dim, rec.models.timbre.model.share
+
+    def embed_at(paths: list[str]) -> np.ndarray:
+        v = embed(paths)
+        a, b = v[:, :log_mel_dim] / np.sqrt(1 - trained), v[:, log_mel_dim:] / np.sqrt(trained)
+        return np.concatenate([np.sqrt(1 - share) * a, np.sqrt(share) * b], axis=1).astype(np.float32)
+
+    return embed_at
+
+
 def gender_probe(embed: Embed, seen: list[dict], unseen: list[dict]) -> dict[str, float]:
     """A gender probe fitted on the seen singers' produced songs, scored on the unseen singers' (held
     out by singer): the voice attribute a space that learned the voice carries (issue 15, item 7)."""
@@ -225,11 +241,13 @@ def main() -> None:
     p.add_argument("--retrain", action="store_true", help="train again even if the workspace is trained")
     p.add_argument("--front-ends", default="log-mel", help="timbre.front_end values to train and score, "
                    "e.g. log-mel,speaker (the first is the default row)")
+    p.add_argument("--shares", default="", help="log-mel+speaker: also score these speaker shares, e.g. "
+                   "0,0.2,0.5,1 (the trained parts re-weighted; 0 is the log-mel part alone, 1 the speaker part)")
     args = p.parse_args()
     if args.small:
         args.singers, args.songs, args.seconds = 12, 4, 12.0
     tag = f"s{args.singers}x{args.songs}x{args.seconds:g}_seed{args.seed}"
-    out = args.out / tag
+    out = args.out.resolve() / tag  # absolute: the manifest it writes is read from its own folder
     t0 = time.time()
     rows, clean = catalogs(out, args)
     t_corpus = time.time() - t0
@@ -259,7 +277,11 @@ def main() -> None:
     systems[f"trained encoder (default, label-free{'' if front_ends[0] == 'log-mel' else ', ' + front_ends[0]})"] = \
         product_embedder(rec)
     for front_end, other in others.items():
-        systems[f"trained encoder, timbre.front_end {front_end} (label-free)"] = product_embedder(other)
+        systems[f"trained encoder, timbre.front_end {front_end} (label-free)"] = embed = memoised(
+            product_embedder(other))
+        if front_end == "log-mel+speaker":
+            for share in (float(x) for x in args.shares.split(",") if x):
+                systems[f"the same, speaker_share {share:g} (re-weighted)"] = reweighted(embed, other, share)
     if getattr(rec.models.timbre, "pitch_pool", ()):
         systems["same model, plain vector (pitch_pool off)"] = file_embedder(rec, rec.models.timbre.model)  # what pooling adds
 

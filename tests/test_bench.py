@@ -167,3 +167,30 @@ def test_timbre_real_bench_embeds_each_file_once_and_probes_gender_on_held_out_s
     line = bench.table({("seen", "x"): {"p_at_1": 0.5, "map": 0.5, "vote": 0.5, "clean_p_at_1": 0.5,
                                         "copy_p_at_1": 0.5, "n": 4, "n_copies": 1}}).splitlines()[-1]
     assert line.endswith("| 0.500 | - | - | - |")
+
+
+def test_the_share_sweep_re_weights_the_two_parts_of_a_combined_vector():
+    """bench_timbre_real --shares: a log-mel+speaker vector re-weighted to another share, from its parts."""
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    sys.path.insert(0, str(BENCH))
+    import bench_timbre_real as btr
+
+    rng = np.random.default_rng(0)
+    a, b = (rng.standard_normal((5, d)) for d in (4, 3))
+    a, b = a / np.linalg.norm(a, axis=1, keepdims=True), b / np.linalg.norm(b, axis=1, keepdims=True)
+    stored = np.concatenate([np.sqrt(0.65) * a, np.sqrt(0.35) * b], axis=1)
+    rec = SimpleNamespace(models=SimpleNamespace(timbre=SimpleNamespace(
+        parts=[SimpleNamespace(dim=4)], model=SimpleNamespace(share=0.35))))
+    paths = [str(i) for i in range(5)]
+
+    def embed(ps):
+        return stored[[int(p) for p in ps]]
+
+    np.testing.assert_allclose(btr.reweighted(embed, rec, 0.0)(paths), np.concatenate([a, 0 * b], 1), atol=1e-6)
+    np.testing.assert_allclose(btr.reweighted(embed, rec, 1.0)(paths)[:, 4:], b, atol=1e-6)
+    half = btr.reweighted(embed, rec, 0.5)(paths)
+    np.testing.assert_allclose(half @ half[0], 0.5 * (a @ a[0]) + 0.5 * (b @ b[0]), atol=1e-6)
+    np.testing.assert_allclose(btr.reweighted(embed, rec, 0.35)(paths), stored, atol=1e-6)
