@@ -229,7 +229,7 @@ def speaker_work(settings: Settings, wave: torch.Tensor, mel: torch.Tensor, timb
     combined = CombinedTimbreEncoder(CombinedTimbre(timbre_model, back_end, settings.timbre.speaker_share, recorded))
     return {
         f"speaker partials, features.speaker_partials {cap}": lambda: speaker_partials(wave, SR, cap),
-        "speaker partials, every non-overlapping one (0)": lambda: speaker_partials(wave, SR, 0),
+        "speaker partials, all, half a partial apart (0)": lambda: speaker_partials(wave, SR, 0),
         "timbre, front_end log-mel+speaker (its partials included)": lambda: combined.embed_songs(
             [SongFeatures(mel, None, speaker=speaker_partials(wave, SR, cap))]),
     }

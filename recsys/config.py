@@ -86,7 +86,7 @@ class FeatureConfig(_Section):
     log_floor: float = Field(1e-5, gt=0, description="Added before the log so silence stays finite.")
     speaker_partials: int = Field(8, ge=0, description="timbre.front_end speaker / log-mel+speaker: the most "
                                   "1.6 s partials the speaker front end reads per song, spread evenly over its "
-                                  "voiced audio (about 5 ms of CPU each); 0 reads every non-overlapping partial.")
+                                  "voiced audio (about 5 ms of CPU each); 0 reads them all, half a partial apart.")
 
     @model_validator(mode="after")
     def _window_fits(self) -> FeatureConfig:

@@ -6,8 +6,8 @@
 end (recsys.models.speaker_timbre) is trained on the catalog over its partials.
 
 A partial costs about 5 ms of CPU, so the encoder reads a sample of the song, not all of it: at most
-`features.speaker_partials` non-overlapping partials, each centred in its own equal share of the voiced
-audio (Resemblyzer's own slicing, 1.3 overlapping partials a second, costs 0.8 s for a 3-minute song).
+`features.speaker_partials` partials, spread evenly over the voiced audio, at least half a partial
+apart (Resemblyzer's own slicing, 1.3 partials a second, costs 0.8 s for a 3-minute song).
 The positions are known before the audio arrives (the stream knows its length), so a streamed song keeps
 only the samples of its partials, never its whole waveform.
 """
@@ -51,14 +51,16 @@ def check_available() -> None:
 
 
 def partial_starts(n_samples: int, window: int, max_partials: int) -> list[int]:
-    """Starts of the non-overlapping `window`-sample partials read from `n_samples` of audio: all that fit
-    (max_partials 0) or at most `max_partials`, each centred in its own equal share; one at 0 when none fits."""
-    fit = n_samples // window
+    """Starts of the `window`-sample partials read from `n_samples` of audio, spread evenly from its first
+    sample to its last, at least half a window apart: all that fit so (max_partials 0, about Resemblyzer's
+    1.3 a second) or at most `max_partials`; one, centred, when the audio holds no more."""
+    if n_samples <= window:
+        return [0]
+    fit = 1 + (n_samples - window) // max(1, window // 2)
     k = fit if max_partials <= 0 else min(fit, max_partials)
-    if k <= 1:
-        return [max(0, (n_samples - window) // 2)]
-    share = n_samples / k
-    return [round(i * share + (share - window) / 2) for i in range(k)]
+    if k == 1:
+        return [(n_samples - window) // 2]
+    return [round(i * (n_samples - window) / (k - 1)) for i in range(k)]
 
 
 @functools.lru_cache(maxsize=1)
@@ -129,7 +131,7 @@ class StreamPartials:
 def speaker_partials(wave: torch.Tensor, sample_rate: int, max_partials: int = 0,
                      device: torch.device | str = "cpu") -> torch.Tensor:
     """(N,) voiced waveform at `sample_rate` -> (K, 256) float32 unit d-vectors of its partials, K >= 1, on
-    the CPU: every non-overlapping 1.6 s partial, or at most `max_partials` of them spread over the song."""
+    the CPU: 1.6 s partials half a partial apart, or at most `max_partials` of them spread over the song."""
     wave = torch.as_tensor(wave, dtype=torch.float32)
     if wave.dim() != 1:
         raise ValueError(f"expected one (N,) waveform, got shape {tuple(wave.shape)}")

@@ -21,6 +21,7 @@ from recsys.features import (
     wave_features,
 )
 from recsys.pitch import N_PITCH, wave_pitch
+from recsys.speaker import PARTIAL_SECONDS, partial_starts
 
 SR = 16000
 
@@ -122,8 +123,10 @@ def test_song_features_decode_once_and_compute_only_what_is_needed(sung, monkeyp
     assert torch.equal(both.mel, log_mel(voiced, cfg, SR)) and torch.equal(both.mel, song_mel(sung, audio, cfg))
     assert both.pitch is not None and torch.equal(both.pitch, wave_pitch(voiced, SR, cfg.hop_length))
     assert both.pitch.shape == (N_PITCH, both.n_frames) and both.available == set(FEATURES)
-    # the speaker front end's partials of the same voiced audio, 1.3 a second
-    assert both.speaker.shape[1] == 256 and 3 <= both.speaker.shape[0] <= 1.3 * voiced.numel() / SR + 1
+    # the speaker front end's partials of the same voiced audio: 1.6 s windows half a window apart
+    window = round(PARTIAL_SECONDS * SR)
+    assert both.speaker.shape == (len(partial_starts(voiced.numel(), window, cfg.speaker_partials)), 256)
+    assert both.speaker.shape[0] == 1 + (voiced.numel() - window) // (window // 2) >= 2
     mel_only = song_features(sung, audio, cfg)
     assert mel_only.pitch is None and torch.equal(mel_only.mel, both.mel) and mel_only.available == {"mel"}
     from_wave = wave_features(voiced, {"mel", "pitch"}, audio, cfg)

@@ -50,16 +50,16 @@ def training_views(
 ) -> dict[str, tuple[str, torch.Tensor]]:
     """One song's (N,) voiced waveform -> {view: (role, (K, 256) partials)} for the views the policy names.
 
-    With `max_partials` (features.speaker_partials) the views are made from the partials the song is served
-    with, joined end to end, so a long song costs what a short one does; the `self` view's partials are
-    then exactly the served ones."""
+    With `max_partials` (features.speaker_partials), a song long enough to hold that many partials apart has
+    its views made from the partials it is served with, joined end to end, so a long song costs what a short
+    one does; the `self` view's partials are then exactly the served ones."""
     from recsys.production import draw_chain, pitch_copy, produce, tempo_copy
     from recsys.speaker import PARTIAL_SECONDS, partial_starts, speaker_partials
 
     rng, gen = _song_generator(seed, content_hash)
     x = wave.detach().cpu().numpy().astype(np.float32)
     window = round(PARTIAL_SECONDS * sample_rate)
-    if max_partials > 0 and x.size >= window:
+    if max_partials > 0 and x.size >= max_partials * window:  # the served partials do not overlap: join them
         x = np.concatenate([x[start : start + window] for start in partial_starts(x.size, window, max_partials)])
     waves: dict[str, tuple[str, np.ndarray]] = {
         "self": ("positive", x),
