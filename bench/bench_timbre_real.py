@@ -77,6 +77,11 @@ def catalogs(out: Path, args: argparse.Namespace) -> tuple[list[dict], dict[str,
     return rows(produced), {r["song_id"]: r["path"] for r in rows(clean)}
 
 
+def workspace_name(front_end: str) -> str:
+    """One workspace per front end, whichever comes first: a reused workspace holds that front end's model."""
+    return "workspace" if front_end == "log-mel" else f"workspace-{front_end}"
+
+
 def train_product(ws: Path, rows: list[dict], retrain: bool, front_end: str = "log-mel") -> Recommender:
     """Ingest by path only (no labels) and train with every default but `front_end`; a workspace already
     trained on the same files is reused unless `retrain`."""
@@ -257,12 +262,12 @@ def main() -> None:
 
     front_ends = [f for f in args.front_ends.split(",") if f]
     t0 = time.time()
-    rec = train_product(out / "workspace", groups["seen"], args.retrain, front_ends[0])
+    rec = train_product(out / workspace_name(front_ends[0]), groups["seen"], args.retrain, front_ends[0])
     t_train = time.time() - t0
     others = {}
     for front_end in front_ends[1:]:
         began = time.time()
-        others[front_end] = train_product(out / f"workspace-{front_end}", groups["seen"], args.retrain, front_end)
+        others[front_end] = train_product(out / workspace_name(front_end), groups["seen"], args.retrain, front_end)
         print(f"front end {front_end}: trained in {time.time() - began:.0f} s", file=sys.stderr)
 
     fit = [r["path"] for r in groups["seen"] if not r["copy_of"]]
@@ -274,14 +279,13 @@ def main() -> None:
         except ImportError as e:
             print(f"skipping {name}: {e}", file=sys.stderr)
     systems["untrained encoder"] = untrained_embedder(rec)
-    systems[f"trained encoder (default, label-free{'' if front_ends[0] == 'log-mel' else ', ' + front_ends[0]})"] = \
-        product_embedder(rec)
-    for front_end, other in others.items():
-        systems[f"trained encoder, timbre.front_end {front_end} (label-free)"] = embed = memoised(
-            product_embedder(other))
-        if front_end == "log-mel+speaker":
+    trained = {f"trained encoder (default, label-free{'' if front_ends[0] == 'log-mel' else ', ' + front_ends[0]})": rec,
+               **{f"trained encoder, timbre.front_end {fe} (label-free)": other for fe, other in others.items()}}
+    for system, product in trained.items():
+        systems[system] = embed = memoised(product_embedder(product))
+        if product.settings.timbre.front_end == "log-mel+speaker":
             for share in (float(x) for x in args.shares.split(",") if x):
-                systems[f"the same, speaker_share {share:g} (re-weighted)"] = reweighted(embed, other, share)
+                systems[f"the same, speaker_share {share:g} (re-weighted)"] = reweighted(embed, product, share)
     if getattr(rec.models.timbre, "pitch_pool", ()):
         systems["same model, plain vector (pitch_pool off)"] = file_embedder(rec, rec.models.timbre.model)  # what pooling adds
 

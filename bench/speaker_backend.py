@@ -10,8 +10,11 @@ policies at the waveform, as the timbre encoder's defaults draw them (`ps_neg_ts
   (recsys.production), and a copy time-stretched 1/1.15-1.15 (the tempo policy's positive);
 - negatives: every other song, and a copy shifted 3-6 semitones (formants moving), which
   counts as another voice (the pitch policy's negative);
-- each view is a random run of consecutive partials (a crop), so two views of one song
-  seldom share a partial.
+- each view is a crop of a few partials (recsys.training.speaker.crop_partials: since 2026-12-04
+  drawn anywhere, before then a run of consecutive ones).
+
+Unlike the product's trainer (since 2026-12-04), the study leaves no pseudo-singers out of the
+negatives: it is plain instance discrimination, the objective of run 6 of docs/evaluation.md.
 
 The study version, on the product's front end and back end model (recsys.speaker, recsys.models.speaker_timbre;
 since 2026-12-03 the back end starts as the mean d-vector, so run 6 of docs/evaluation.md, with random

@@ -122,11 +122,16 @@ class TimbreConfig(_Section):
         "the `speaker` extra; a back end trained over them with the same pair policies, applied to the waveform), "
         "or 'log-mel+speaker' (both trained, the song vector their weighted concatenation: speaker_share). "
         "Takes effect at the next `recsys train`.")
-    speaker_share: float = Field(0.35, gt=0, lt=1, description="front_end log-mel+speaker: the speaker part's "
-                                 "share of the timbre cosine (0.35 read off one development catalog).")
+    speaker_share: float = Field(0.2, gt=0, lt=1, description="front_end log-mel+speaker: the speaker part's "
+                                 "share of the timbre cosine (0.2: ahead of the log-mel part alone on three "
+                                 "development catalogs, docs/evaluation.md; 0.35 before 2026-12-04).")
     speaker_steps: int = Field(300, gt=0, description="front_end speaker: training steps of its back end (the "
                                "log-mel encoder's schedule is epochs x steps_per_epoch).")
     speaker_songs_per_step: int = Field(32, gt=1, description="front_end speaker: songs per training step.")
+    speaker_pseudo_neighbours: int = Field(10, ge=0, description="front_end speaker, without singer labels: each "
+                                           "song's this many nearest songs by the pretrained front end (its mean "
+                                           "d-vector) are not used as its negatives: likely its singer's other "
+                                           "songs, which plain instance discrimination pushes apart. 0: off.")
     policy: str = Field("ps_neg_ts_pos", description="Named pair policy; see recsys.augment.PAIR_POLICIES.")
     pitch_shift: AugmentPolicy | None = Field(None, description="Overrides the named policy's pitch shift.")
     time_stretch: AugmentPolicy | None = Field(None, description="Overrides the named policy's time stretch.")

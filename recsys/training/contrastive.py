@@ -153,22 +153,34 @@ def build_batch(
     labels = torch.tensor([spec[4] for spec in specs], dtype=torch.long, device=views.device)
 
     indices_tuple = None
-    if not supervised and (related is not None or singers is not None):
+    if not supervised:
         song_of = torch.tensor([spec[0] for spec in specs], device=labels.device)
         original = torch.tensor([spec[5] for spec in specs], dtype=torch.bool, device=labels.device)
-        a1, p, a2, neg_idx = lmu.get_all_pairs_indices(labels)
-        of_a, of_n = song_of[a2], song_of[neg_idx]
-        if related is not None:  # only the batch's pairs are looked up: no (n_songs, n_songs) matrix
-            table = related.to(labels.device)
-            linked = (table[of_a] == of_n[:, None]).any(1) | (table[of_n] == of_a[:, None]).any(1)
-        else:  # only the batch's pairs are compared: no (n_songs, n_songs) matrix per step
-            codes = singer_codes(singers).to(labels.device)
-            linked = (codes[of_a] == codes[of_n]) & (of_a != of_n)
-        skip = original[a2] & original[neg_idx] & linked
-        if bool(skip.any()):
-            indices_tuple = (a1, p, a2[~skip], neg_idx[~skip])
+        indices_tuple = pairs_without_related(labels, song_of, original, related=related, singers=singers)
     return views, labels, indices_tuple
 
+
+def pairs_without_related(
+    labels: torch.Tensor, song_of: torch.Tensor, original: torch.Tensor,
+    related: torch.Tensor | None = None, singers: Sequence[str | None] | None = None,
+) -> IndicesTuple | None:
+    """The loss's (a1, p, a2, n) pairs for views with these `labels`, less the negatives that pair originals of
+    two related songs (`song_of`: each view's song; `original`: not a negative augmentation): songs that
+    `related` ((n_songs, k) long, -1 for none) links either way, or else that share a `singers` label.
+    None when no pair is left out (the labels say it all). Only the step's pairs are looked up: no
+    (n_songs, n_songs) matrix."""
+    a1, p, a2, neg_idx = lmu.get_all_pairs_indices(labels)
+    of_a, of_n = song_of[a2], song_of[neg_idx]
+    if related is not None:
+        table = related.to(labels.device)
+        linked = (table[of_a] == of_n[:, None]).any(1) | (table[of_n] == of_a[:, None]).any(1)
+    elif singers is not None:
+        codes = singer_codes(singers).to(labels.device)
+        linked = (codes[of_a] == codes[of_n]) & (of_a != of_n)
+    else:
+        return None
+    skip = original[a2] & original[neg_idx] & linked
+    return (a1, p, a2[~skip], neg_idx[~skip]) if bool(skip.any()) else None
 
 def singer_codes(singers: Sequence[str | None]) -> torch.Tensor:
     """(n,) long: equal for songs of one singer label; each unlabelled song a negative code of its own."""
