@@ -7,7 +7,7 @@ end (recsys.models.speaker_timbre) is trained on the catalog over its partials.
 
 A partial costs about 5 ms of CPU, so the encoder reads a sample of the song, not all of it: at most
 `features.speaker_partials` partials, spread evenly over the voiced audio, at least half a partial
-apart (Resemblyzer's own slicing, 1.3 partials a second, costs 0.8 s for a 3-minute song).
+apart (Resemblyzer's own slicing, 1.3 partials a second, costs 1.2 s for a 3-minute song; docs/benchmarks.md).
 The positions are known before the audio arrives (the stream knows its length), so a streamed song keeps
 only the samples of its partials, never its whole waveform.
 """

@@ -153,7 +153,7 @@ def build_batch(
     labels = torch.tensor([spec[4] for spec in specs], dtype=torch.long, device=views.device)
 
     indices_tuple = None
-    if not supervised:
+    if not supervised and (related is not None or singers is not None):
         song_of = torch.tensor([spec[0] for spec in specs], device=labels.device)
         original = torch.tensor([spec[5] for spec in specs], dtype=torch.bool, device=labels.device)
         indices_tuple = pairs_without_related(labels, song_of, original, related=related, singers=singers)
@@ -169,18 +169,19 @@ def pairs_without_related(
     `related` ((n_songs, k) long, -1 for none) links either way, or else that share a `singers` label.
     None when no pair is left out (the labels say it all). Only the step's pairs are looked up: no
     (n_songs, n_songs) matrix."""
+    if related is None and singers is None:
+        return None
     a1, p, a2, neg_idx = lmu.get_all_pairs_indices(labels)
     of_a, of_n = song_of[a2], song_of[neg_idx]
     if related is not None:
         table = related.to(labels.device)
         linked = (table[of_a] == of_n[:, None]).any(1) | (table[of_n] == of_a[:, None]).any(1)
-    elif singers is not None:
+    else:
         codes = singer_codes(singers).to(labels.device)
         linked = (codes[of_a] == codes[of_n]) & (of_a != of_n)
-    else:
-        return None
     skip = original[a2] & original[neg_idx] & linked
     return (a1, p, a2[~skip], neg_idx[~skip]) if bool(skip.any()) else None
+
 
 def singer_codes(singers: Sequence[str | None]) -> torch.Tensor:
     """(n,) long: equal for songs of one singer label; each unlabelled song a negative code of its own."""

@@ -131,10 +131,8 @@ def build_step(songs: Sequence[TrainingSong], picks: Sequence[int], labels_of: S
                 original += [False, False]
                 fresh += 1
     label_tensor = torch.tensor(labels)
-    pairs = None
-    if related is not None or singers is not None:
-        pairs = pairs_without_related(label_tensor, torch.tensor(song_of), torch.tensor(original),
-                                      related=related, singers=singers)
+    pairs = pairs_without_related(label_tensor, torch.tensor(song_of), torch.tensor(original),
+                                  related=related, singers=singers)
     return crops, label_tensor, pairs
 
 
